@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: Apache-2.0
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JOBS ?= 2
+
+.PHONY: install train test sim lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/spikeforge train --backend golden --model mlp --dataset digits --epochs 10 \
+		--json runs/train.json --checkpoint runs/train.pt
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(JOBS) --doctest-modules sw hw gen boards tests sim
+
+sim: $(STAMP)
+	$(BIN)/python -m pytest -n $(JOBS) sim
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf sim_build runs .pytest_cache

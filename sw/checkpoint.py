@@ -1,0 +1,41 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Checkpoints: a network's weights, its training configuration and progress, in one file.
+
+Written atomically (a temporary file renamed over the old one), so a run killed while saving
+keeps the previous checkpoint whole.
+"""
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .errors import SpikeforgeError
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+FORMAT = "spikeforge-checkpoint-1"
+
+
+def save_checkpoint(path, network, config, epoch: int, history: list) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, "weights": network.state_dict(), "config": asdict(config),
+                "epoch": epoch, "history": history}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SpikeforgeError(f"checkpoint {path} does not exist; train with --checkpoint "
+                              f"{path} first")
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise SpikeforgeError(f"checkpoint {path} cannot be read ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise SpikeforgeError(f"{path} is not a spikeforge checkpoint")
+    return state

@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``spikeforge`` command line."""
+
+import argparse
+import json
+import sys
+
+from .errors import SpikeforgeError
+
+__all__ = ["main"]
+
+BACKENDS_HELP = "golden (the PyTorch golden model on this host)"
+
+
+def _backend(name: str):
+    if name == "golden":
+        return None
+    raise SpikeforgeError(
+        f"backend {name!r} is not available in this version; the virtual board (sim) and "
+        f"board URLs come with the host link. Use --backend golden")
+
+
+def _train(args) -> int:
+    from rich.console import Console
+
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
+                      timesteps=args.timesteps, batch_size=args.batch_size, lr=args.lr,
+                      encoder=args.encoder, precision=args.precision, surrogate=args.surrogate,
+                      reset=args.reset, attention=args.attention, seed=args.seed)
+    backend = _backend(args.backend)
+    result = train(cfg, backend, json_path=args.json, checkpoint=args.checkpoint,
+                   progress=not args.quiet)
+    Console(stderr=True).print(
+        f"[bold]{result['model']}[/] on {result['dataset']} ({result['backend']}, "
+        f"{result['precision']}): test accuracy {result['test_accuracy']:.4f}, "
+        f"train accuracy {result['train_accuracy']:.4f}, {result['wall_seconds']:.1f} s")
+    if not args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _infer(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+    from .golden.arith import arith_for
+    from .train import GoldenBackend, TrainConfig, evaluate
+
+    _backend(args.backend)
+    state = load_checkpoint(args.checkpoint)
+    cfg = TrainConfig(**state["config"])
+    if args.precision:
+        cfg.precision = args.precision
+    network = cfg.build()
+    network.load_state_dict(state["weights"])
+    network = network.to(arith_for(cfg.precision))
+    _, test = load_dataset(cfg.dataset)
+    acc = evaluate(GoldenBackend(network), test, cfg)
+    print(json.dumps({"model": cfg.model, "dataset": cfg.dataset, "backend": args.backend,
+                      "precision": cfg.precision, "test_accuracy": acc,
+                      "samples": len(test)}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS, ENCODERS
+    from .golden.arith import PRECISIONS
+    from .golden.lif import RESETS
+    from .golden.network import MODELS
+    from .golden.qk import ATTENTIONS
+    from .golden.surrogate import SURROGATES
+
+    parser = argparse.ArgumentParser(
+        prog="spikeforge",
+        description="Train spiking neural networks on a multi-core neuromorphic accelerator.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a network")
+    train.add_argument("--backend", default="golden", help=f"where to train: {BACKENDS_HELP}")
+    train.add_argument("--model", default="mlp", choices=MODELS)
+    train.add_argument("--dataset", default="digits", choices=DATASETS)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--timesteps", "-T", type=int, default=8)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=1.0)
+    train.add_argument("--encoder", default="rate", choices=ENCODERS)
+    train.add_argument("--precision", default="float", choices=PRECISIONS,
+                       help="float: ideal arithmetic; fp16: the hardware's exact FP16")
+    train.add_argument("--surrogate", default="sigmoid", choices=tuple(SURROGATES))
+    train.add_argument("--reset", default="hard", choices=RESETS)
+    train.add_argument("--attention", default="token", choices=ATTENTIONS,
+                       help="attention kind of the qk model")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    train.add_argument("--checkpoint", metavar="FILE", help="save the weights after every epoch")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
+    infer = sub.add_parser("infer", help="classify the test set with a trained checkpoint")
+    infer.add_argument("--backend", default="golden", help=f"where to run: {BACKENDS_HELP}")
+    infer.add_argument("--checkpoint", metavar="FILE", required=True)
+    infer.add_argument("--precision", choices=PRECISIONS,
+                       help="override the checkpoint's precision")
+    infer.set_defaults(func=_infer)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpikeforgeError as exc:
+        print(f"spikeforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spikeforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

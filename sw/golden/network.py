@@ -1,0 +1,191 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Whole networks built from the explicit engine functions: forward, BPTT, WG and SGD.
+
+A network here computes exactly what the device computes when it trains: every layer's FP, then
+BP and WG from the output error the host streams back, then the SGD update. In ``fp16``
+precision its bits are the reference for the gateware; in ``float`` it is the reference
+accuracy. The same network trains in both, so the only difference is the arithmetic.
+
+Two networks, both for 8×8 digits:
+
+* :class:`SpikingMLP`: ``64 → 128 → 10`` (sizes configurable) Linear + LIF layers.
+* :class:`QKNet`: QKFormer's Q-K attention on 8 row tokens of 8 pixels: an embedding
+  ``Linear + LIF`` per token, spike Q and K projections, token (or channel) attention, a
+  projection whose current is added to the embedding's (Spikingformer's membrane shortcut), an
+  LIF, and a Linear + LIF head over all tokens.
+
+>>> net = SpikingMLP([4, 3, 2], seed=0)
+>>> out, cache = net.forward(torch.ones(5, 1, 4))
+>>> tuple(out.shape), sorted(net.backward(cache, torch.ones_like(out)))
+((5, 1, 2), ['fc0', 'fc1'])
+"""
+
+import math
+
+import torch
+
+from ..errors import ConfigError, ShapeError
+from .arith import Arith, Float
+from .lif import LIFParams, lif_backward, lif_forward
+from .linear import linear_backward, linear_forward, linear_weight_grad, sgd_update
+from .qk import attention_lif_params, qk_attention_backward, qk_attention_forward
+
+__all__ = ["MODELS", "Network", "QKNet", "SpikingMLP", "build_model"]
+
+MODELS = ("mlp", "qk")
+
+
+def _init(n_out: int, n_in: int, gain: float, gen: torch.Generator) -> torch.Tensor:
+    bound = gain / math.sqrt(n_in)
+    return (torch.rand(n_out, n_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+
+
+class Network:
+    """Weights by name, one LIF configuration, and the arithmetic they are trained in."""
+
+    def __init__(self, weights: dict, lif: LIFParams, arith: Arith):
+        self.lif = lif
+        self.arith = arith
+        self.weights = {name: arith.cast(w) for name, w in weights.items()}
+
+    def to(self, arith: Arith) -> "Network":
+        """The same network in another precision (weights rounded once)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.arith = arith
+        new.weights = {name: arith.cast(w) for name, w in self.weights.items()}
+        return new
+
+    def _layer_forward(self, s_in, name):
+        return linear_forward(s_in, self.weights[name], self.arith)
+
+    def update(self, grads: dict, lr: float) -> None:
+        """SGD on every weight: ``W = W - lr·ΔW``."""
+        for name, dw in grads.items():
+            self.weights[name] = sgd_update(self.weights[name], dw, lr, self.arith)
+
+    def state_dict(self) -> dict:
+        return {name: w.clone() for name, w in self.weights.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.weights):
+            raise ShapeError(f"checkpoint holds weights {sorted(state)}, the model has "
+                             f"{sorted(self.weights)}")
+        for name, w in state.items():
+            if w.shape != self.weights[name].shape:
+                raise ShapeError(f"checkpoint weight {name} is {tuple(w.shape)}, the model "
+                                 f"needs {tuple(self.weights[name].shape)}")
+            self.weights[name] = self.arith.cast(w)
+
+
+class SpikingMLP(Network):
+    """Fully connected LIF layers; input ``[T, B, sizes[0]]`` spikes (or currents, float)."""
+
+    kind = "mlp"
+
+    def __init__(self, sizes=(64, 128, 10), lif: LIFParams | None = None,
+                 arith: Arith | None = None, seed: int = 0, gain: float = 1.0):
+        if len(sizes) < 2 or any(not isinstance(n, int) or n < 1 for n in sizes):
+            raise ConfigError(f"MLP sizes must be two or more positive integers, not {sizes!r}")
+        gen = torch.Generator().manual_seed(seed)
+        weights = {f"fc{i}": _init(n_out, n_in, gain, gen)
+                   for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:]))}
+        self.sizes = tuple(sizes)
+        super().__init__(weights, lif or LIFParams(), arith or Float())
+
+    def forward(self, x: torch.Tensor):
+        """Return the output spikes ``[T, B, sizes[-1]]`` and the cache for :meth:`backward`."""
+        if x.dim() != 3 or x.shape[-1] != self.sizes[0]:
+            raise ShapeError(f"MLP input must be [T, B, {self.sizes[0]}], not {tuple(x.shape)}")
+        cache, s = [], x
+        for i in range(len(self.sizes) - 1):
+            s_out, h = lif_forward(self._layer_forward(s, f"fc{i}"), self.lif, self.arith)
+            cache.append((s, h, s_out))
+            s = s_out
+        return s, cache
+
+    def backward(self, cache, g_out: torch.Tensor) -> dict:
+        """BP and WG from ``g_out = ∂L/∂S_out``; return ``ΔW`` per weight."""
+        grads, g = {}, g_out
+        for i in reversed(range(len(cache))):
+            s_in, h, s_out = cache[i]
+            dx = lif_backward(g, h, s_out, self.lif, self.arith)
+            grads[f"fc{i}"] = linear_weight_grad(dx, s_in, self.arith)
+            if i:
+                g = linear_backward(dx, self.weights[f"fc{i}"], self.arith)
+        return grads
+
+
+class QKNet(Network):
+    """A QKFormer block for ``[T, B, tokens, features]`` input spikes and ``classes`` outputs."""
+
+    kind = "qk"
+
+    def __init__(self, tokens: int = 8, features: int = 8, dim: int = 32, classes: int = 10,
+                 attention: str = "token", lif: LIFParams | None = None,
+                 attention_lif: LIFParams | None = None, arith: Arith | None = None,
+                 seed: int = 0, gain: float = 1.0):
+        for name, value in (("tokens", tokens), ("features", features), ("dim", dim),
+                            ("classes", classes)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"QK model {name} must be a positive integer, not {value!r}")
+        self.tokens, self.features, self.dim, self.classes = tokens, features, dim, classes
+        self.attention = attention
+        self.attention_lif = attention_lif or attention_lif_params()
+        gen = torch.Generator().manual_seed(seed)
+        weights = {
+            "embed": _init(dim, features, gain, gen),
+            "q": _init(dim, dim, gain, gen),
+            "k": _init(dim, dim, gain, gen),
+            "proj": _init(dim, dim, gain, gen),
+            "head": _init(classes, tokens * dim, gain, gen),
+        }
+        super().__init__(weights, lif or LIFParams(), arith or Float())
+        qk_attention_forward(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), attention,
+                             self.attention_lif)
+
+    def forward(self, x: torch.Tensor):
+        if x.dim() != 4 or x.shape[2:] != (self.tokens, self.features):
+            raise ShapeError(f"QK input must be [T, B, {self.tokens}, {self.features}], "
+                             f"not {tuple(x.shape)}")
+        a, lif = self.arith, self.lif
+        c = {"x": x}
+        c["x0"] = self._layer_forward(x, "embed")
+        c["s0"], c["h0"] = lif_forward(c["x0"], lif, a)
+        c["q"], c["hq"] = lif_forward(self._layer_forward(c["s0"], "q"), lif, a)
+        c["k"], c["hk"] = lif_forward(self._layer_forward(c["s0"], "k"), lif, a)
+        c["att"], c["qk"] = qk_attention_forward(c["q"], c["k"], self.attention,
+                                                 self.attention_lif, a)
+        x1 = a.add(c["x0"], self._layer_forward(c["att"], "proj"))
+        c["s1"], c["h1"] = lif_forward(x1, lif, a)
+        c["flat"] = c["s1"].flatten(2)
+        out, c["hout"] = lif_forward(self._layer_forward(c["flat"], "head"), lif, a)
+        c["out"] = out
+        return out, c
+
+    def backward(self, c, g_out: torch.Tensor) -> dict:
+        a, lif, w = self.arith, self.lif, self.weights
+        grads = {}
+        dxo = lif_backward(g_out, c["hout"], c["out"], lif, a)
+        grads["head"] = linear_weight_grad(dxo, c["flat"], a)
+        g1 = linear_backward(dxo, w["head"], a).unflatten(2, (self.tokens, self.dim))
+        dx1 = lif_backward(g1, c["h1"], c["s1"], lif, a)
+        grads["proj"] = linear_weight_grad(dx1, c["att"], a)
+        dq, dk = qk_attention_backward(linear_backward(dx1, w["proj"], a), c["qk"], a)
+        dxq = lif_backward(dq, c["hq"], c["q"], lif, a)
+        dxk = lif_backward(dk, c["hk"], c["k"], lif, a)
+        grads["q"] = linear_weight_grad(dxq, c["s0"], a)
+        grads["k"] = linear_weight_grad(dxk, c["s0"], a)
+        g0 = a.add(linear_backward(dxq, w["q"], a), linear_backward(dxk, w["k"], a))
+        dx0 = a.add(lif_backward(g0, c["h0"], c["s0"], lif, a), dx1)
+        grads["embed"] = linear_weight_grad(dx0, c["x"], a)
+        return grads
+
+
+def build_model(kind: str, **kwargs) -> Network:
+    """A network by name: ``mlp`` or ``qk``."""
+    if kind == "mlp":
+        return SpikingMLP(**kwargs)
+    if kind == "qk":
+        return QKNet(**kwargs)
+    raise ConfigError(f"model must be one of {', '.join(MODELS)}, not {kind!r}")

@@ -1,0 +1,173 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Training and evaluation loops, the same for every backend.
+
+The host's share of training is what it is on the device: encode the inputs as spikes, read the
+output spikes, compute the loss from the output firing rates and send back the error of every
+output spike, ``∂L/∂S[t]``. A backend does the rest (FP, BP, WG and the SGD update): the golden
+model in float or hardware-exact FP16, or a board.
+
+The loss is the squared error between each output neuron's firing rate and the one-hot label,
+summed over classes and averaged over the batch (spikingjelly's rate-coded MSE). The gradient a
+backend receives is per sample, without the batch mean; the backend's learning rate is divided
+by the batch size instead, as the device's lr register is.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .data import encode, load_dataset
+from .errors import ConfigError
+from .golden.arith import arith_for
+from .golden.lif import LIFParams
+from .golden.network import MODELS, Network, build_model
+from .golden.surrogate import Surrogate
+
+__all__ = ["GoldenBackend", "TrainConfig", "evaluate", "rate_loss", "train"]
+
+
+@dataclass
+class TrainConfig:
+    model: str = "mlp"
+    dataset: str = "digits"
+    epochs: int = 10
+    timesteps: int = 8
+    batch_size: int = 16
+    lr: float = 1.0
+    init_gain: float = 3.0
+    encoder: str = "rate"
+    precision: str = "float"
+    surrogate: str = "sigmoid"
+    reset: str = "hard"
+    tau: float = 2.0
+    attention: str = "token"
+    hidden: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
+        for name in ("epochs", "timesteps", "batch_size", "hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+        for name in ("lr", "init_gain", "tau"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number, not {value!r}")
+        if self.encoder == "direct" and self.precision != "float":
+            raise ConfigError("the direct encoder feeds currents, which only float precision "
+                              "takes; use --encoder rate with --precision fp16 or a device")
+        arith_for(self.precision)
+
+    def lif(self) -> LIFParams:
+        return LIFParams(tau=self.tau, reset=self.reset, surrogate=Surrogate(self.surrogate))
+
+    def build(self) -> Network:
+        kwargs = {"lif": self.lif(), "arith": arith_for(self.precision), "seed": self.seed,
+                  "gain": self.init_gain}
+        if self.model == "mlp":
+            return build_model("mlp", sizes=(64, self.hidden, 10), **kwargs)
+        return build_model("qk", attention=self.attention, **kwargs)
+
+
+def rate_loss(out: torch.Tensor, y: torch.Tensor, classes: int = 10):
+    """Loss of output spikes ``[T, B, classes]`` and its gradient ``∂L_b/∂S[t]`` per sample."""
+    rate = out.float().mean(0)
+    target = torch.nn.functional.one_hot(y, classes).float()
+    err = rate - target
+    loss = (err ** 2).sum(1).mean()
+    grad = (2 * err / out.shape[0]).expand(out.shape[0], *err.shape)
+    return float(loss), grad.contiguous()
+
+
+class GoldenBackend:
+    """Trains a golden :class:`~spikeforge.golden.network.Network` on the host."""
+
+    name = "golden"
+
+    def __init__(self, network: Network):
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.forward(x)[0]
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float):
+        out, cache = self.network.forward(x)
+        loss, grad = rate_loss(out, y)
+        grads = self.network.backward(cache, self.network.arith.cast(grad))
+        self.network.update(grads, lr / len(y))
+        return out, loss
+
+
+def _shape(x: torch.Tensor, model: str) -> torch.Tensor:
+    return x if model == "mlp" else x.unflatten(-1, (8, 8))
+
+
+def evaluate(backend, split, cfg: TrainConfig, seed: int = 1) -> float:
+    """Accuracy on ``split``, with the rate encoder seeded so every backend sees the same spikes."""
+    gen = torch.Generator().manual_seed(seed)
+    correct = 0
+    for i in range(0, len(split), 64):
+        x = encode(_shape(split.x[i:i + 64], cfg.model), cfg.timesteps, cfg.encoder, gen)
+        counts = backend.forward(x).float().sum(0)
+        correct += int((counts.argmax(1) == split.y[i:i + 64]).sum())
+    return correct / len(split)
+
+
+def train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
+          checkpoint: str | Path | None = None, progress: bool = True) -> dict:
+    """Train ``cfg`` on ``backend`` (the golden model by default); return the results.
+
+    With ``checkpoint``, the weights are saved there after every epoch.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    torch.manual_seed(cfg.seed)
+    train_set, test_set = load_dataset(cfg.dataset)
+    backend = backend or GoldenBackend(cfg.build())
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    start = time.monotonic()
+    steps = (len(train_set) + cfg.batch_size - 1) // cfg.batch_size
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), disable=not progress) as bar:
+        task = bar.add_task("train", total=cfg.epochs * steps, status="")
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(len(train_set), generator=gen)
+            loss_sum = correct = 0
+            for step in range(steps):
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                x = encode(_shape(train_set.x[idx], cfg.model), cfg.timesteps, cfg.encoder, gen)
+                out, loss = backend.train_step(x, train_set.y[idx], cfg.lr)
+                loss_sum += loss * len(idx)
+                correct += int((out.float().sum(0).argmax(1) == train_set.y[idx]).sum())
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs}",
+                           status=f"loss {loss:.3f}")
+            test_acc = evaluate(backend, test_set, cfg)
+            history.append({"epoch": epoch + 1, "loss": loss_sum / len(train_set),
+                            "train_accuracy": correct / len(train_set),
+                            "test_accuracy": test_acc})
+            bar.update(task, status=f"loss {history[-1]['loss']:.3f} test {test_acc:.3f}")
+            if checkpoint:
+                save_checkpoint(checkpoint, backend.network, cfg, epoch + 1, history)
+    result = {
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "backend": getattr(backend, "name", "golden"),
+        "precision": cfg.precision,
+        "epochs": cfg.epochs,
+        "test_accuracy": history[-1]["test_accuracy"],
+        "train_accuracy": evaluate(backend, train_set, cfg),
+        "history": history,
+        "wall_seconds": time.monotonic() - start,
+        "config": asdict(cfg),
+    }
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return result

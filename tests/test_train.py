@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: Apache-2.0
+import json
+
+import pytest
+import torch
+
+from spikeforge import ConfigError
+from spikeforge.checkpoint import load_checkpoint
+from spikeforge.cli import main
+from spikeforge.data import load_dataset
+from spikeforge.train import TrainConfig, rate_loss, train
+
+
+def test_rate_loss_gradient_matches_autograd():
+    out = torch.bernoulli(torch.full((6, 4, 10), 0.3), generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 3, 9, 3])
+    loss, grad = rate_loss(out, y)
+    x = out.clone().requires_grad_(True)
+    ref = ((x.mean(0) - torch.nn.functional.one_hot(y, 10)) ** 2).sum(1).mean()
+    ref.backward()
+    assert loss == pytest.approx(float(ref))
+    torch.testing.assert_close(grad / len(y), x.grad)
+
+
+def test_split_is_fixed_and_stratified():
+    train_a, test_a = load_dataset("digits")
+    train_b, test_b = load_dataset("digits")
+    assert torch.equal(train_a.x, train_b.x) and torch.equal(test_a.y, test_b.y)
+    assert torch.bincount(test_a.y).min() >= 35
+
+
+@pytest.fixture(scope="module")
+def mlp_float():
+    return train(TrainConfig(model="mlp", epochs=10), progress=False)
+
+
+def test_mlp_float_accuracy(mlp_float):
+    assert mlp_float["test_accuracy"] >= 0.95
+    assert mlp_float["train_accuracy"] >= 0.95
+    assert len(mlp_float["history"]) == 10
+
+
+def test_mlp_fp16_within_1_5_points_of_float(mlp_float):
+    fp16 = train(TrainConfig(model="mlp", epochs=10, precision="fp16"), progress=False)
+    assert fp16["precision"] == "fp16"
+    assert fp16["test_accuracy"] >= mlp_float["test_accuracy"] - 0.015
+
+
+def test_qk_float_accuracy():
+    result = train(TrainConfig(model="qk", epochs=10), progress=False)
+    assert result["test_accuracy"] >= 0.93
+
+
+def test_cli_train_writes_json_and_checkpoint(tmp_path, capsys):
+    out, ck = tmp_path / "run.json", tmp_path / "run.pt"
+    assert main(["train", "--epochs", "1", "--quiet", "--json", str(out),
+                 "--checkpoint", str(ck)]) == 0
+    result = json.loads(out.read_text())
+    for key in ("test_accuracy", "train_accuracy", "epochs", "model", "backend", "precision"):
+        assert key in result
+    assert result["backend"] == "golden" and result["epochs"] == 1
+    state = load_checkpoint(ck)
+    assert state["epoch"] == 1 and set(state["weights"]) == {"fc0", "fc1"}
+    assert main(["infer", "--checkpoint", str(ck)]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] == result["test_accuracy"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "0"], "epochs must be a positive integer"),
+    (["train", "--timesteps", "0"], "timesteps must be a positive integer"),
+    (["train", "--backend", "tcp://127.0.0.1:1"], "backend 'tcp://127.0.0.1:1' is not available"),
+    (["train", "--encoder", "direct", "--precision", "fp16"], "only float precision"),
+    (["infer", "--checkpoint", "/nonexistent.pt"], "does not exist"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="cannot be read"):
+        load_checkpoint(bad)
+
+
+def test_config_rejects_unknown_model():
+    with pytest.raises(ConfigError, match="model must be one of mlp, qk"):
+        TrainConfig(model="cnn")
