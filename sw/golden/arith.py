@@ -18,7 +18,7 @@ import torch
 from ..errors import ConfigError
 from . import fp16
 
-__all__ = ["FP16", "PRECISIONS", "Arith", "Float", "arith_for"]
+__all__ = ["FLOAT", "FP16", "PRECISIONS", "Arith", "Float", "arith_for"]
 
 
 class Arith:
@@ -104,6 +104,7 @@ class FP16(Arith):
 
 
 PRECISIONS = ("float", "fp16")
+FLOAT = Float(torch.float32)
 
 
 def arith_for(precision: str) -> Arith:

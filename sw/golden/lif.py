@@ -23,7 +23,7 @@ reverse time; the hardware order is:
 * ``ε[t] = a + b``;  ``∂L/∂X[t] = ε[t] · (1/τ)``
 
 >>> p = LIFParams()
->>> s, h = lif_forward(torch.tensor([[2.0], [1.0], [1.0], [0.0]]), p, Float())
+>>> s, h = lif_forward(torch.tensor([[2.0], [1.0], [1.0], [0.0]]), p)
 >>> s.flatten().tolist(), h.flatten().tolist()   # reaching V_th exactly fires
 ([1.0, 0.0, 0.0, 0.0], [1.0, 0.5, 0.75, 0.375])
 """
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError, ShapeError
-from .arith import Arith, Float
+from .arith import FLOAT, Arith
 from .surrogate import Surrogate
 
 __all__ = ["RESETS", "LIFParams", "lif_backward", "lif_forward"]
@@ -85,7 +85,7 @@ def _check_steps(x: torch.Tensor, name: str) -> None:
         raise ShapeError(f"{name} must hold at least one timestep (T >= 1), got T = 0")
 
 
-def lif_forward(x: torch.Tensor, p: LIFParams, arith: Arith = Float()):
+def lif_forward(x: torch.Tensor, p: LIFParams, arith: Arith = FLOAT):
     """Run LIF neurons over ``x`` of shape ``[T, ...]``; return spikes ``S`` and charges ``H``.
 
     ``S`` holds 0/1 in the precision's dtype; ``H`` is what back-propagation needs.
@@ -110,7 +110,7 @@ def lif_forward(x: torch.Tensor, p: LIFParams, arith: Arith = Float()):
 
 
 def lif_backward(g_s: torch.Tensor, h: torch.Tensor, s: torch.Tensor, p: LIFParams,
-                 arith: Arith = Float()) -> torch.Tensor:
+                 arith: Arith = FLOAT) -> torch.Tensor:
     """Back-propagate ``g_s = ∂L/∂S`` through the LIF neurons; return ``∂L/∂X``.
 
     ``h`` and ``s`` are what :func:`lif_forward` returned; all three have the same shape.

@@ -27,14 +27,15 @@ In float precision the same sums are taken as matrix products (order unspecified
 import torch
 
 from ..errors import ShapeError
-from .arith import Arith, Float
+from .arith import FLOAT, Arith
 
 __all__ = ["linear_backward", "linear_forward", "linear_weight_grad", "sgd_update"]
 
 
 def _check(s_in: torch.Tensor, w: torch.Tensor, what: str) -> None:
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
-        raise ShapeError(f"weights must be a matrix [out, in], not {tuple(getattr(w, 'shape', ()))}")
+        shape = tuple(getattr(w, "shape", ()))
+        raise ShapeError(f"weights must be a matrix [out, in], not {shape}")
     if not isinstance(s_in, torch.Tensor) or s_in.dim() < 2:
         raise ShapeError(f"{what} must be a tensor [T, ..., features], "
                          f"not {tuple(getattr(s_in, 'shape', ()))}")
@@ -48,7 +49,7 @@ def _check_binary(s_in: torch.Tensor) -> None:
                          "the direct encoding's currents run only in float precision")
 
 
-def linear_forward(s_in: torch.Tensor, w: torch.Tensor, arith: Arith = Float()) -> torch.Tensor:
+def linear_forward(s_in: torch.Tensor, w: torch.Tensor, arith: Arith = FLOAT) -> torch.Tensor:
     """FP engine: currents ``X[t, ..., n] = Σ_i s_in[t, ..., i]·W[n, i]``."""
     _check(s_in, w, "layer input")
     if s_in.shape[-1] != w.shape[1]:
@@ -65,7 +66,7 @@ def linear_forward(s_in: torch.Tensor, w: torch.Tensor, arith: Arith = Float()) 
     return acc
 
 
-def linear_backward(dx: torch.Tensor, w: torch.Tensor, arith: Arith = Float()) -> torch.Tensor:
+def linear_backward(dx: torch.Tensor, w: torch.Tensor, arith: Arith = FLOAT) -> torch.Tensor:
     """BP engine: the error of the inputs, ``g[t, ..., i] = Σ_n W[n, i]·δX[t, ..., n]``."""
     _check(dx, w, "current gradient")
     if dx.shape[-1] != w.shape[0]:
@@ -81,7 +82,7 @@ def linear_backward(dx: torch.Tensor, w: torch.Tensor, arith: Arith = Float()) -
     return acc
 
 
-def linear_weight_grad(dx: torch.Tensor, s_in: torch.Tensor, arith: Arith = Float(),
+def linear_weight_grad(dx: torch.Tensor, s_in: torch.Tensor, arith: Arith = FLOAT,
                        dw: torch.Tensor | None = None) -> torch.Tensor:
     """WG engine: ``ΔW += Σ δX ⊗ s_in`` over timesteps, samples and tokens; returns ``ΔW``.
 
@@ -116,7 +117,7 @@ def linear_weight_grad(dx: torch.Tensor, s_in: torch.Tensor, arith: Arith = Floa
     return dw
 
 
-def sgd_update(w: torch.Tensor, dw: torch.Tensor, lr: float, arith: Arith = Float()):
+def sgd_update(w: torch.Tensor, dw: torch.Tensor, lr: float, arith: Arith = FLOAT):
     """Update: ``W - lr·ΔW`` (``lr`` rounded to the precision, as the hardware's register)."""
     if w.shape != dw.shape:
         raise ShapeError(f"weights {tuple(w.shape)} and gradient {tuple(dw.shape)} differ")

@@ -89,7 +89,7 @@ class SpikingMLP(Network):
             raise ConfigError(f"MLP sizes must be two or more positive integers, not {sizes!r}")
         gen = torch.Generator().manual_seed(seed)
         weights = {f"fc{i}": _init(n_out, n_in, gain, gen)
-                   for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:]))}
+                   for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False))}
         self.sizes = tuple(sizes)
         super().__init__(weights, lif or LIFParams(), arith or Float())
 

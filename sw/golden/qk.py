@@ -30,7 +30,7 @@ Backward, given ``δX′``, in the hardware's order:
 import torch
 
 from ..errors import ConfigError, ShapeError
-from .arith import Arith, Float
+from .arith import FLOAT, Arith
 from .lif import LIFParams, lif_backward, lif_forward
 
 __all__ = ["ATTENTIONS", "attention_lif_params", "qk_attention_backward",
@@ -51,7 +51,7 @@ def _axis(kind: str) -> int:
 
 
 def qk_attention_forward(q: torch.Tensor, k: torch.Tensor, kind: str, p: LIFParams,
-                         arith: Arith = Float()):
+                         arith: Arith = FLOAT):
     """Return ``X′`` and the cache for :func:`qk_attention_backward`."""
     axis = _axis(kind)
     if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or q.dim() != 4 \
@@ -73,7 +73,7 @@ def qk_attention_forward(q: torch.Tensor, k: torch.Tensor, kind: str, p: LIFPara
     return x, {"kind": kind, "k": k, "a": a, "h": h, "p": p}
 
 
-def qk_attention_backward(g: torch.Tensor, cache: dict, arith: Arith = Float()):
+def qk_attention_backward(g: torch.Tensor, cache: dict, arith: Arith = FLOAT):
     """Return ``(δQ, δK)`` for ``g = δX′``."""
     kind, k, a, h, p = cache["kind"], cache["k"], cache["a"], cache["h"], cache["p"]
     axis = _axis(kind)
