@@ -1,0 +1,186 @@
+# SPDX-License-Identifier: Apache-2.0
+"""cocotb driver of one :class:`~spikeforge.hw.core.Core` exported to Verilog.
+
+:class:`CoreTB` owns the clock and reset, the word bus, and a source and a sink for each stream
+with seeded random idle cycles and backpressure. :meth:`CoreTB.run_case` runs a
+:class:`~spikeforge.testing.LayerCase` through FP, BP, WG and the update and returns what the
+core produced, in the golden model's terms (bit patterns).
+"""
+
+import random
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, RisingEdge
+
+from ..golden import fp16
+from ..regmap import Command, Counter, Reg, Region, Status, address
+from ..testing import LayerCase
+
+__all__ = ["CoreTB"]
+
+
+class CoreTB:
+    def __init__(self, dut, *, lanes: int, neuron_bits: int, input_bits: int, seed: int = 1,
+                 idle: float = 0.0, stall: float = 0.0):
+        self.dut = dut
+        self.lanes = lanes
+        self.neuron_bits = neuron_bits
+        self.input_bits = input_bits
+        self.rng = random.Random(seed)
+        self.idle, self.stall = idle, stall
+        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+
+    async def reset(self):
+        d = self.dut
+        for name in ("bus_en", "bus_we", "fp_i__valid", "fp_o__ready", "bp_i__valid",
+                     "bp_o__ready"):
+            getattr(d, name).value = 0
+        d.rst.value = 1
+        await ClockCycles(d.clk, 3)
+        d.rst.value = 0
+        await RisingEdge(d.clk)
+
+    async def _bus(self, addr: int, we: int, value: int = 0):
+        d = self.dut
+        d.bus_en.value = 1
+        d.bus_we.value = we
+        d.bus_addr.value = addr
+        d.bus_wdata.value = value
+        await RisingEdge(d.clk)
+        d.bus_en.value = 0
+        d.bus_we.value = 0
+        while True:
+            await RisingEdge(d.clk)
+            if int(d.bus_ack.value):
+                return int(d.bus_rdata.value), bool(int(d.bus_err.value))
+
+    async def write(self, addr: int, value: int) -> bool:
+        """Write a word; return whether the core flagged an error."""
+        return (await self._bus(addr, 1, value))[1]
+
+    async def read(self, addr: int) -> int:
+        data, err = await self._bus(addr, 0)
+        assert not err, f"bus read of {addr:#x} failed"
+        return data
+
+    async def wait_status(self, flag: Status, limit: int = 10_000_000):
+        for _ in range(limit):
+            if await self.read(address(Region.REG, Reg.STATUS)) & flag:
+                return
+        raise AssertionError(f"status {flag!r} never set")
+
+    async def counters(self) -> dict:
+        result = {}
+        for c in Counter:
+            lo = await self.read(address(Region.COUNTER, 2 * c))
+            hi = await self.read(address(Region.COUNTER, 2 * c + 1))
+            result[c.name.lower()] = hi << 16 | lo
+        return result
+
+    async def _idle(self):
+        while self.idle and self.rng.random() < self.idle:
+            await RisingEdge(self.dut.clk)
+
+    async def _put(self, prefix: str, payload: int):
+        d = self.dut
+        await self._idle()
+        getattr(d, f"{prefix}__valid").value = 1
+        getattr(d, f"{prefix}__payload").value = payload
+        while True:
+            await RisingEdge(d.clk)
+            if int(getattr(d, f"{prefix}__ready").value):
+                break
+        getattr(d, f"{prefix}__valid").value = 0
+
+    async def _get(self, prefix: str) -> int:
+        d = self.dut
+        while True:
+            ready = not (self.stall and self.rng.random() < self.stall)
+            getattr(d, f"{prefix}__ready").value = int(ready)
+            await RisingEdge(d.clk)
+            if ready and int(getattr(d, f"{prefix}__valid").value):
+                getattr(d, f"{prefix}__ready").value = 0
+                return int(getattr(d, f"{prefix}__payload").value)
+
+    async def load(self, case: LayerCase, bp_input_error: bool = True):
+        for reg, value in case.registers().items():
+            assert not await self.write(address(Region.REG, reg), value)
+        assert not await self.write(address(Region.REG, Reg.BP_INPUT_ERROR), int(bp_input_error))
+        bits = fp16.bits(case.weights).tolist()
+        for n, row in enumerate(bits):
+            for i, value in enumerate(row):
+                assert not await self.write(address(Region.WEIGHT, n << self.input_bits | i),
+                                            value)
+
+    async def run_case(self, case: LayerCase, bp_input_error: bool = True,
+                       readback: bool = True) -> dict:
+        """Run ``case`` (weights already loaded) and return what the core produced."""
+        P, T, N, F = self.lanes, case.timesteps, case.neurons, case.fan_in
+        chunks, in_chunks = -(-N // P), -(-F // P)
+        index_bits = len(self.dut.fp_i__payload) - 2
+        out_bits = len(self.dut.fp_o__payload) - 2
+        got = {"events": [[] for _ in range(T)], "grad_in": [[] for _ in range(T)]}
+        assert not await self.write(address(Region.REG, Reg.COMMAND), Command.CLEAR_COUNTERS)
+        assert not await self.write(address(Region.REG, Reg.COMMAND), Command.BEGIN)
+
+        async def fp_source():
+            for t in range(T):
+                events = case.input_events(t)
+                items = [(i, 1, 0) for i in events] + [(0, 0, 1)]
+                if events and self.rng.random() < 0.5:
+                    items = [(i, 1, 0) for i in events[:-1]] + [(events[-1], 1, 1)]
+                for index, spike, last in items:
+                    await self._put("fp_i", index | spike << index_bits | last << index_bits + 1)
+
+        async def fp_sink():
+            t = 0
+            while t < T:
+                word = await self._get("fp_o")
+                if word >> out_bits & 1:
+                    got["events"][t].append(word & ((1 << out_bits) - 1))
+                if word >> out_bits + 1 & 1:
+                    t += 1
+
+        source = cocotb.start_soon(fp_source())
+        await fp_sink()
+        await source
+        await self.wait_status(Status.FP_DONE)
+        if readback:
+            got["charges"] = [[await self.read(address(Region.CHARGE, t << self.neuron_bits | n))
+                               for n in range(N)] for t in range(T)]
+            got["spikes"] = [[await self.read(address(Region.SPIKE, t << self.neuron_bits | n))
+                              for n in range(N)] for t in range(T)]
+
+        async def bp_source():
+            for t in reversed(range(T)):
+                g = fp16.bits(case.grad_out[t]).tolist() + [0] * (chunks * P - N)
+                for c in range(chunks):
+                    value = sum(v << 16 * k for k, v in enumerate(g[c * P:(c + 1) * P]))
+                    await self._put("bp_i", value | int(c == chunks - 1) << 16 * P)
+
+        async def bp_sink():
+            for t in reversed(range(T)):
+                for beat in range(in_chunks):
+                    word = await self._get("bp_o")
+                    got["grad_in"][t] += [word >> 16 * k & 0xFFFF for k in range(P)]
+                    assert bool(word >> 16 * P & 1) == (beat == in_chunks - 1)
+
+        sink = cocotb.start_soon(bp_sink()) if bp_input_error else None
+        await bp_source()
+        if sink:
+            await sink
+        await self.wait_status(Status.BP_DONE)
+        got["counters"] = await self.counters()
+        if readback:
+            got["dw"] = [[await self.read(address(Region.GRAD, n << self.input_bits | i))
+                          for i in range(F)] for n in range(N)]
+        assert not await self.write(address(Region.REG, Reg.COMMAND), Command.UPDATE)
+        while await self.read(address(Region.REG, Reg.STATUS)) & Status.BUSY:
+            pass
+        got["update_cycles"] = (await self.counters())["update_busy"]
+        if readback:
+            got["weights"] = [[await self.read(address(Region.WEIGHT, n << self.input_bits | i))
+                               for i in range(F)] for n in range(N)]
+            got["errors"] = await self.read(address(Region.REG, Reg.ERRORS))
+        return got

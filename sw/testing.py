@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Seeded stimulus for one core's layer and what the golden model says it must produce.
+
+Used by the Amaranth-simulator tests, the cocotb testbenches and ``spikeforge bench``, so every
+check of a core compares against the same hardware-exact golden computation.
+
+>>> case = LayerCase.random(neurons=8, fan_in=16, timesteps=3, rate=0.3, seed=1)
+>>> case.expected_spikes.shape, case.expected_dw.shape
+(torch.Size([3, 8]), torch.Size([8, 16]))
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .golden import fp16
+from .golden.arith import FP16
+from .golden.lif import LIFParams, lif_backward, lif_forward
+from .golden.linear import linear_backward, linear_forward, linear_weight_grad, sgd_update
+
+__all__ = ["LayerCase", "check_case"]
+
+
+@dataclass
+class LayerCase:
+    """One sample through one layer: forward, backward, weight gradient and update."""
+
+    weights: torch.Tensor            # [N, F] fp16
+    spikes_in: torch.Tensor          # [T, F] 0/1
+    grad_out: torch.Tensor           # [T, N] fp16, ∂L/∂S
+    lif: LIFParams = field(default_factory=LIFParams)
+    lr: float = 0.125
+
+    @classmethod
+    def random(cls, *, neurons: int, fan_in: int, timesteps: int, rate: float, seed: int,
+               lif: LIFParams | None = None, lr: float = 0.125) -> "LayerCase":
+        """Weights and errors drawn so that some neurons fire and some errors are zero."""
+        gen = torch.Generator().manual_seed(seed)
+        lif = lif or LIFParams()
+        scale = 2.5 / max(1.0, (rate * fan_in) ** 0.5)
+        w = (torch.randn(neurons, fan_in, generator=gen) * scale + 0.3 * scale)
+        spikes = (torch.rand(timesteps, fan_in, generator=gen) < rate).float()
+        g = torch.randn(timesteps, neurons, generator=gen) * 0.25
+        g[torch.rand(timesteps, neurons, generator=gen) < 0.2] = 0
+        return cls(fp16.to_fp16(w), spikes, fp16.to_fp16(g), lif, lr)
+
+    def __post_init__(self):
+        a = FP16()
+        x = self.spikes_in[:, None, :]
+        self.currents = linear_forward(x, self.weights, a)
+        s, h = lif_forward(self.currents, self.lif, a)
+        self.expected_spikes, self.expected_charges = s[:, 0], h[:, 0]
+        dx = lif_backward(self.grad_out[:, None, :], h, s, self.lif, a)
+        self.expected_dx = dx[:, 0]
+        self.expected_grad_in = linear_backward(dx, self.weights, a)[:, 0]
+        self.expected_dw = linear_weight_grad(dx, x, a)
+        self.expected_weights = sgd_update(self.weights, self.expected_dw, self.lr, a)
+
+    @property
+    def neurons(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def fan_in(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def timesteps(self) -> int:
+        return self.spikes_in.shape[0]
+
+    def registers(self) -> dict:
+        """Register values (bit patterns) that configure a core for this case."""
+        from .regmap import Reg
+
+        c = self.lif.constants(FP16())
+        return {
+            Reg.NEURONS: self.neurons, Reg.INPUTS: self.fan_in, Reg.TIMESTEPS: self.timesteps,
+            Reg.V_TH: int(fp16.bits(c["v_th"])), Reg.V_RESET: int(fp16.bits(c["v_reset"])),
+            Reg.INV_TAU: int(fp16.bits(c["inv_tau"])), Reg.DECAY: int(fp16.bits(c["decay"])),
+            Reg.LR: int(fp16.bits(fp16.to_fp16(torch.tensor(self.lr)))),
+        }
+
+    def input_events(self, t: int) -> list[int]:
+        return [int(i) for i in torch.nonzero(self.spikes_in[t]).flatten()]
+
+    def output_events(self, t: int) -> list[int]:
+        return [int(n) for n in torch.nonzero(self.expected_spikes[t]).flatten()]
+
+    def work(self) -> dict:
+        """Operation counts of the sample, for the ideal cycle counts of a benchmark."""
+        return {
+            "fp_additions": int(self.spikes_in.sum()) * self.neurons,
+            "lif_updates": self.timesteps * self.neurons,
+            "bp_macs": int((self.expected_dx != 0).sum()) * self.fan_in,
+            "wg_additions": int(self.spikes_in.sum()) * self.neurons,
+        }
+
+
+def check_case(case: LayerCase, got: dict, bp_input_error: bool = True) -> None:
+    """Assert that a core's results are the golden model's bits."""
+    T = case.timesteps
+    for t in range(T):
+        assert got["events"][t] == case.output_events(t), f"output spikes of timestep {t}"
+    assert got["charges"] == fp16.bits(case.expected_charges).tolist(), "charges H[t]"
+    assert got["spikes"] == case.expected_spikes.int().tolist(), "spikes S[t]"
+    if bp_input_error:
+        for t in range(T):
+            assert got["grad_in"][t][:case.fan_in] == \
+                fp16.bits(case.expected_grad_in[t]).tolist(), f"input error of timestep {t}"
+    assert got["dw"] == fp16.bits(case.expected_dw).tolist(), "weight gradient"
+    assert got["weights"] == fp16.bits(case.expected_weights).tolist(), "updated weights"
+    assert got["errors"] == 0, f"error flags {got['errors']:#x}"
+    compared = torch.cat([case.expected_charges.flatten(), case.expected_grad_in.flatten(),
+                          case.expected_dw.flatten()])
+    assert (compared != 0).any(), "the case compares nothing but zeros"
