@@ -79,6 +79,8 @@ class FP16Adder(wiring.Component):
         The sum or difference.
     """
 
+    LATENCY = 4
+
     def __init__(self):
         super().__init__({
             "i_valid": In(1),
@@ -92,7 +94,7 @@ class FP16Adder(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from an operation's ``i_valid`` to its ``o_valid``."""
-        return 4
+        return self.LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -213,6 +215,8 @@ class FP16Multiplier(wiring.Component):
         The product.
     """
 
+    LATENCY = 3
+
     def __init__(self):
         super().__init__({
             "i_valid": In(1),
@@ -225,7 +229,7 @@ class FP16Multiplier(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from an operation's ``i_valid`` to its ``o_valid``."""
-        return 3
+        return self.LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -313,6 +317,8 @@ class FP16Compare(wiring.Component):
         ``i_a >= i_b``, ``i_a < i_b``, ``i_a == i_b``.
     """
 
+    LATENCY = 1
+
     def __init__(self):
         super().__init__({
             "i_valid": In(1),
@@ -327,7 +333,7 @@ class FP16Compare(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a comparison's ``i_valid`` to its ``o_valid``."""
-        return 1
+        return self.LATENCY
 
     def elaborate(self, platform):
         m = Module()

@@ -63,6 +63,13 @@ def _infer(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS, ENCODERS
     from .golden.arith import PRECISIONS
@@ -103,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--precision", choices=PRECISIONS,
                        help="override the checkpoint's precision")
     infer.set_defaults(func=_infer)
+
+    bench = sub.add_parser("bench", help="measure the gateware in RTL simulation")
+    bench.add_argument("--json", metavar="FILE", help="write the measurements as JSON")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -37,8 +37,9 @@ class LayerCase:
         """Weights and errors drawn so that some neurons fire and some errors are zero."""
         gen = torch.Generator().manual_seed(seed)
         lif = lif or LIFParams()
-        scale = 2.5 / max(1.0, (rate * fan_in) ** 0.5)
-        w = (torch.randn(neurons, fan_in, generator=gen) * scale + 0.3 * scale)
+        active = max(1.0, rate * fan_in)
+        scale = 2.5 / active ** 0.5
+        w = torch.randn(neurons, fan_in, generator=gen) * scale + 0.3 * scale / active ** 0.5
         spikes = (torch.rand(timesteps, fan_in, generator=gen) < rate).float()
         g = torch.randn(timesteps, neurons, generator=gen) * 0.25
         g[torch.rand(timesteps, neurons, generator=gen) < 0.2] = 0

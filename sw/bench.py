@@ -1,0 +1,97 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``spikeforge bench``: cycles against the ideal, sparsity payoff and simulator speed.
+
+A core is built with Verilator and driven by cocotb (:mod:`spikeforge.tb.bench`); its hardware
+counters give the busy cycles of each engine. The ideal for the same work is the number of
+additions (FP, WG) or multiply-adds (BP) divided by the lane count ``P``, plus the per-timestep
+LIF (or BPTT) pass over all neurons divided by ``P``:
+
+* ``fp_utilization = (input spikes · neurons + T · neurons) / P / FP busy cycles``
+* ``bp_utilization = (neurons with δX ≠ 0 · fan_in + T · neurons) / P / BP busy cycles``
+* ``wg_utilization = input spikes · neurons / P / WG busy cycles``
+* ``sparsity_payoff = (FP + WG cycles at 10 % input rate) / (FP + WG cycles at 100 %)``
+* ``sim_cycles_per_second``: clock cycles simulated per second of wall time, cocotb included.
+"""
+
+import json
+import tempfile
+from pathlib import Path
+
+__all__ = ["bench_core", "run_bench"]
+
+
+def bench_core(*, neurons: int = 128, fan_in: int = 256, lanes: int = 8, timesteps: int = 4,
+               rates=(0.15, 0.10, 1.0), build_root: Path | None = None) -> dict:
+    """Measure one core; return the metrics and the raw counters per input rate."""
+    from .gen import verilator
+    from .hw.core import Core
+
+    core = Core(neurons=neurons, fan_in=fan_in, lanes=lanes, timesteps=timesteps)
+    build_root = Path(build_root or Path(tempfile.gettempdir()) / "spikeforge-bench")
+    name = f"core_n{neurons}_f{fan_in}_p{lanes}_t{timesteps}"
+    out = build_root / name / "bench.json"
+    spec = {"lanes": lanes, "neurons": neurons, "fan_in": fan_in, "timesteps": timesteps,
+            "neuron_bits": core.neuron_bits, "input_bits": core.input_bits,
+            "cases": [{"rate": r} for r in rates]}
+    verilator.run(core, name=name, build_dir=build_root / name, test_module="spikeforge.tb.bench",
+                  testcases=["core_bench"],
+                  extra_env={"BENCH_SPEC": json.dumps(spec), "BENCH_OUT": str(out)})
+    cases = json.loads(out.read_text())
+    by_rate = {c["rate"]: c for c in cases}
+    per_rate = {}
+    for rate, c in by_rate.items():
+        k, w = c["counters"], c["work"]
+        per_rate[str(rate)] = {
+            "fp_cycles": k["fp_busy"], "bp_cycles": k["bp_busy"], "wg_cycles": k["wg_busy"],
+            "update_cycles": c["update_cycles"],
+            "fp_ideal": (w["fp_additions"] + w["lif_updates"]) / lanes,
+            "bp_ideal": (w["bp_macs"] + w["lif_updates"]) / lanes,
+            "wg_ideal": w["wg_additions"] / lanes,
+            "input_spikes": w["fp_additions"] // neurons,
+            "output_spikes": c["output_events"],
+            "sim_cycles": k["cycles"], "wall_seconds": c["wall_seconds"],
+        }
+        assert c["output_events"] == c["expected_output_events"]
+    main = per_rate[str(rates[0])]
+    fpwg = {r: v["fp_cycles"] + v["wg_cycles"] for r, v in per_rate.items()}
+    cycles = sum(v["sim_cycles"] for v in per_rate.values())
+    wall = sum(v["wall_seconds"] for v in per_rate.values())
+
+    def util(ideal, busy):
+        return ideal / busy if busy else 0.0
+
+    return {
+        "core": {"neurons": neurons, "fan_in": fan_in, "lanes": lanes, "timesteps": timesteps,
+                 "input_rate": rates[0]},
+        "fp_utilization": util(main["fp_ideal"], main["fp_cycles"]),
+        "bp_utilization": util(main["bp_ideal"], main["bp_cycles"]),
+        "wg_utilization": util(main["wg_ideal"], main["wg_cycles"]),
+        "sparsity_payoff": fpwg[str(rates[1])] / fpwg[str(rates[2])],
+        "sim_cycles_per_second": cycles / wall,
+        "per_rate": per_rate,
+    }
+
+
+def run_bench(json_path=None, console=None) -> dict:
+    """Run every measurement, print a table and write the JSON."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    with console.status("building and simulating a 128 x 256 core with Verilator"):
+        result = bench_core()
+    table = Table(title="spikeforge core (128 neurons, fan-in 256, 8 lanes, T = 4, 15 % rate)")
+    for col in ("engine", "busy cycles", "ideal cycles", "utilization"):
+        table.add_column(col, justify="right" if col != "engine" else "left")
+    main = result["per_rate"][str(result["core"]["input_rate"])]
+    for engine in ("fp", "bp", "wg"):
+        table.add_row(engine.upper(), str(main[f"{engine}_cycles"]),
+                      f"{main[f'{engine}_ideal']:.0f}", f"{result[f'{engine}_utilization']:.3f}")
+    console.print(table)
+    console.print(f"sparsity payoff (FP+WG cycles at 10 % / at 100 %): "
+                  f"{result['sparsity_payoff']:.3f}")
+    console.print(f"Verilated core: {result['sim_cycles_per_second']:,.0f} cycles/s")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return result
