@@ -15,7 +15,7 @@ the results are bit-exact with ``lif_forward`` and ``lif_backward`` under ``FP16
 
 from functools import cache
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Fragment, Module, Mux, Signal, Value
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -29,7 +29,10 @@ __all__ = ["BPTTUpdate", "LIFUpdate"]
 
 @cache
 def _latency(unit) -> int:
-    return unit().latency
+    """The ``latency`` of an FP16 unit class, read from an instance."""
+    instance = unit()
+    Fragment.get(instance, None)  # elaborated, so that Amaranth does not report it unused
+    return instance.latency
 
 
 def _check(lanes, reset, tag_width):
@@ -85,7 +88,7 @@ class LIFUpdate(wiring.Component):
 
     ``a = V - V_reset``; ``b = X - a``; ``c = b · inv_tau``; ``H = V + c``; ``S = H >= V_th``;
     hard reset ``V' = V_reset if S else H``, soft reset ``V' = H - V_th if S else H``. Per lane:
-    four adders (five with the soft reset), one multiplier and one compare.
+    three adders (four with the soft reset), one multiplier and one compare.
 
     Parameters
     ----------

@@ -22,7 +22,7 @@ changes nothing. Registers holding binary16 values are marked ``(fp16)``.
 
 import enum
 
-__all__ = ["COUNTERS", "Command", "Counter", "Reg", "Region", "Status", "address"]
+__all__ = ["COUNTERS", "Command", "Counter", "ErrorFlag", "Reg", "Region", "Status", "address"]
 
 
 class Region(enum.IntEnum):

@@ -9,7 +9,7 @@ from spikeforge.golden import fp16
 from spikeforge.golden.lif import LIFParams
 from spikeforge.golden.surrogate import Surrogate
 from spikeforge.hw.core import Core
-from spikeforge.regmap import Command, Counter, Reg, Region, Status, address
+from spikeforge.regmap import Command, Counter, ErrorFlag, Reg, Region, Status, address
 from spikeforge.testing import LayerCase, check_case
 
 
@@ -214,3 +214,54 @@ def test_core_without_input_error():
 def test_core_parameters_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Core(**{"neurons": 8, "fan_in": 8, "lanes": 4, "timesteps": 2, **kwargs})
+
+
+def test_core_refuses_bad_input_and_changes_nothing():
+    core = Core(neurons=8, fan_in=8, lanes=4, timesteps=2)
+    sim = Simulator(core)
+    sim.add_clock(1e-8)
+    w = address(Region.WEIGHT, 3 << core.input_bits | 2)
+
+    async def testbench(ctx):
+        def reg(r):
+            return address(Region.REG, r)
+
+        assert not await bus_write(ctx, core, w, 0x3C00)
+        assert not await bus_write(ctx, core, reg(Reg.INPUTS), 6)
+        for bad_addr, value in [
+            (address(Region.WEIGHT, 8 << core.input_bits), 1),   # neuron out of range
+            (address(Region.WEIGHT, 1 << 27), 1),                  # offset far out of range
+            (address(Region.GRAD, 0), 1),                          # gradients are read only
+            (address(Region.CHARGE, 0), 1),                        # state is read only
+            (address(Region.COUNTER, 0), 1),
+            (address(Region.REG, Reg.NEURONS), 0),                 # neurons 1..8
+            (address(Region.REG, Reg.NEURONS), 9),
+            (address(Region.REG, Reg.TIMESTEPS), 3),               # timesteps 1..2
+            (address(Region.REG, Reg.COMMAND), 7),                 # no such command
+            (address(Region.REG, 99), 0),                          # no such register
+            (9 << 28, 0),                                          # no such region
+        ]:
+            assert await bus_write(ctx, core, bad_addr, value), hex(bad_addr)
+        assert await bus_read(ctx, core, w) == 0x3C00
+        assert await bus_read(ctx, core, reg(Reg.NEURONS)) == 8
+        assert await bus_read(ctx, core, reg(Reg.TIMESTEPS)) == 2
+        assert not await bus_write(ctx, core, reg(Reg.COMMAND), Command.BEGIN)
+        assert await bus_write(ctx, core, w, 0x4000)                  # busy: refused
+        assert await bus_write(ctx, core, reg(Reg.COMMAND), Command.UPDATE)
+        ctx.set(core.fp_o.ready, 1)
+        for index, spike, last in [(3, 1, 0), (2, 1, 0), (6, 1, 0), (5, 1, 1), (0, 0, 1)]:
+            ctx.set(core.fp_i.valid, 1)
+            ctx.set(core.fp_i.payload, {"index": index, "spike": spike, "last": last})
+            await ctx.tick().until(core.fp_i.ready)
+        ctx.set(core.fp_i.valid, 0)
+        await wait_status(ctx, core, Status.FP_DONE)
+        errors = await bus_read(ctx, core, reg(Reg.ERRORS))
+        assert errors == ErrorFlag.EVENT_ORDER | ErrorFlag.EVENT_RANGE
+        lo = await bus_read(ctx, core, address(Region.COUNTER, 2 * Counter.FP_EVENTS))
+        assert lo == 2                                                # 3 and 5 were taken
+        assert not await bus_write(ctx, core, reg(Reg.ERRORS), int(errors))
+        assert await bus_read(ctx, core, reg(Reg.ERRORS)) == 0
+        assert await bus_read(ctx, core, w) == 0x3C00
+
+    sim.add_testbench(testbench)
+    sim.run()

@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
+import dataclasses
+import gc
 import random
+from collections import deque
 
 import pytest
 import torch
@@ -11,140 +14,203 @@ from spikeforge.golden.lif import LIFParams, lif_backward, lif_forward
 from spikeforge.golden.surrogate import SURROGATES, Surrogate
 from spikeforge.hw.neuron import BPTTUpdate, LIFUpdate
 
+TIMESTEPS = 6
+PARAMS = {1: {}, 3: {"tau": 3.0, "v_reset": -0.25}, 4: {"tau": 3.0, "v_th": 0.5},
+          64: {"tau": 3.0, "v_reset": -0.25}}
 
-def pack(values):
-    return sum((int(v) & 0xFFFF) << (16 * k) for k, v in enumerate(values))
+
+def pack(patterns):
+    return sum((int(p) & 0xFFFF) << (16 * k) for k, p in enumerate(patterns))
 
 
 def unpack(word, lanes):
-    return [(int(word) >> (16 * k)) & 0xFFFF for k in range(lanes)]
+    return [(word >> (16 * k)) & 0xFFFF for k in range(lanes)]
 
 
-def flags(bits_):
-    return sum(int(b) << k for k, b in enumerate(bits_))
+def constants(lif, dut):
+    c = {name: int(fp16.bits(value)) for name, value in lif.constants(FP16()).items()}
+    return [(getattr(dut, f"c_{name}"), value) for name, value in c.items()
+            if hasattr(dut, f"c_{name}")]
 
 
-def stimulus(lif, lanes, timesteps, seed):
+def drive(dut, consts, groups, steps, initial, issue, retire, seed, idle=0.25):
+    """Run ``groups`` sequences of ``steps`` lane vectors through ``dut``, at most one a cycle.
+
+    A group's step ``k`` waits for the result of its step ``k - 1``, whose ``retire`` value is
+    fed back to ``issue``; the group issued is drawn among the ready ones, and a cycle stays idle
+    (with garbage on the data inputs) with probability ``idle``. ``o_valid`` and ``o_tag`` are
+    checked every cycle against the issue log.
+    """
+    rng = random.Random(seed)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    data_ports = [port for port, _ in issue(0, 0, initial)]
+    issued = []
+
+    async def testbench(ctx):
+        for port, value in consts:
+            ctx.set(port, value)
+        step, carry = [0] * groups, [initial] * groups
+        ready, log = set(range(groups)), deque()
+        cycle = 0
+        while ready or log:
+            due = bool(log) and log[0][0] == cycle
+            assert ctx.get(dut.o_valid) == due
+            if due:
+                g = log.popleft()[1]
+                assert ctx.get(dut.o_tag) == g
+                carry[g] = retire(ctx, g, step[g])
+                step[g] += 1
+                if step[g] < steps:
+                    ready.add(g)
+            if ready and rng.random() >= idle:
+                g = rng.choice(sorted(ready))
+                ready.remove(g)
+                for port, value in issue(g, step[g], carry[g]):
+                    ctx.set(port, value)
+                ctx.set(dut.i_valid, 1)
+                ctx.set(dut.i_tag, g)
+                log.append((cycle + dut.latency, g))
+                issued.append(g)
+            else:
+                for port in data_ports:
+                    ctx.set(port, rng.getrandbits(len(port)))
+                ctx.set(dut.i_valid, 0)
+                ctx.set(dut.i_tag, rng.getrandbits(len(dut.i_tag)))
+            await ctx.tick()
+            cycle += 1
+
+    sim.add_testbench(testbench)
+    sim.run()
+    assert sorted(issued) == sorted(list(range(groups)) * steps)
+
+
+class EpsTap(FP16):
+    """FP16 arithmetic that keeps each step's ``ε``: the first addition after ``σ′``."""
+
+    def __init__(self):
+        self.eps, self._armed = [], False
+
+    def surrogate_grad(self, surrogate, x):
+        self._armed = True
+        return super().surrogate_grad(surrogate, x)
+
+    def add(self, a, b):
+        result = super().add(a, b)
+        if self._armed:
+            self.eps.insert(0, result)
+            self._armed = False
+        return result
+
+
+def golden(lif, lanes, groups, seed):
     gen = torch.Generator().manual_seed(seed)
-    x = fp16.to_fp16(torch.randn(timesteps, lanes, generator=gen) * 1.2 + 0.6)
-    g = fp16.to_fp16(torch.randn(timesteps, lanes, generator=gen) * 0.5)
-    s, h = lif_forward(x, lif, FP16())
-    dx = lif_backward(g, h, s, lif, FP16())
-    return x, g, s, h, dx
-
-
-def run_lif(lif, lanes, x, seed):
-    """Feed each timestep's lane vector with o_v fed back as the next i_v."""
-    dut = LIFUpdate(lanes=lanes, reset=lif.reset, tag_width=4)
-    c = {k: int(fp16.bits(v)) for k, v in lif.constants(FP16()).items()}
-    rng = random.Random(seed)
-    out = {"h": [], "s": [], "v": [], "tags": []}
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-
-    async def testbench(ctx):
-        ctx.set(dut.c_v_th, c["v_th"])
-        ctx.set(dut.c_v_reset, c["v_reset"])
-        ctx.set(dut.c_inv_tau, c["inv_tau"])
-        v = [c["v_reset"]] * lanes
-        for t in range(x.shape[0]):
-            while rng.random() < 0.3:
-                await ctx.tick()
-            ctx.set(dut.i_valid, 1)
-            ctx.set(dut.i_x, pack(fp16.bits(x[t]).tolist()))
-            ctx.set(dut.i_v, pack(v))
-            ctx.set(dut.i_tag, t % 16)
-            await ctx.tick()
-            ctx.set(dut.i_valid, 0)
-            for _ in range(dut.latency - 1):
-                assert not ctx.get(dut.o_valid)
-                await ctx.tick()
-            assert ctx.get(dut.o_valid)
-            out["h"].append(unpack(ctx.get(dut.o_h), lanes))
-            out["s"].append([(ctx.get(dut.o_s) >> k) & 1 for k in range(lanes)])
-            v = unpack(ctx.get(dut.o_v), lanes)
-            out["v"].append(v)
-            out["tags"].append(ctx.get(dut.o_tag))
-
-    sim.add_testbench(testbench)
-    sim.run()
-    return out
-
-
-def run_bptt(lif, lanes, g, h, s, seed, mantissa_bits=4):
-    dut = BPTTUpdate(lanes=lanes, reset=lif.reset, detach_reset=lif.detach_reset,
-                     surrogate=lif.surrogate, tag_width=3)
-    c = {k: int(fp16.bits(v)) for k, v in lif.constants(FP16()).items()}
-    rng = random.Random(seed)
-    out = {"eps": [], "dx": []}
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-
-    async def testbench(ctx):
-        for port, key in ((dut.c_v_th, "v_th"), (dut.c_v_reset, "v_reset"),
-                          (dut.c_inv_tau, "inv_tau"), (dut.c_decay, "decay")):
-            ctx.set(port, c[key])
-        eps = [0] * lanes
-        for t in reversed(range(g.shape[0])):
-            while rng.random() < 0.3:
-                await ctx.tick()
-            ctx.set(dut.i_valid, 1)
-            ctx.set(dut.i_g, pack(fp16.bits(g[t]).tolist()))
-            ctx.set(dut.i_h, pack(fp16.bits(h[t]).tolist()))
-            ctx.set(dut.i_s, flags(s[t].tolist()))
-            ctx.set(dut.i_eps, pack(eps))
-            ctx.set(dut.i_tag, t % 8)
-            await ctx.tick()
-            ctx.set(dut.i_valid, 0)
-            for _ in range(dut.latency - 1):
-                await ctx.tick()
-            assert ctx.get(dut.o_valid) and ctx.get(dut.o_tag) == t % 8
-            eps = unpack(ctx.get(dut.o_eps), lanes)
-            out["eps"].insert(0, eps)
-            out["dx"].insert(0, unpack(ctx.get(dut.o_dx), lanes))
-
-    sim.add_testbench(testbench)
-    sim.run()
-    return out
-
-
-CASES = [(reset, detach, surrogate) for reset in ("hard", "soft") for detach in (True, False)
-         for surrogate in SURROGATES]
-
-
-@pytest.mark.parametrize("reset, detach, surrogate", CASES)
-@pytest.mark.parametrize("lanes", [1, 3, 4])
-def test_lif_and_bptt_match_golden(reset, detach, surrogate, lanes):
-    lif = LIFParams(reset=reset, detach_reset=detach, surrogate=Surrogate(surrogate),
-                    tau=3.0 if lanes == 3 else 2.0, v_reset=-0.25 if lanes == 4 else 0.0)
-    T = 6
-    x, g, s, h, dx = stimulus(lif, lanes, T, seed=lanes * 31 + len(surrogate))
-    assert 0 < int(s.sum()) < s.numel(), "the raster must hold spikes and silences"
-    got = run_lif(lif, lanes, x, seed=1)
-    assert got["h"] == fp16.bits(h).tolist()
-    assert got["s"] == s.int().tolist()
-    got_b = run_bptt(lif, lanes, g, h, s, seed=2)
-    assert got_b["dx"] == fp16.bits(dx).tolist()
-    assert any(v != 0 for row in got_b["dx"] for v in row)
-
-
-def test_membranes_follow_the_golden_reset():
-    lif = LIFParams(reset="soft")
-    x = fp16.to_fp16(torch.tensor([[2.5, 0.25], [2.0, 3.0], [0.0, 1.0]]))
-    got = run_lif(lif, 2, x, seed=3)
-    v = torch.zeros(2, dtype=torch.float16)
+    n = lanes * groups
     a = FP16()
-    for t in range(3):
-        hh = a.add(v, a.mul(a.sub(x[t], v), a.cast(0.5)))
-        v = torch.where(hh >= 1, a.sub(hh, a.cast(1.0)), hh)
-        assert got["v"][t] == fp16.bits(v).tolist()
+    x = a.cast(torch.randn(TIMESTEPS, n, generator=gen) * 1.2 + 0.7 * lif.v_th)
+    g = a.cast(torch.randn(TIMESTEPS, n, generator=gen) * 0.5)
+    s, h = lif_forward(x, lif, a)
+    c = lif.constants(a)
+    if lif.reset == "hard":
+        v = torch.where(s.bool(), c["v_reset"], h)
+    else:
+        v = torch.where(s.bool(), a.sub(h, c["v_th"]), h)
+    tap = EpsTap()
+    dx = lif_backward(g, h, s, lif, tap)
+    other = dataclasses.replace(lif, detach_reset=not lif.detach_reset)
+    assert 0 < int(s.sum()) < s.numel(), "the raster must hold spikes and silences"
+    assert bool(dx.ne(0).any()), "the gradients must not all be zero"
+    assert not torch.equal(dx, lif_backward(g, h, s, other, a)), "detach_reset must matter"
+    return {"x": x, "g": g, "s": s.int(), "h": fp16.bits(h), "v": fp16.bits(v),
+            "eps": fp16.bits(torch.stack(tap.eps)), "dx": fp16.bits(dx)}
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"lanes": 0}, r"^Lane count must be an integer between 1 and 64, not 0$"),
-    ({"reset": "zero"}, r"^Reset must be 'hard' or 'soft', not 'zero'$"),
-    ({"tag_width": 0}, r"^Tag width must be a positive integer, not 0$"),
+def lif_params(lanes, **kwargs):
+    return LIFParams(**{**PARAMS[lanes], **kwargs})
+
+
+def check_lif(lif, lanes, groups=None):
+    dut = LIFUpdate(lanes=lanes, reset=lif.reset, tag_width=5)
+    groups = groups or dut.latency + 2
+    want = golden(lif, lanes, groups, seed=lanes)
+    got = {key: torch.zeros_like(want[key]) for key in ("h", "s", "v")}
+    cols = [slice(g * lanes, (g + 1) * lanes) for g in range(groups)]
+
+    def issue(g, t, v):
+        return [(dut.i_x, pack(fp16.bits(want["x"][t, cols[g]]))), (dut.i_v, v)]
+
+    def retire(ctx, g, t):
+        got["h"][t, cols[g]] = torch.tensor(unpack(ctx.get(dut.o_h), lanes))
+        got["s"][t, cols[g]] = torch.tensor([ctx.get(dut.o_s) >> k & 1 for k in range(lanes)])
+        got["v"][t, cols[g]] = torch.tensor(unpack(ctx.get(dut.o_v), lanes))
+        return ctx.get(dut.o_v)
+
+    v_reset = pack([fp16.bits(lif.constants(FP16())["v_reset"])] * lanes)
+    drive(dut, constants(lif, dut), groups, TIMESTEPS, v_reset, issue, retire,
+          seed=lanes + len(lif.reset))
+    for key in got:
+        assert torch.equal(got[key], want[key]), key
+
+
+def check_bptt(lif, lanes, groups=None):
+    dut = BPTTUpdate(lanes=lanes, reset=lif.reset, detach_reset=lif.detach_reset,
+                     surrogate=lif.surrogate, tag_width=5)
+    groups = groups or dut.latency + 2
+    want = golden(lif, lanes, groups, seed=lanes)
+    got = {key: torch.zeros_like(want[key]) for key in ("eps", "dx")}
+    cols = [slice(g * lanes, (g + 1) * lanes) for g in range(groups)]
+    last = TIMESTEPS - 1
+
+    def issue(g, k, eps):
+        t = last - k
+        return [(dut.i_g, pack(fp16.bits(want["g"][t, cols[g]]))),
+                (dut.i_h, pack(want["h"][t, cols[g]])),
+                (dut.i_s, sum(int(b) << j for j, b in enumerate(want["s"][t, cols[g]]))),
+                (dut.i_eps, eps)]
+
+    def retire(ctx, g, k):
+        got["eps"][last - k, cols[g]] = torch.tensor(unpack(ctx.get(dut.o_eps), lanes))
+        got["dx"][last - k, cols[g]] = torch.tensor(unpack(ctx.get(dut.o_dx), lanes))
+        return ctx.get(dut.o_eps)
+
+    drive(dut, constants(lif, dut), groups, TIMESTEPS, 0, issue, retire,
+          seed=lanes + lif.detach_reset)
+    for key in got:
+        assert torch.equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("lanes", [1, 3, 4])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_lif_update_matches_golden(reset, lanes):
+    check_lif(lif_params(lanes, reset=reset), lanes)
+
+
+@pytest.mark.parametrize("lanes", [1, 3, 4])
+@pytest.mark.parametrize("surrogate", list(SURROGATES))
+@pytest.mark.parametrize("detach", [True, False])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_bptt_update_matches_golden(reset, detach, surrogate, lanes):
+    check_bptt(lif_params(lanes, reset=reset, detach_reset=detach,
+                          surrogate=Surrogate(surrogate)), lanes)
+
+
+@pytest.mark.parametrize("check", [check_lif, check_bptt])
+def test_widest_lane_vectors(check):
+    lif = lif_params(64, reset="soft", detach_reset=False, surrogate=Surrogate("rect"))
+    check(lif, 64, groups=2)
+
+
+@pytest.mark.parametrize("make, kwargs, message", [
+    (LIFUpdate, {"lanes": 0}, r"^Lane count must be an integer between 1 and 64, not 0$"),
+    (LIFUpdate, {"lanes": 65}, r"^Lane count must be an integer between 1 and 64, not 65$"),
+    (LIFUpdate, {"reset": "zero"}, r"^Reset must be 'hard' or 'soft', not 'zero'$"),
+    (BPTTUpdate, {"tag_width": 0}, r"^Tag width must be a positive integer, not 0$"),
+    (BPTTUpdate, {"detach_reset": 1}, r"^Detach reset must be True or False, not 1$"),
+    (BPTTUpdate, {"surrogate": "rect"},
+     r"^Surrogate must be a spikeforge Surrogate, not 'rect'$"),
 ])
-def test_parameters_are_checked(kwargs, message):
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_parameters_are_checked(make, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        LIFUpdate(**{"lanes": 2, **kwargs})
+        make(**{"lanes": 2, **kwargs})
+    gc.collect()

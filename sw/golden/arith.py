@@ -29,7 +29,7 @@ class Arith:
     exact: bool
 
     def cast(self, x) -> torch.Tensor:
-        return torch.as_tensor(x).to(self.dtype)
+        return torch.as_tensor(x, dtype=self.dtype)
 
     def add(self, a, b):
         raise NotImplementedError
@@ -82,7 +82,9 @@ class FP16(Arith):
     exact = True
 
     def cast(self, x):
-        return fp16.to_fp16(torch.as_tensor(x))
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x, dtype=torch.float64)
+        return fp16.to_fp16(x)
 
     def add(self, a, b):
         return fp16.add(a, b)

@@ -22,6 +22,7 @@ True
 '0x7e00'
 """
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -58,8 +59,14 @@ def canonical(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_fp16(x: torch.Tensor) -> torch.Tensor:
-    """Round ``x`` (any float dtype) once to binary16, NaNs canonical."""
-    return canonical(torch.as_tensor(x).to(torch.float16))
+    """Round ``x`` (any float dtype) once to binary16, NaNs canonical.
+
+    PyTorch converts float64 to float16 through float32, rounding twice; numpy rounds once.
+    """
+    x = torch.as_tensor(x)
+    if x.dtype == torch.float64:
+        x = torch.from_numpy(x.detach().cpu().numpy().astype(np.float16))
+    return canonical(x.to(torch.float16))
 
 
 def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

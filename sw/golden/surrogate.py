@@ -76,7 +76,7 @@ class Surrogate:
             return (a / 2) / (1 + (math.pi / 2 * a * x) ** 2)
         if self.kind == "rect":
             return a * (x.abs() < 1 / (2 * a)).to(x.dtype)
-        return (a - a * a * x.abs()) * (x.abs() <= 1 / a).to(x.dtype)
+        return torch.where(x.abs() <= 1 / a, a - a * a * x.abs(), torch.zeros_like(x))
 
     def table(self) -> torch.Tensor:
         """The hardware's lookup table: ``2**(6 + mantissa_bits)`` binary16 values."""
