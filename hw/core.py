@@ -37,8 +37,9 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..golden.surrogate import Surrogate
-from ..regmap import COUNTERS, Command, Counter, ErrorFlag, Reg, Region
+from spikeforge.golden.surrogate import Surrogate
+from spikeforge.regmap import COUNTERS, Command, Counter, ErrorFlag, Reg, Region
+
 from .fp16 import FP16Adder, FP16Multiplier
 from .neuron import BPTTUpdate, LIFUpdate
 from .skewmem import SkewedMemory

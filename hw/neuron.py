@@ -19,9 +19,10 @@ from amaranth.hdl import Cat, Fragment, Module, Mux, Signal, Value
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..golden import fp16
-from ..golden.lif import RESETS
-from ..golden.surrogate import Surrogate
+from spikeforge.golden import fp16
+from spikeforge.golden.lif import RESETS
+from spikeforge.golden.surrogate import Surrogate
+
 from .fp16 import FP16Adder, FP16Compare, FP16Multiplier
 
 __all__ = ["BPTTUpdate", "LIFUpdate"]

@@ -192,6 +192,15 @@ def test_core_surrogates_and_resets(surrogate, reset):
     check(case, simulate(case, core, seed=5))
 
 
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_core_without_detached_reset(reset):
+    lif = LIFParams(reset=reset, detach_reset=False, surrogate=Surrogate("atan"), tau=3.0)
+    case = LayerCase.random(neurons=8, fan_in=8, timesteps=4, rate=0.4, seed=17, lif=lif)
+    core = Core(neurons=8, fan_in=8, lanes=4, timesteps=4, reset=reset, detach_reset=False,
+                surrogate=Surrogate("atan"))
+    check(case, simulate(case, core, seed=8))
+
+
 def test_core_with_smaller_active_layer():
     case = LayerCase.random(neurons=5, fan_in=6, timesteps=2, rate=0.5, seed=2)
     core = Core(neurons=8, fan_in=8, lanes=4, timesteps=3)
