@@ -1,0 +1,184 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The host link's frames: one definition for the gateware parser, the driver and the testbenches.
+
+Every command is one frame from the host; the device answers every frame with one reply. All
+multi-byte fields are little-endian; the CRC is CRC-16/CCITT-FALSE (polynomial 0x1021, initial
+value 0xFFFF, as :func:`binascii.crc_hqx` computes it) over every byte after the sync byte.
+
+Command frame::
+
+    0xA5 | seq | opcode | core | address (4) | length (2) | payload (length) | crc (2)
+
+Reply frame::
+
+    0x5A | seq | status | length (2) | payload (length) | crc (2)
+
+``length`` counts payload bytes, at most :data:`MAX_PAYLOAD`, and is even (payloads are 16-bit
+words). The device executes a frame at most once: a frame whose ``seq`` equals that of the frame
+it executed last is answered with the stored reply and not executed again, so the host may
+resend a frame whose reply it lost. A frame with a bad CRC, length, opcode, core or address
+changes nothing and is answered with the matching :class:`Status`; bytes that are not a frame's
+start are skipped until the next sync byte.
+
+>>> frame = encode_command(7, Opcode.WRITE, 0, 0x10000003, [0x3C00])
+>>> frame.hex()
+'a5070300030000100200003ce59a'
+>>> decode_command(frame)
+Command(seq=7, opcode=<Opcode.WRITE: 3>, core=0, address=268435459, payload=(15360,))
+"""
+
+import binascii
+import enum
+import struct
+from typing import NamedTuple
+
+__all__ = [
+    "COMMAND_SYNC", "MAX_PAYLOAD", "REPLY_SYNC", "Command", "FrameError", "Opcode", "Reply",
+    "ReplyDecoder", "Status", "crc16", "decode_command", "encode_command", "encode_reply",
+]
+
+COMMAND_SYNC = 0xA5
+REPLY_SYNC = 0x5A
+MAX_PAYLOAD = 1024
+COMMAND_HEADER = struct.Struct("<BBBBIH")    # sync, seq, opcode, core, address, length
+REPLY_HEADER = struct.Struct("<BBBH")        # sync, seq, status, length
+
+
+class Opcode(enum.IntEnum):
+    IDENTIFY = 0x01      # reply: configuration words (see the driver)
+    READ = 0x02          # payload: one word, the number of words to read from ``address`` on
+    WRITE = 0x03         # payload: words written to ``address``, ``address + 1``, ...
+    SPIKES_IN = 0x04     # payload: input spike event words for the core's FP engine
+    SPIKES_OUT = 0x05    # reply: the output spike event words the core has produced
+    ERRORS_IN = 0x06     # payload: output-spike error beats for the core's BP engine
+    ERRORS_OUT = 0x07    # reply: the input-error beats the core has produced
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    BAD_CRC = 1
+    BAD_LENGTH = 2
+    BAD_OPCODE = 3
+    BAD_CORE = 4
+    BAD_ADDRESS = 5
+    BUSY = 6
+    TIMEOUT = 7
+
+
+class FrameError(ValueError):
+    """A byte string is not a well-formed frame; ``status`` says what is wrong with it."""
+
+    def __init__(self, status: Status, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Command(NamedTuple):
+    seq: int
+    opcode: Opcode
+    core: int
+    address: int
+    payload: tuple
+
+
+class Reply(NamedTuple):
+    seq: int
+    status: Status
+    payload: tuple
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE of ``data``.
+
+    >>> hex(crc16(b"123456789"))
+    '0x29b1'
+    """
+    return binascii.crc_hqx(data, 0xFFFF)
+
+
+def _words(payload) -> bytes:
+    payload = list(payload)
+    if len(payload) * 2 > MAX_PAYLOAD:
+        raise ValueError(f"payload must be at most {MAX_PAYLOAD // 2} words, "
+                         f"not {len(payload)}")
+    if any(not 0 <= w < 1 << 16 for w in payload):
+        raise ValueError("payload words must be between 0 and 65535")
+    return struct.pack(f"<{len(payload)}H", *payload)
+
+
+def encode_command(seq: int, opcode: Opcode, core: int, address: int, payload=()) -> bytes:
+    """The bytes of a command frame."""
+    for name, value, limit in (("seq", seq, 1 << 8), ("core", core, 1 << 8),
+                               ("address", address, 1 << 32), ("opcode", int(opcode), 1 << 8)):
+        if not 0 <= value < limit:
+            raise ValueError(f"{name} must be between 0 and {limit - 1}, not {value!r}")
+    body = _words(payload)
+    frame = COMMAND_HEADER.pack(COMMAND_SYNC, seq, int(opcode), core, address, len(body)) + body
+    return frame + struct.pack("<H", crc16(frame[1:]))
+
+
+def decode_command(frame: bytes) -> Command:
+    """Parse one whole command frame; raise :class:`FrameError` as the device would answer."""
+    if len(frame) < COMMAND_HEADER.size + 2 or frame[0] != COMMAND_SYNC:
+        raise FrameError(Status.BAD_LENGTH, "not a whole command frame")
+    _, seq, opcode, core, address, length = COMMAND_HEADER.unpack_from(frame)
+    if length > MAX_PAYLOAD or length % 2 or len(frame) != COMMAND_HEADER.size + length + 2:
+        raise FrameError(Status.BAD_LENGTH, f"payload length {length} does not fit the frame")
+    (crc,) = struct.unpack_from("<H", frame, len(frame) - 2)
+    if crc != crc16(frame[1:-2]):
+        raise FrameError(Status.BAD_CRC, "CRC mismatch")
+    if opcode not in Opcode.__members__.values():
+        raise FrameError(Status.BAD_OPCODE, f"unknown opcode {opcode:#04x}")
+    payload = struct.unpack_from(f"<{length // 2}H", frame, COMMAND_HEADER.size)
+    return Command(seq, Opcode(opcode), core, address, payload)
+
+
+def encode_reply(seq: int, status: Status, payload=()) -> bytes:
+    """The bytes of a reply frame."""
+    body = _words(payload)
+    frame = REPLY_HEADER.pack(REPLY_SYNC, seq, int(status), len(body)) + body
+    return frame + struct.pack("<H", crc16(frame[1:]))
+
+
+class ReplyDecoder:
+    """Incremental reply parser: feed it bytes, take whole replies.
+
+    Bytes before a sync byte, and replies whose length or CRC is wrong, are dropped (and
+    counted in ``dropped``), so that a host resynchronises on a noisy link.
+    """
+
+    def __init__(self):
+        self._buffer = bytearray()
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> list[Reply]:
+        self._buffer += data
+        replies = []
+        while True:
+            start = self._buffer.find(REPLY_SYNC)
+            if start < 0:
+                self.dropped += len(self._buffer)
+                self._buffer.clear()
+                return replies
+            if start:
+                self.dropped += start
+                del self._buffer[:start]
+            if len(self._buffer) < REPLY_HEADER.size:
+                return replies
+            _, seq, status, length = REPLY_HEADER.unpack_from(self._buffer)
+            if length > MAX_PAYLOAD or length % 2 or status not in Status.__members__.values():
+                self.dropped += 1
+                del self._buffer[:1]
+                continue
+            size = REPLY_HEADER.size + length + 2
+            if len(self._buffer) < size:
+                return replies
+            frame = bytes(self._buffer[:size])
+            (crc,) = struct.unpack_from("<H", frame, size - 2)
+            if crc != crc16(frame[1:-2]):
+                self.dropped += 1
+                del self._buffer[:1]
+                continue
+            del self._buffer[:size]
+            payload = struct.unpack_from(f"<{length // 2}H", frame, REPLY_HEADER.size)
+            replies.append(Reply(seq, Status(status), payload))
