@@ -41,6 +41,7 @@ from spikeforge.golden.surrogate import Surrogate
 from spikeforge.regmap import COUNTERS, Command, Counter, ErrorFlag, Reg, Region
 
 from .fp16 import FP16Adder, FP16Multiplier
+from .lanes import FP16Lanes, delay, lane
 from .neuron import BPTTUpdate, LIFUpdate
 from .skewmem import SkewedMemory
 
@@ -55,37 +56,6 @@ def event_layout(count: int) -> data.StructLayout:
 def error_layout(lanes: int) -> data.StructLayout:
     """A beat of ``lanes`` binary16 errors."""
     return data.StructLayout({"value": 16 * lanes, "last": 1})
-
-
-def _delay(m: Module, value, cycles: int, name: str):
-    """``value`` delayed by ``cycles`` clock cycles."""
-    for k in range(cycles):
-        reg = Signal.like(value, name=f"{name}_d{k + 1}")
-        m.d.sync += reg.eq(value)
-        value = reg
-    return value
-
-
-def _lanes16(value, k):
-    return value[16 * k:16 * k + 16]
-
-
-class _LaneUnits:
-    """``lanes`` copies of an FP16 unit driven as one lane vector."""
-
-    def __init__(self, m: Module, name: str, unit, lanes: int):
-        self.units = [unit() for _ in range(lanes)]
-        for k, u in enumerate(self.units):
-            m.submodules[f"{name}{k}"] = u
-        self.latency = self.units[0].latency
-        self.o_valid = self.units[0].o_valid
-        self.o_result = Cat(*(u.o_result for u in self.units))
-
-    def issue(self, m: Module, valid, a, b, sub=None):
-        for k, u in enumerate(self.units):
-            m.d.comb += [u.i_valid.eq(valid), u.i_a.eq(_lanes16(a, k)), u.i_b.eq(_lanes16(b, k))]
-            if sub is not None:
-                m.d.comb += u.i_sub.eq(sub)
 
 
 class Core(wiring.Component):
@@ -201,9 +171,9 @@ class Core(wiring.Component):
         cnt_rd, cnt_wr = cntmem.read_port(), cntmem.write_port()
 
         # ---- arithmetic --------------------------------------------------------------------
-        acc_add = _LaneUnits(m, "acc_add", FP16Adder, P)     # FP currents, Wᵀδ sums, update
-        wg_add = _LaneUnits(m, "wg_add", FP16Adder, P)       # WG
-        mul = _LaneUnits(m, "mul", FP16Multiplier, P)        # Wᵀδ products, lr·ΔW
+        acc_add = FP16Lanes(m, "acc_add", FP16Adder, P)     # FP currents, Wᵀδ sums, update
+        wg_add = FP16Lanes(m, "wg_add", FP16Adder, P)       # WG
+        mul = FP16Lanes(m, "mul", FP16Multiplier, P)        # Wᵀδ products, lr·ΔW
         la, lm = acc_add.latency, mul.latency
         m.submodules.lif = lif = LIFUpdate(lanes=P, reset=self._reset, tag_width=max(CH, 2)
                                            .bit_length())
@@ -442,12 +412,12 @@ class Core(wiring.Component):
 
         # ---- FP accumulate datapath: I[c] += W[i, c] ----
         acc_fp = fsm.ongoing("FP_ACC") | fsm.ongoing("FP_DRAIN")
-        acc_valid_d = _delay(m, acc_valid, 1, "acc_valid")
-        acc_chunk_d = _delay(m, acc_chunk, 1 + la, "acc_chunk")
+        acc_valid_d = delay(m, acc_valid, 1, "acc_valid")
+        acc_chunk_d = delay(m, acc_chunk, 1 + la, "acc_chunk")
 
         # ---- FP LIF pass datapath ----
-        lif_issue_d = _delay(m, lif_issue, 1, "lif_issue")
-        lif_chunk_d = _delay(m, lif_chunk, 1, "lif_chunk")
+        lif_issue_d = delay(m, lif_issue, 1, "lif_issue")
+        lif_chunk_d = delay(m, lif_chunk, 1, "lif_chunk")
         first_step = t == 0
         m.d.comb += [
             lif.i_valid.eq(lif_issue_d),
@@ -510,7 +480,7 @@ class Core(wiring.Component):
             bptt.i_tag.eq(bp_chunk),
         ]
         bptt_chunk = bptt.o_tag[:max(CH, 2).bit_length()]
-        nz = Cat(*((_lanes16(bptt.o_dx, k)[:15] != 0) for k in range(P)))
+        nz = Cat(*((lane(bptt.o_dx, k)[:15] != 0) for k in range(P)))
         with m.If(bptt.o_valid):
             m.d.comb += [
                 e_wr.en.eq(1), e_wr.addr.eq(bptt_chunk), e_wr.data.eq(bptt.o_eps),
@@ -640,14 +610,14 @@ class Core(wiring.Component):
             m.d.sync += wg_done.eq(0)
 
         m.d.comb += [d_rd_wg.addr.eq(wg_slot), d_rd_wg.en.eq(1)]
-        wg_valid_d = _delay(m, wg_issue, 1, "wg_valid")
-        wg_row_d = _delay(m, wg_row, 1 + la, "wg_row")
-        wg_chunk_d = _delay(m, wg_slot, 1 + la, "wg_chunk")
+        wg_valid_d = delay(m, wg_issue, 1, "wg_valid")
+        wg_row_d = delay(m, wg_row, 1 + la, "wg_row")
+        wg_chunk_d = delay(m, wg_slot, 1 + la, "wg_chunk")
         wg_add.issue(m, wg_valid_d, gmem.rd_data, d_rd_wg.data)
 
         # ---- BP input-error stream out: A[j] then A[j] = 0 ----
-        out_issue_d = _delay(m, out_issue, 1, "out_issue")
-        out_last_d = _delay(m, out_j + 1 == in_chunks, 1, "out_last")
+        out_issue_d = delay(m, out_issue, 1, "out_issue")
+        out_last_d = delay(m, out_j + 1 == in_chunks, 1, "out_last")
         m.d.comb += [
             out_fifo.w_en.eq(out_issue_d),
             out_fifo.w_data.eq(Cat(a_rd.data, out_last_d)),
@@ -659,18 +629,18 @@ class Core(wiring.Component):
         m.d.sync += out_inflight.eq(out_inflight + out_issue - out_issue_d)
 
         # ---- Update datapath: W = W - lr·ΔW, ΔW = 0 ----
-        up_valid_d = _delay(m, up_issue, 1, "up_valid")
-        up_row_d = _delay(m, up_row, 1 + lm + la, "up_row")
-        up_chunk_d = _delay(m, up_chunk, 1 + lm + la, "up_chunk")
+        up_valid_d = delay(m, up_issue, 1, "up_valid")
+        up_row_d = delay(m, up_row, 1 + lm + la, "up_row")
+        up_chunk_d = delay(m, up_chunk, 1 + lm + la, "up_chunk")
 
         # ---- shared units and memory ports, by phase ----
-        wt_valid_d = _delay(m, wt_issue, 1, "wt_valid")
-        wt_d_d1 = _delay(m, wt_d, 1, "wt_d")
-        wt_a_read = _delay(m, wt_issue, lm, "wt_aread")
-        wt_a_addr = _delay(m, wt_slot, lm, "wt_aaddr")
-        wt_j_out = _delay(m, wt_slot, 1 + lm + la, "wt_jout")
-        up_w_d = _delay(m, wmem.rd_data, lm, "up_w")
-        up_mul_valid = _delay(m, up_valid_d, lm, "up_mulv")
+        wt_valid_d = delay(m, wt_issue, 1, "wt_valid")
+        wt_d_d1 = delay(m, wt_d, 1, "wt_d")
+        wt_a_read = delay(m, wt_issue, lm, "wt_aread")
+        wt_a_addr = delay(m, wt_slot, lm, "wt_aaddr")
+        wt_j_out = delay(m, wt_slot, 1 + lm + la, "wt_jout")
+        up_w_d = delay(m, wmem.rd_data, lm, "up_w")
+        up_mul_valid = delay(m, up_valid_d, lm, "up_mulv")
         mul_b = Signal(16 * P)
         with m.If(fsm.ongoing("UPDATE") | fsm.ongoing("DRAIN_IDLE")):
             mul.issue(m, up_valid_d, Cat(*([lr] * P)), gmem.rd_data)

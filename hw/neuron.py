@@ -15,7 +15,7 @@ the results are bit-exact with ``lif_forward`` and ``lif_backward`` under ``FP16
 
 from functools import cache
 
-from amaranth.hdl import Cat, Fragment, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Fragment, Module, Mux
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -24,6 +24,7 @@ from spikeforge.golden.lif import RESETS
 from spikeforge.golden.surrogate import Surrogate
 
 from .fp16 import FP16Adder, FP16Compare, FP16Multiplier
+from .lanes import FP16Lanes, delay, delay_chain, lane
 
 __all__ = ["BPTTUpdate", "LIFUpdate"]
 
@@ -43,45 +44,6 @@ def _check(lanes, reset, tag_width):
         raise ValueError(f"Reset must be 'hard' or 'soft', not {reset!r}")
     if isinstance(tag_width, bool) or not isinstance(tag_width, int) or tag_width < 1:
         raise ValueError(f"Tag width must be a positive integer, not {tag_width!r}")
-
-
-def _lane(vector: Value, k: int) -> Value:
-    return vector[16 * k:16 * k + 16]
-
-
-def _chain(m: Module, value: Value, cycles: int, name: str) -> list[Value]:
-    """``value`` and its copies delayed by 1 to ``cycles`` cycles: ``chain[d]`` is ``d`` late."""
-    chain = [value]
-    for d in range(1, cycles + 1):
-        reg = Signal.like(value, name=f"{name}_d{d}")
-        m.d.sync += reg.eq(chain[-1])
-        chain.append(reg)
-    return chain
-
-
-def _delay(m: Module, value: Value, cycles: int, name: str) -> Value:
-    assert cycles >= 0
-    return _chain(m, value, cycles, name)[-1]
-
-
-class _Lanes:
-    """One FP16 unit per lane, issued together with lane-vector operands."""
-
-    def __init__(self, m: Module, name: str, unit, lanes: int):
-        self.units = [unit() for _ in range(lanes)]
-        for k, u in enumerate(self.units):
-            m.submodules[f"{name}{k}"] = u
-        self.latency = self.units[0].latency
-
-    def issue(self, m: Module, valid: Value, a: Value, b: Value, sub: int | None = None) -> Value:
-        """Drive the units; return the lane vector of their results (``o_ge`` of compares)."""
-        for k, u in enumerate(self.units):
-            m.d.comb += [u.i_valid.eq(valid), u.i_a.eq(_lane(a, k)), u.i_b.eq(_lane(b, k))]
-            if sub is not None:
-                m.d.comb += u.i_sub.eq(sub)
-        if isinstance(self.units[0], FP16Compare):
-            return Cat(*(u.o_ge for u in self.units))
-        return Cat(*(u.o_result for u in self.units))
 
 
 class LIFUpdate(wiring.Component):
@@ -159,30 +121,30 @@ class LIFUpdate(wiring.Component):
         m = Module()
         P = self._lanes
 
-        sub_a = _Lanes(m, "sub_a", FP16Adder, P)
-        sub_b = _Lanes(m, "sub_b", FP16Adder, P)
-        mul_c = _Lanes(m, "mul_c", FP16Multiplier, P)
-        add_h = _Lanes(m, "add_h", FP16Adder, P)
-        cmp_s = _Lanes(m, "cmp_s", FP16Compare, P)
+        sub_a = FP16Lanes(m, "sub_a", FP16Adder, P)
+        sub_b = FP16Lanes(m, "sub_b", FP16Adder, P)
+        mul_c = FP16Lanes(m, "mul_c", FP16Multiplier, P)
+        add_h = FP16Lanes(m, "add_h", FP16Adder, P)
+        cmp_s = FP16Lanes(m, "cmp_s", FP16Compare, P)
         la, lm = sub_a.latency, mul_c.latency
         t_h, t_out = self._charged, self.latency
 
-        valid = _chain(m, self.i_valid, t_out, "valid")
+        valid = delay_chain(m, self.i_valid, t_out, "valid")
         v_reset = self.c_v_reset.replicate(P)
         v_th = self.c_v_th.replicate(P)
 
         a = sub_a.issue(m, valid[0], self.i_v, v_reset, sub=1)
-        b = sub_b.issue(m, valid[la], _delay(m, self.i_x, la, "x"), a, sub=1)
+        b = sub_b.issue(m, valid[la], delay(m, self.i_x, la, "x"), a, sub=1)
         c = mul_c.issue(m, valid[2 * la], b, self.c_inv_tau.replicate(P))
-        h = add_h.issue(m, valid[2 * la + lm], _delay(m, self.i_v, 2 * la + lm, "v"), c)
+        h = add_h.issue(m, valid[2 * la + lm], delay(m, self.i_v, 2 * la + lm, "v"), c)
         s = cmp_s.issue(m, valid[t_h], h, v_th)
 
-        h_out = _delay(m, h, t_out - t_h, "h")
-        s_out = _delay(m, s, t_out - t_h - cmp_s.latency, "s")
+        h_out = delay(m, h, t_out - t_h, "h")
+        s_out = delay(m, s, t_out - t_h - cmp_s.latency, "s")
         if self._reset == "soft":
-            sub_r = _Lanes(m, "sub_r", FP16Adder, P)
+            sub_r = FP16Lanes(m, "sub_r", FP16Adder, P)
             r = sub_r.issue(m, valid[t_h], h, v_th, sub=1)
-            fired = _delay(m, r, t_out - t_h - sub_r.latency, "r")
+            fired = delay(m, r, t_out - t_h - sub_r.latency, "r")
         else:
             fired = v_reset
 
@@ -190,9 +152,9 @@ class LIFUpdate(wiring.Component):
             self.o_valid.eq(valid[t_out]),
             self.o_h.eq(h_out),
             self.o_s.eq(s_out),
-            self.o_v.eq(Cat(*(Mux(s_out[k], _lane(fired, k), _lane(h_out, k))
+            self.o_v.eq(Cat(*(Mux(s_out[k], lane(fired, k), lane(h_out, k))
                               for k in range(P)))),
-            self.o_tag.eq(_delay(m, self.i_tag, t_out, "tag")),
+            self.o_tag.eq(delay(m, self.i_tag, t_out, "tag")),
         ]
         return m
 
@@ -303,10 +265,10 @@ class BPTTUpdate(wiring.Component):
         m = Module()
         P = self._lanes
         t = self._schedule()
-        valid = _chain(m, self.i_valid, t["out"], "valid")
+        valid = delay_chain(m, self.i_valid, t["out"], "valid")
 
-        mul_gamma = _Lanes(m, "mul_gamma", FP16Multiplier, P)
-        sub_x = _Lanes(m, "sub_x", FP16Adder, P)
+        mul_gamma = FP16Lanes(m, "mul_gamma", FP16Multiplier, P)
+        sub_x = FP16Lanes(m, "sub_x", FP16Adder, P)
         la, lm = sub_x.latency, mul_gamma.latency
         gamma = mul_gamma.issue(m, valid[0], self.i_eps, self.c_decay.replicate(P))
         x = sub_x.issue(m, valid[0], self.i_h, self.c_v_th.replicate(P), sub=1)
@@ -318,44 +280,44 @@ class BPTTUpdate(wiring.Component):
             m.submodules[f"sg_rom{k}"] = rom = memory.Memory(shape=16, depth=len(table),
                                                              init=table)
             port = rom.read_port()
-            m.d.comb += port.addr.eq(_lane(x, k)[shift:])
+            m.d.comb += port.addr.eq(lane(x, k)[shift:])
             sg.append(port.data)
-        sg = _delay(m, Cat(*sg), t["mul_a"] - t["sg"], "sg")
+        sg = delay(m, Cat(*sg), t["mul_a"] - t["sg"], "sg")
 
         if self._detach:
             ds = self.i_g
         else:
             if self._reset == "hard":
-                sub_dvds = _Lanes(m, "sub_dvds", FP16Adder, P)
+                sub_dvds = FP16Lanes(m, "sub_dvds", FP16Adder, P)
                 dvds = sub_dvds.issue(m, valid[0], self.c_v_reset.replicate(P), self.i_h, sub=1)
-                dvds = _delay(m, dvds, t["mul_dvds"] - la, "dvds")
+                dvds = delay(m, dvds, t["mul_dvds"] - la, "dvds")
             else:
                 dvds = (self.c_v_th ^ 0x8000).replicate(P)
-            mul_dvds = _Lanes(m, "mul_dvds", FP16Multiplier, P)
-            add_ds = _Lanes(m, "add_ds", FP16Adder, P)
+            mul_dvds = FP16Lanes(m, "mul_dvds", FP16Multiplier, P)
+            add_ds = FP16Lanes(m, "add_ds", FP16Adder, P)
             p = mul_dvds.issue(m, valid[t["mul_dvds"]],
-                               _delay(m, gamma, t["mul_dvds"] - lm, "gamma_p"), dvds)
+                               delay(m, gamma, t["mul_dvds"] - lm, "gamma_p"), dvds)
             ds = add_ds.issue(m, valid[t["add_ds"]],
-                              _delay(m, self.i_g, t["add_ds"], "g"), p)
-        ds = _delay(m, ds, t["mul_a"] - t["ds"], "ds")
+                              delay(m, self.i_g, t["add_ds"], "g"), p)
+        ds = delay(m, ds, t["mul_a"] - t["ds"], "ds")
 
-        mul_a = _Lanes(m, "mul_a", FP16Multiplier, P)
+        mul_a = FP16Lanes(m, "mul_a", FP16Multiplier, P)
         a = mul_a.issue(m, valid[t["mul_a"]], ds, sg)
-        gamma_b = _delay(m, gamma, t["add_eps"] - lm, "gamma_b")
+        gamma_b = delay(m, gamma, t["add_eps"] - lm, "gamma_b")
         if self._reset == "hard":
-            fired = _delay(m, self.i_s, t["add_eps"], "s")
-            b = Cat(*(Mux(fired[k], 0, _lane(gamma_b, k)) for k in range(P)))
+            fired = delay(m, self.i_s, t["add_eps"], "s")
+            b = Cat(*(Mux(fired[k], 0, lane(gamma_b, k)) for k in range(P)))
         else:
             b = gamma_b
-        add_eps = _Lanes(m, "add_eps", FP16Adder, P)
+        add_eps = FP16Lanes(m, "add_eps", FP16Adder, P)
         eps = add_eps.issue(m, valid[t["add_eps"]], a, b)
-        mul_dx = _Lanes(m, "mul_dx", FP16Multiplier, P)
+        mul_dx = FP16Lanes(m, "mul_dx", FP16Multiplier, P)
         dx = mul_dx.issue(m, valid[t["mul_dx"]], eps, self.c_inv_tau.replicate(P))
 
         m.d.comb += [
             self.o_valid.eq(valid[t["out"]]),
-            self.o_eps.eq(_delay(m, eps, t["out"] - t["mul_dx"], "eps")),
+            self.o_eps.eq(delay(m, eps, t["out"] - t["mul_dx"], "eps")),
             self.o_dx.eq(dx),
-            self.o_tag.eq(_delay(m, self.i_tag, t["out"], "tag")),
+            self.o_tag.eq(delay(m, self.i_tag, t["out"], "tag")),
         ]
         return m

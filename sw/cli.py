@@ -32,7 +32,7 @@ def _train(args) -> int:
     backend = _backend(args.backend)
     result = train(cfg, backend, json_path=args.json, checkpoint=args.checkpoint,
                    progress=not args.quiet)
-    Console(stderr=True).print(
+    Console(stderr=True, soft_wrap=True).print(
         f"[bold]{result['model']}[/] on {result['dataset']} ({result['backend']}, "
         f"{result['precision']}): test accuracy {result['test_accuracy']:.4f}, "
         f"train accuracy {result['train_accuracy']:.4f}, {result['wall_seconds']:.1f} s")
