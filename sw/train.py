@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_checkpoint
-from .data import encode, load_dataset
+from .data import DATASETS, ENCODERS, encode, load_dataset
 from .errors import ConfigError
 from .golden.arith import arith_for
 from .golden.lif import LIFParams
 from .golden.network import MODELS, Network, build_model
+from .golden.qk import ATTENTIONS
 from .golden.surrogate import Surrogate
 
 __all__ = ["GoldenBackend", "TrainConfig", "evaluate", "rate_loss", "train"]
@@ -59,6 +60,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number, not {value!r}")
+        for name, allowed in (("dataset", DATASETS), ("encoder", ENCODERS),
+                              ("attention", ATTENTIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, "
+                                  f"not {getattr(self, name)!r}")
+        self.lif()
         if self.encoder == "direct" and self.precision != "float":
             raise ConfigError("the direct encoder feeds currents, which only float precision "
                               "takes; use --encoder rate with --precision fp16 or a device")

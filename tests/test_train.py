@@ -88,3 +88,16 @@ def test_bad_checkpoint_is_refused(tmp_path):
 def test_config_rejects_unknown_model():
     with pytest.raises(ConfigError, match="model must be one of mlp, qk"):
         TrainConfig(model="cnn")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"surrogate": "relu"}, r"surrogate must be one of sigmoid, atan, rect"),
+    ({"reset": "none"}, r"LIF reset must be one of hard, soft, not 'none'"),
+    ({"attention": "spatial"}, r"attention must be one of token, channel, not 'spatial'"),
+    ({"encoder": "latency"}, r"encoder must be one of rate, direct, not 'latency'"),
+    ({"dataset": "mnist"}, r"dataset must be one of digits, not 'mnist'"),
+    ({"tau": 0.5}, r"LIF tau must be at least 1"),
+])
+def test_config_is_checked_when_made(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kwargs)
