@@ -11,11 +11,16 @@ import os
 
 import cocotb
 import pytest
+import torch
 from harness import run
 
+from spikeforge.golden import fp16
+from spikeforge.golden.arith import FP16
 from spikeforge.golden.lif import LIFParams
+from spikeforge.golden.linear import linear_weight_grad, sgd_update
 from spikeforge.golden.surrogate import Surrogate
 from spikeforge.hw.core import Core
+from spikeforge.regmap import Region
 from spikeforge.tb.core import CoreTB
 from spikeforge.testing import LayerCase, check_case
 
@@ -42,19 +47,51 @@ async def core_cases(dut):
     assert compared > 0, "no output spike in any case"
 
 
+@cocotb.test()
+async def core_batch(dut):
+    """Three samples accumulate ΔW in the golden batch order before one update."""
+    spec = json.loads(os.environ["CORE_SPEC"])
+    tb = CoreTB(dut, lanes=spec["lanes"], neuron_bits=spec["neuron_bits"],
+                input_bits=spec["input_bits"], seed=spec["seed"] + 1, idle=0.2, stall=0.2)
+    await tb.reset()
+    first = LayerCase.random(neurons=13, fan_in=11, timesteps=spec["timesteps"], rate=0.4,
+                             seed=5)
+    cases = [first] + [LayerCase(first.weights, other.spikes_in, other.grad_out, first.lif,
+                                 first.lr)
+                       for other in (LayerCase.random(neurons=13, fan_in=11,
+                                                      timesteps=spec["timesteps"], rate=r,
+                                                      seed=6 + k)
+                                     for k, r in enumerate((0.2, 0.7)))]
+    await tb.load(first)
+    for case in cases:
+        got = await tb.run_case(case, readback=False, update=False)
+        for t in range(case.timesteps):
+            assert got["events"][t] == case.output_events(t)
+    a = FP16()
+    x = torch.stack([c.spikes_in for c in cases], 1)
+    dx = torch.stack([c.expected_dx for c in cases], 1)
+    dw = linear_weight_grad(dx, x, a)
+    assert await tb.read_matrix(Region.GRAD, 13, 11) == fp16.bits(dw).tolist()
+    await tb.update()
+    expected = sgd_update(first.weights, dw, first.lr, a)
+    assert await tb.read_matrix(Region.WEIGHT, 13, 11) == fp16.bits(expected).tolist()
+    assert (dw != 0).sum() > 50
+
+
 def _run(name, *, lanes=4, neurons=16, fan_in=16, timesteps=3, reset="hard",
-         surrogate="sigmoid", v_reset=0.0, tau=2.0, cases=SWEEP, seed=1):
+         surrogate="sigmoid", v_reset=0.0, tau=2.0, cases=SWEEP, seed=1,
+         testcases=("core_cases",)):
     core = Core(neurons=neurons, fan_in=fan_in, lanes=lanes, timesteps=timesteps, reset=reset,
                 surrogate=Surrogate(surrogate))
     spec = {"lanes": lanes, "neuron_bits": core.neuron_bits, "input_bits": core.input_bits,
             "timesteps": timesteps, "reset": reset, "surrogate": surrogate,
             "v_reset": v_reset, "tau": tau, "cases": cases, "seed": seed}
-    run(core, name=name, test_module="test_core", testcases=["core_cases"],
+    run(core, name=name, test_module="test_core", testcases=testcases,
         extra_env={"CORE_SPEC": json.dumps(spec)})
 
 
-def test_core_sizes_and_rates():
-    _run("core_sweep")
+def test_core_sizes_rates_and_batch():
+    _run("core_sweep", testcases=("core_cases", "core_batch"))
 
 
 @pytest.mark.parametrize("reset, surrogate", [

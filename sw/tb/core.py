@@ -78,6 +78,16 @@ class CoreTB:
             result[c.name.lower()] = hi << 16 | lo
         return result
 
+    async def update(self):
+        """Apply the accumulated gradient (``W -= lr·ΔW``, ``ΔW = 0``) and wait for it."""
+        assert not await self.write(address(Region.REG, Reg.COMMAND), Command.UPDATE)
+        while await self.read(address(Region.REG, Reg.STATUS)) & Status.BUSY:
+            pass
+
+    async def read_matrix(self, region: Region, neurons: int, fan_in: int) -> list:
+        return [[await self.read(address(region, n << self.input_bits | i))
+                 for i in range(fan_in)] for n in range(neurons)]
+
     async def _idle(self):
         while self.idle and self.rng.random() < self.idle:
             await RisingEdge(self.dut.clk)
@@ -114,8 +124,11 @@ class CoreTB:
                                             value)
 
     async def run_case(self, case: LayerCase, bp_input_error: bool = True,
-                       readback: bool = True) -> dict:
-        """Run ``case`` (weights already loaded) and return what the core produced."""
+                       readback: bool = True, update: bool = True) -> dict:
+        """Run ``case`` (weights already loaded) and return what the core produced.
+
+        Without ``update`` the gradient stays accumulated for the next sample (a batch).
+        """
         P, T, N, F = self.lanes, case.timesteps, case.neurons, case.fan_in
         chunks, in_chunks = -(-N // P), -(-F // P)
         index_bits = len(self.dut.fp_i__payload) - 2
@@ -175,9 +188,9 @@ class CoreTB:
         if readback:
             got["dw"] = [[await self.read(address(Region.GRAD, n << self.input_bits | i))
                           for i in range(F)] for n in range(N)]
-        assert not await self.write(address(Region.REG, Reg.COMMAND), Command.UPDATE)
-        while await self.read(address(Region.REG, Reg.STATUS)) & Status.BUSY:
-            pass
+        if not update:
+            return got
+        await self.update()
         got["update_cycles"] = (await self.counters())["update_busy"]
         if readback:
             got["weights"] = [[await self.read(address(Region.WEIGHT, n << self.input_bits | i))
