@@ -1,0 +1,17 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``spikeforge bench`` on a small core, so that the measurement path keeps working."""
+
+from harness import BUILD_ROOT
+
+from spikeforge.bench import bench_core
+
+
+def test_bench_small_core():
+    result = bench_core(neurons=16, fan_in=32, lanes=4, timesteps=2, rates=(0.3, 0.1, 1.0),
+                        build_root=BUILD_ROOT)
+    for engine in ("fp", "bp", "wg"):
+        assert 0.3 < result[f"{engine}_utilization"] <= 1.0, engine
+    assert 0 < result["sparsity_payoff"] < 0.5
+    assert result["sim_cycles_per_second"] > 100
+    at_full = result["per_rate"]["1.0"]
+    assert at_full["input_spikes"] == 2 * 32 and at_full["wg_ideal"] == 2 * 32 * 16 / 4
