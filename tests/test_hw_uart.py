@@ -1,0 +1,260 @@
+# SPDX-License-Identifier: Apache-2.0
+import math
+import random
+
+import pytest
+from amaranth.hdl import Module
+from amaranth.sim import Simulator
+
+from spikeforge.hw.uart import UARTRx, UARTTx
+
+DIVISORS = [4, 7, 16]
+
+
+def frame(byte, stop=1):
+    return [0, *((byte >> k) & 1 for k in range(8)), stop]
+
+
+def segments_of(frames, bit_time, gaps):
+    """(level, duration in cycles) of ``frames`` (bit lists) each followed by its gap (bits)."""
+    segments = [(1, 2 * bit_time)]
+    for bits, gap in zip(frames, gaps, strict=True):
+        segments += [(bit, bit_time) for bit in bits]
+        segments.append((1, gap * bit_time))
+    return [*segments, (1, 3 * bit_time)]
+
+
+def levels(segments):
+    """Per clock cycle, the level of a line whose ``segments`` start at fractional times."""
+    edges, t = [], 0.0
+    for level, duration in segments:
+        edges.append((t, level))
+        t += duration
+    out, j, level = [], 0, 1
+    for c in range(math.ceil(t)):
+        while j < len(edges) and edges[j][0] <= c:
+            level = edges[j][1]
+            j += 1
+        out.append(level)
+    return out
+
+
+async def drive(ctx, line, wave):
+    c = 0
+    while c < len(wave):
+        run = 1
+        while c + run < len(wave) and wave[c + run] == wave[c]:
+            run += 1
+        ctx.set(line, wave[c])
+        await ctx.tick().repeat(run)
+        c += run
+
+
+async def send(ctx, stream, data, rng, divisor):
+    for byte in data:
+        if rng.random() < 0.5:
+            await ctx.tick().repeat(rng.randrange(1, 3 * divisor))
+        ctx.set(stream.payload, byte)
+        ctx.set(stream.valid, 1)
+        await ctx.tick().until(stream.ready)
+        ctx.set(stream.valid, 0)
+
+
+async def receive(ctx, stream, count, rng=None, limit=1 << 17):
+    got = []
+    for _ in range(limit):
+        if len(got) == count:
+            break
+        ready = rng is None or rng.random() < 0.5
+        ctx.set(stream.ready, ready)
+        _, _, valid, payload = await ctx.tick().sample(stream.valid, stream.payload)
+        if valid and ready:
+            got.append(payload)
+    assert len(got) == count, f"{len(got)} of {count} bytes in {limit} cycles: {got}"
+    ctx.set(stream.ready, 0)
+    return got
+
+
+def decode(wave, divisor):
+    """(first cycle, byte) of each frame on ``wave``; each bit must last exactly ``divisor``."""
+    frames, c = [], 1
+    while c < len(wave):
+        if wave[c - 1] == 1 and wave[c] == 0:
+            cycles = wave[c:c + 10 * divisor]
+            bits = cycles[::divisor]
+            assert len(cycles) == 10 * divisor, f"frame at {c} cut short"
+            assert cycles == [b for b in bits for _ in range(divisor)], f"bit lengths at {c}"
+            assert bits[0] == 0 and bits[9] == 1, f"frame at {c}: {bits}"
+            frames.append((c, sum(b << k for k, b in enumerate(bits[1:9]))))
+            c += 10 * divisor
+        else:
+            c += 1
+    return frames
+
+
+@pytest.mark.parametrize("unit", [UARTTx, UARTRx])
+@pytest.mark.parametrize("divisor", [3, 0, -8, 4.0, True, "8"])
+def test_divisor_checked(unit, divisor):
+    with pytest.raises(ValueError, match=r"^UART divisor must be an integer of at least 4 clock "
+                                         r"cycles per bit \(the receiver samples in the middle "
+                                         rf"of a bit\), not {divisor!r}$"):
+        unit(divisor)
+
+
+@pytest.mark.parametrize("divisor", DIVISORS)
+def test_tx_waveform(divisor):
+    dut = UARTTx(divisor)
+    rng = random.Random(divisor)
+    data = [0x00, 0xFF, 0x55, 0xAA, 0x01, 0x80] + [rng.randrange(256) for _ in range(24)]
+    wave, taken = [], []
+
+    async def record(ctx):
+        async for _, _, tx, transfer in ctx.tick().sample(dut.tx, dut.i.valid & dut.i.ready):
+            if transfer:
+                taken.append(len(wave))
+            wave.append(tx)
+
+    async def testbench(ctx):
+        await send(ctx, dut.i, data, rng, divisor)
+        await ctx.tick().repeat(10 * divisor + 4)
+        expected = [(t + dut.latency, b) for t, b in zip(taken, data, strict=True)]
+        assert decode(wave, divisor) == expected
+        assert wave[0] == 1 and wave[-1] == 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(record, background=True)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
+@pytest.mark.parametrize("mismatch", [-0.02, 0.0, 0.02])
+@pytest.mark.parametrize("divisor", DIVISORS)
+def test_rx_from_model(divisor, mismatch):
+    dut = UARTRx(divisor)
+    rng = random.Random(divisor * 100 + round(mismatch * 100))
+    data = [0x00, 0xFF, 0x55, 0xAA] + [rng.randrange(256) for _ in range(26)]
+    gaps = [rng.choice([0, 0, 0.3, 1, 2.5]) for _ in data]
+    wave = levels(segments_of([frame(b) for b in data], divisor * (1 + mismatch), gaps))
+
+    async def sender(ctx):
+        await drive(ctx, dut.rx, wave)
+
+    async def sink(ctx):
+        assert await receive(ctx, dut.o, len(data)) == data
+        await ctx.tick().repeat(12 * divisor)
+        assert not ctx.get(dut.o.valid)
+        assert ctx.get(dut.o_framing_errors) == 0
+        assert ctx.get(dut.o_overruns) == 0
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(sender)
+    sim.add_testbench(sink)
+    sim.run()
+
+
+@pytest.mark.parametrize("divisor", DIVISORS)
+def test_rx_latency(divisor):
+    dut = UARTRx(divisor)
+
+    async def sender(ctx):
+        await ctx.tick().repeat(5)
+        for bit in frame(0x5A):
+            ctx.set(dut.rx, bit)
+            await ctx.tick().repeat(divisor)
+
+    async def sink(ctx):
+        ticks = 0
+        while True:
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            ticks += 1
+            if valid:
+                break
+        assert payload == 0x5A
+        assert ticks == 6 + dut.latency
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(sender)
+    sim.add_testbench(sink)
+    sim.run()
+
+
+@pytest.mark.parametrize("divisor", DIVISORS)
+def test_rx_framing_error(divisor):
+    dut = UARTRx(divisor)
+    segments = [(1, 2 * divisor), *((b, divisor) for b in frame(0x3C)),
+                *((b, divisor) for b in frame(0xA5, stop=0)), (1, divisor),
+                (0, 1), (1, 2 * divisor),
+                (0, 25 * divisor), (1, divisor),
+                *((b, divisor) for b in frame(0xC3)), (1, 3 * divisor)]
+    wave = levels(segments)
+
+    async def sender(ctx):
+        await drive(ctx, dut.rx, wave)
+
+    async def sink(ctx):
+        assert await receive(ctx, dut.o, 2) == [0x3C, 0xC3]
+        await ctx.tick().repeat(12 * divisor)
+        assert not ctx.get(dut.o.valid)
+        assert ctx.get(dut.o_framing_errors) == 2
+        assert ctx.get(dut.o_overruns) == 0
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(sender)
+    sim.add_testbench(sink)
+    sim.run()
+
+
+@pytest.mark.parametrize("divisor", DIVISORS)
+def test_rx_overrun(divisor):
+    dut = UARTRx(divisor)
+    wave = levels(segments_of([frame(b) for b in (0x11, 0x22, 0x33)], divisor, [0, 0, 0]))
+    last = levels(segments_of([frame(0x44)], divisor, [0]))
+
+    async def testbench(ctx):
+        await drive(ctx, dut.rx, wave)
+        assert ctx.get(dut.o.valid) and ctx.get(dut.o.payload) == 0x11
+        assert ctx.get(dut.o_overruns) == 2
+        assert await receive(ctx, dut.o, 1) == [0x11]
+        await ctx.tick()
+        assert not ctx.get(dut.o.valid)
+        await drive(ctx, dut.rx, last)
+        assert await receive(ctx, dut.o, 1) == [0x44]
+        assert ctx.get(dut.o_overruns) == 2
+        assert ctx.get(dut.o_framing_errors) == 0
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
+@pytest.mark.parametrize("backpressure", [False, True], ids=["ready", "random_ready"])
+@pytest.mark.parametrize("divisor", DIVISORS)
+def test_tx_to_rx(divisor, backpressure):
+    m = Module()
+    m.submodules.tx = tx = UARTTx(divisor)
+    m.submodules.rx = rx = UARTRx(divisor)
+    m.d.comb += rx.rx.eq(tx.tx)
+    rng = random.Random(divisor + 1000 * backpressure)
+    data = [rng.randrange(256) for _ in range(200)]
+
+    async def source(ctx):
+        await send(ctx, tx.i, data, rng, divisor)
+
+    async def sink(ctx):
+        stalls = random.Random(divisor) if backpressure else None
+        assert await receive(ctx, rx.o, len(data), stalls) == data
+        await ctx.tick().repeat(12 * divisor)
+        assert not ctx.get(rx.o.valid)
+        assert ctx.get(rx.o_overruns) == 0
+        assert ctx.get(rx.o_framing_errors) == 0
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
