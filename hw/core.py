@@ -515,6 +515,13 @@ class Core(wiring.Component):
         for k in reversed(range(P)):
             with m.If(sm[k]):
                 m.d.comb += s_lowest.eq(k)
+        with m.If(cand_take):
+            m.d.comb += bump[Counter.BP_NEURONS].eq(1)
+            m.d.sync += [wt_active.eq(1), wt_slot.eq(0), wt_n.eq(cand_n), wt_d.eq(cand_d)]
+        with m.Elif(wt_last):
+            m.d.sync += wt_active.eq(0)
+        with m.Elif(wt_active):
+            m.d.sync += wt_slot.eq(wt_slot + 1)
         with m.If(wt_start):
             m.d.sync += [sc.eq(0), scan_active.eq(1), sm.eq(0), sc_loaded.eq(0),
                          cand_valid.eq(0), wt_active.eq(0), wt_done.eq(0)]
@@ -536,19 +543,6 @@ class Core(wiring.Component):
                         m.d.sync += [sc.eq(sc + 1), sc_loaded.eq(1)]
                     with m.Else():
                         m.d.sync += scan_active.eq(0)
-            with m.If(cand_take):
-                m.d.comb += bump[Counter.BP_NEURONS].eq(1)
-                m.d.sync += [wt_active.eq(1), wt_slot.eq(0), wt_n.eq(cand_n),
-                             wt_d.eq(cand_d)]
-            with m.Elif(wt_last):
-                m.d.sync += wt_active.eq(0)
-            with m.If(wt_active & ~wt_last):
-                m.d.sync += wt_slot.eq(wt_slot + 1)
-        with m.Else():
-            with m.If(wt_active & ~wt_last):
-                m.d.sync += wt_slot.eq(wt_slot + 1)
-            with m.Elif(wt_last):
-                m.d.sync += wt_active.eq(0)
         wt_issue = wt_active & (wt_slot < in_chunks)
         wt_pipe_busy = Signal()
         wt_tail = Signal(range(lm + la + 8))
@@ -728,7 +722,6 @@ class Core(wiring.Component):
         shadow = Signal(32)
         m.d.sync += [bus_pending.eq(self.bus_en), self.bus_ack.eq(bus_pending),
                      self.bus_err.eq(bus_err), bus_err.eq(0)]
-        bus_lane_sel = Signal(range(P))
         with m.If(self.bus_en):
             m.d.sync += bus_kind.eq(region)
             with m.Switch(region):
@@ -834,16 +827,15 @@ class Core(wiring.Component):
                         m.d.sync += bus_reg.eq(shadow[16:])
                 with m.Default():
                     m.d.sync += bus_err.eq(1)
-        m.d.comb += bus_lane_sel.eq(bus_lane)
         with m.Switch(bus_kind):
             with m.Case(Region.WEIGHT):
-                m.d.sync += self.bus_rdata.eq((wmem.rd_data >> (bus_lane_sel * 16))[:16])
+                m.d.sync += self.bus_rdata.eq((wmem.rd_data >> (bus_lane * 16))[:16])
             with m.Case(Region.GRAD):
-                m.d.sync += self.bus_rdata.eq((gmem.rd_data >> (bus_lane_sel * 16))[:16])
+                m.d.sync += self.bus_rdata.eq((gmem.rd_data >> (bus_lane * 16))[:16])
             with m.Case(Region.CHARGE):
-                m.d.sync += self.bus_rdata.eq((h_rd.data >> (bus_lane_sel * 16))[:16])
+                m.d.sync += self.bus_rdata.eq((h_rd.data >> (bus_lane * 16))[:16])
             with m.Case(Region.SPIKE):
-                m.d.sync += self.bus_rdata.eq((s_rd.data >> bus_lane_sel)[0])
+                m.d.sync += self.bus_rdata.eq((s_rd.data >> bus_lane)[0])
             with m.Default():
                 m.d.sync += self.bus_rdata.eq(bus_reg)
         return m
