@@ -14,7 +14,30 @@ Reply frame::
     0x5A | seq | status | length (2) | payload (length) | crc (2)
 
 ``length`` counts payload bytes, at most :data:`MAX_PAYLOAD`, and is even (payloads are 16-bit
-words). The device executes a frame at most once: a frame whose ``seq`` equals that of the frame
+words). ``core`` is a core's index, :data:`BROADCAST` (a ``WRITE`` to every core) or
+:data:`SOC` (the link's own registers, :class:`SocReg`).
+
+What each opcode carries:
+
+==============  ====================================  ==========================================
+opcode          command payload                       reply payload
+==============  ====================================  ==========================================
+``IDENTIFY``    none                                  :data:`IDENTITY` words
+``READ``        one word: ``count``, 1 .. 512         ``count`` words from ``address`` on
+``WRITE``       words for ``address``, ``address+1``  none; all are checked before any is written
+``SPIKES_IN``   event words (:func:`event_word`)     none
+``SPIKES_OUT``  one word: the most words wanted       the output events waiting, at most that many
+``ERRORS_IN``   beats of ``lanes`` binary16 words     none
+``ERRORS_OUT``  one word: the most beats wanted       the input-error beats waiting, ``lanes`` words
+                                                      each
+==============  ====================================  ==========================================
+
+For ``ERRORS_IN``, ``address`` is the number of beats in a timestep: the payload holds whole
+timesteps, and the last beat of each closes its timestep. A core's output FIFO holds one whole
+sample, so a host that reads a sample's outputs before it sends the next never stalls a core;
+a stream that stalls anyway is abandoned after a time-out (:attr:`Status.TIMEOUT`).
+
+The device executes a frame at most once: a frame whose ``seq`` equals that of the frame
 it executed last is answered with the stored reply and not executed again, so the host may
 resend a frame whose reply it lost. A frame with a bad CRC, length, opcode, core or address
 changes nothing and is answered with the matching :class:`Status`; bytes that are not a frame's
@@ -33,13 +56,24 @@ import struct
 from typing import NamedTuple
 
 __all__ = [
-    "COMMAND_SYNC", "MAX_PAYLOAD", "REPLY_SYNC", "Command", "FrameError", "Opcode", "Reply",
-    "ReplyDecoder", "Status", "crc16", "decode_command", "encode_command", "encode_reply",
+    "BROADCAST", "COMMAND_SYNC", "EVENT_INDEX", "EVENT_LAST", "EVENT_SPIKE", "IDENTITY",
+    "MAX_PAYLOAD", "MAX_WORDS", "REPLY_SYNC", "SOC", "VERSION", "Command", "FrameError", "Link",
+    "Opcode", "Reply", "ReplyDecoder", "SocReg", "Status", "crc16", "decode_command",
+    "encode_command", "encode_reply", "event_word",
 ]
 
 COMMAND_SYNC = 0xA5
 REPLY_SYNC = 0x5A
 MAX_PAYLOAD = 1024
+MAX_WORDS = MAX_PAYLOAD // 2
+BROADCAST = 0xFF
+SOC = 0xFE
+VERSION = 1
+IDENTITY = ("version", "cores", "lanes", "neurons", "fan_in", "timesteps", "reset",
+            "detach_reset", "surrogate", "out_fifo", "max_words")
+EVENT_SPIKE = 1 << 14
+EVENT_LAST = 1 << 15
+EVENT_INDEX = EVENT_SPIKE - 1
 COMMAND_HEADER = struct.Struct("<BBBBIH")    # sync, seq, opcode, core, address, length
 REPLY_HEADER = struct.Struct("<BBBH")        # sync, seq, status, length
 
@@ -52,6 +86,32 @@ class Opcode(enum.IntEnum):
     SPIKES_OUT = 0x05    # reply: the output spike event words the core has produced
     ERRORS_IN = 0x06     # payload: output-spike error beats for the core's BP engine
     ERRORS_OUT = 0x07    # reply: the input-error beats the core has produced
+
+
+class SocReg(enum.IntEnum):
+    """Registers of core :data:`SOC`: the link's counters (low then high half) and routing."""
+
+    RX_BYTES = 0         # bytes received (2 words)
+    TX_BYTES = 2         # bytes sent (2 words)
+    FRAMES = 4           # frames executed (2 words)
+    BAD_FRAMES = 6       # frames answered with an error status (2 words)
+    LINK = 0x100         # LINK + c: core c's routing, :class:`Link` bits (read and write)
+
+
+class Link(enum.IntFlag):
+    FP_TO_NEXT = 1       # core c's output spikes go to core c + 1's input, not to the host
+    BP_TO_PREV = 2       # core c's input errors go to core c - 1's output errors, not the host
+
+
+def event_word(index: int, spike: bool = True, last: bool = False) -> int:
+    """The 16-bit word of a spike event (``SPIKES_IN`` / ``SPIKES_OUT``).
+
+    >>> hex(event_word(5)), hex(event_word(0, spike=False, last=True))
+    ('0x4005', '0x8000')
+    """
+    if not 0 <= index <= EVENT_INDEX:
+        raise ValueError(f"event index must be between 0 and {EVENT_INDEX}, not {index!r}")
+    return index | EVENT_SPIKE * bool(spike) | EVENT_LAST * bool(last)
 
 
 class Status(enum.IntEnum):

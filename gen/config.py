@@ -1,0 +1,111 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The configuration of a generated accelerator, checked when it is made.
+
+>>> cfg = AcceleratorConfig(cores=2, neurons=128, fan_in=128, lanes=8, timesteps=8)
+>>> cfg.digest() == AcceleratorConfig.from_json(cfg.to_json()).digest()
+True
+>>> AcceleratorConfig(cores=0)
+Traceback (most recent call last):
+...
+spikeforge.errors.ConfigError: cores must be an integer between 1 and 64, not 0
+"""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from spikeforge.errors import ConfigError
+from spikeforge.golden.surrogate import SURROGATES, Surrogate
+
+__all__ = ["AcceleratorConfig"]
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """What the generator builds.
+
+    Parameters
+    ----------
+    cores : int
+        Training cores, chained in index order (core ``c`` feeds core ``c + 1``).
+    neurons, fan_in : int
+        Largest layer a core holds: output neurons and inputs, multiples of ``lanes``.
+    lanes : int
+        Lane vector width of every core, a power of two.
+    timesteps : int
+        Largest number of timesteps per sample (sizes the BP state and the output FIFOs).
+    reset, detach_reset, surrogate
+        The LIF reset, whether BP detaches it, and the surrogate of every core.
+    """
+
+    cores: int = 2
+    neurons: int = 128
+    fan_in: int = 128
+    lanes: int = 8
+    timesteps: int = 8
+    reset: str = "hard"
+    detach_reset: bool = True
+    surrogate: str = "sigmoid"
+
+    def __post_init__(self):
+        def integer(name, low, high):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{name} must be an integer between {low} and {high}, "
+                                  f"not {value!r}")
+
+        integer("cores", 1, 64)
+        if self.lanes not in [1 << k for k in range(7)]:
+            raise ConfigError(f"lanes must be a power of two between 1 and 64, not "
+                              f"{self.lanes!r}")
+        for name in ("neurons", "fan_in"):
+            integer(name, 1, 8192)
+            if getattr(self, name) % self.lanes:
+                raise ConfigError(f"{name} must be a multiple of lanes ({self.lanes}), not "
+                                  f"{getattr(self, name)}")
+        integer("timesteps", 1, 256)
+        if self.reset not in ("hard", "soft"):
+            raise ConfigError(f"reset must be 'hard' or 'soft', not {self.reset!r}")
+        if not isinstance(self.detach_reset, bool):
+            raise ConfigError(f"detach_reset must be true or false, not {self.detach_reset!r}")
+        if self.surrogate not in SURROGATES:
+            raise ConfigError(f"surrogate must be one of {', '.join(SURROGATES)}, not "
+                              f"{self.surrogate!r}")
+
+    def core_args(self) -> dict:
+        """Keyword arguments of :class:`~spikeforge.hw.core.Core` for every core."""
+        return {"neurons": self.neurons, "fan_in": self.fan_in, "lanes": self.lanes,
+                "timesteps": self.timesteps, "reset": self.reset,
+                "detach_reset": self.detach_reset, "surrogate": Surrogate(self.surrogate)}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AcceleratorConfig":
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"accelerator configuration is not JSON: {error}") from None
+        if not isinstance(fields, dict):
+            raise ConfigError("accelerator configuration must be a JSON object")
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown accelerator configuration fields: {', '.join(unknown)}")
+        return cls(**fields)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AcceleratorConfig":
+        try:
+            return cls.from_json(Path(path).read_text())
+        except OSError as error:
+            raise ConfigError(f"cannot read accelerator configuration {path}: {error}") from None
+
+    def replace(self, **changes) -> "AcceleratorConfig":
+        return dataclasses.replace(self, **changes)
+
+    def digest(self) -> str:
+        """A short hash of the configuration, for build caches."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
