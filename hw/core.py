@@ -21,6 +21,8 @@ Streams (``amaranth.lib.stream``):
 
 The word bus (``bus_*``) reaches registers, weights, gradients, the saved state and the
 counters (:mod:`spikeforge.regmap`); every access is acknowledged two cycles after ``bus_en``.
+A write with ``bus_probe`` set is checked (``bus_err`` as for the write) but changes nothing, so
+that a host link can check every word of a frame before it writes any.
 
 Engines and their cost in cycles (``P`` lanes, ``C = ⌈neurons/P⌉``, ``F = ⌈fan_in/P⌉``):
 
@@ -101,6 +103,7 @@ class Core(wiring.Component):
             "bp_o": Out(stream.Signature(error_layout(lanes))),
             "bus_en": In(1),
             "bus_we": In(1),
+            "bus_probe": In(1),
             "bus_addr": In(32),
             "bus_wdata": In(16),
             "bus_ack": Out(1),
@@ -733,24 +736,24 @@ class Core(wiring.Component):
                         with m.Switch(offset):
                             with m.Case(Reg.COMMAND):
                                 m.d.comb += ok.eq(idle & (value < 5))
-                                with m.If(ok):
+                                with m.If(ok & ~self.bus_probe):
                                     m.d.comb += [command_valid.eq(value != 0),
                                                  command.eq(value),
                                                  clear_counters.eq(
                                                      value == Command.CLEAR_COUNTERS)]
                             with m.Case(Reg.NEURONS):
                                 m.d.comb += ok.eq(idle & (value >= 1) & (value <= N))
-                                with m.If(ok):
+                                with m.If(ok & ~self.bus_probe):
                                     m.d.sync += [n_act.eq(value),
                                                  chunks.eq((value + P - 1) >> lane_bits)]
                             with m.Case(Reg.INPUTS):
                                 m.d.comb += ok.eq(idle & (value >= 1) & (value <= F))
-                                with m.If(ok):
+                                with m.If(ok & ~self.bus_probe):
                                     m.d.sync += [f_act.eq(value),
                                                  in_chunks.eq((value + P - 1) >> lane_bits)]
                             with m.Case(Reg.TIMESTEPS):
                                 m.d.comb += ok.eq(idle & (value >= 1) & (value <= T))
-                                with m.If(ok):
+                                with m.If(ok & ~self.bus_probe):
                                     m.d.sync += [t_act.eq(value), fp_done.eq(0),
                                                  bp_done.eq(0)]
                             for reg, sig in ((Reg.V_TH, v_th), (Reg.V_RESET, v_reset),
@@ -758,15 +761,16 @@ class Core(wiring.Component):
                                              (Reg.LR, lr)):
                                 with m.Case(reg):
                                     m.d.comb += ok.eq(idle)
-                                    with m.If(ok):
+                                    with m.If(ok & ~self.bus_probe):
                                         m.d.sync += sig.eq(value)
                             with m.Case(Reg.BP_INPUT_ERROR):
                                 m.d.comb += ok.eq(idle & (value < 2))
-                                with m.If(ok):
+                                with m.If(ok & ~self.bus_probe):
                                     m.d.sync += bp_input_error.eq(value[0])
                             with m.Case(Reg.ERRORS):
                                 m.d.comb += ok.eq(1)
-                                m.d.sync += errors.eq(errors & ~value)
+                                with m.If(~self.bus_probe):
+                                    m.d.sync += errors.eq(errors & ~value)
                         m.d.sync += bus_err.eq(~ok)
                     with m.Else():
                         with m.Switch(offset):
@@ -797,7 +801,7 @@ class Core(wiring.Component):
                             with m.If(region == kind):
                                 with m.If(self.bus_we):
                                     m.d.comb += [
-                                        sm_.wr_en.eq(1), sm_.wr_major.eq(w_i),
+                                        sm_.wr_en.eq(~self.bus_probe), sm_.wr_major.eq(w_i),
                                         sm_.wr_minor.eq(w_n >> lane_bits),
                                         sm_.wr_data.eq(Cat(*([self.bus_wdata] * P))),
                                         sm_.wr_mask.eq(1 << (w_n[:lane_bits] if lane_bits

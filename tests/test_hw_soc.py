@@ -1,0 +1,301 @@
+# SPDX-License-Identifier: Apache-2.0
+import random
+
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from spikeforge import protocol as p
+from spikeforge.gen.config import AcceleratorConfig
+from spikeforge.golden import fp16
+from spikeforge.golden.arith import FP16
+from spikeforge.golden.lif import LIFParams, lif_backward, lif_forward
+from spikeforge.golden.linear import linear_backward, linear_forward, linear_weight_grad, sgd_update
+from spikeforge.hw.hostlink import FrameReceiver, HostLink
+from spikeforge.hw.soc import SoC
+from spikeforge.protocol import Opcode, SocReg, Status
+from spikeforge.regmap import Command, Reg, Region, address
+from spikeforge.testing import LayerCase
+
+CONFIG = AcceleratorConfig(cores=2, neurons=8, fan_in=8, lanes=4, timesteps=3)
+IB = 3  # input bits of an 8-input core
+
+
+class Host:
+    """Frames to the simulated SoC, one at a time, and their replies."""
+
+    def __init__(self, ctx, dut, seed=0):
+        self.ctx, self.dut = ctx, dut
+        self.decoder = p.ReplyDecoder()
+        self.seq = 0
+        self.rng = random.Random(seed)
+
+    async def send(self, data: bytes, cycles: int = 20000, expect_reply: bool = True):
+        ctx, dut = self.ctx, self.dut
+        ctx.set(dut.tx.ready, 1)
+        pos = 0
+        for _ in range(cycles):
+            idle = self.rng.random() < 0.2
+            ctx.set(dut.rx.valid, pos < len(data) and not idle)
+            if pos < len(data):
+                ctx.set(dut.rx.payload, data[pos])
+            _, _, ready, valid, byte = await ctx.tick().sample(dut.rx.ready, dut.tx.valid,
+                                                               dut.tx.payload)
+            if pos < len(data) and ready and not idle:
+                pos += 1
+            replies = self.decoder.feed(bytes([byte])) if valid else []
+            if replies:
+                assert pos == len(data)
+                return replies[0]
+            if pos == len(data) and not expect_reply:
+                ctx.set(dut.rx.valid, 0)
+                return None
+        raise AssertionError("no reply")
+
+    async def command(self, opcode, core=0, addr=0, payload=(), status=Status.OK):
+        self.seq = (self.seq + 1) % 256
+        reply = await self.send(p.encode_command(self.seq, opcode, core, addr, payload))
+        assert reply.seq == self.seq
+        assert reply.status == status, f"{opcode!r}: {reply.status!r}, expected {status!r}"
+        return list(reply.payload)
+
+    async def read(self, core, addr, count=1):
+        return await self.command(Opcode.READ, core, addr, [count])
+
+    async def write(self, core, addr, words, status=Status.OK):
+        return await self.command(Opcode.WRITE, core, addr, list(words), status)
+
+    async def weights(self, core, region=Region.WEIGHT, n=8, f=8):
+        return [await self.read(core, address(region, i << IB), f) for i in range(n)]
+
+    async def wait(self, core, flag):
+        for _ in range(2000):
+            if (await self.read(core, address(Region.REG, Reg.STATUS)))[0] & flag:
+                return
+        raise AssertionError(f"core {core} never reached {flag!r}")
+
+
+def run(body, config=CONFIG, timeout=2000):
+    dut = SoC(config, link_timeout=timeout)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+
+    async def bench(ctx):
+        await body(Host(ctx, dut), dut)
+
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_identify_and_registers():
+    async def body(host, dut):
+        words = await host.command(Opcode.IDENTIFY)
+        assert dict(zip(p.IDENTITY, words, strict=True)) == {
+            "version": p.VERSION, "cores": 2, "lanes": 4, "neurons": 8, "fan_in": 8,
+            "timesteps": 3, "reset": 0, "detach_reset": 1, "surrogate": 0,
+            "out_fifo": 3 * 9, "max_words": 512}
+        await host.write(1, address(Region.WEIGHT, 1 << IB | 2), [0x3C00, 0x4000])
+        assert await host.read(1, address(Region.WEIGHT, 1 << IB | 1), 4) == [0, 0x3C00,
+                                                                               0x4000, 0]
+        assert await host.read(0, address(Region.WEIGHT, 1 << IB | 2), 1) == [0]
+        await host.write(p.BROADCAST, address(Region.REG, Reg.V_TH), [0x3800])
+        for core in (0, 1):
+            assert await host.read(core, address(Region.REG, Reg.V_TH)) == [0x3800]
+        await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
+        assert await host.read(p.SOC, SocReg.LINK, 2) == [1, 2]
+        counters = await host.read(p.SOC, SocReg.RX_BYTES, 8)
+        assert counters[0] > 0 and counters[2] > 0 and counters[4] == 9 and counters[6] == 0
+
+    run(body)
+
+
+def test_bad_frames_change_nothing():
+    async def body(host, dut):
+        w = address(Region.WEIGHT, 0)
+        await host.write(0, w, [0x1111, 0x2222])
+        bad = bytearray(p.encode_command(99, Opcode.WRITE, 0, w, [0x5555]))
+        bad[-3] ^= 0x40
+        assert (await host.send(bytes(bad))).status == Status.BAD_CRC
+        assert (await host.send(p.encode_command(98, 0x7F, 0, w))).status == Status.BAD_OPCODE
+        await host.command(Opcode.READ, 2, w, [1], status=Status.BAD_CORE)
+        await host.command(Opcode.READ, p.BROADCAST, w, [1], status=Status.BAD_CORE)
+        await host.command(Opcode.SPIKES_IN, 7, 0, [1], status=Status.BAD_CORE)
+        await host.command(Opcode.READ, 0, w, [0], status=Status.BAD_LENGTH)
+        await host.command(Opcode.READ, 0, w, [513], status=Status.BAD_LENGTH)
+        await host.command(Opcode.READ, 0, w, [1, 1], status=Status.BAD_LENGTH)
+        await host.command(Opcode.READ, 0, address(Region.WEIGHT, 8 << IB), [1],
+                           status=Status.BAD_ADDRESS)
+        # The last word is past the last neuron: nothing is written.
+        await host.write(0, address(Region.WEIGHT, 7 << IB | 6), [0x3333, 0x3333, 0x3333],
+                         status=Status.BAD_ADDRESS)
+        await host.write(p.BROADCAST, address(Region.REG, Reg.NEURONS), [9],
+                         status=Status.BAD_ADDRESS)
+        await host.write(0, address(Region.GRAD, 0), [1], status=Status.BAD_ADDRESS)
+        await host.write(p.SOC, SocReg.RX_BYTES, [0], status=Status.BAD_ADDRESS)
+        await host.write(p.SOC, SocReg.LINK, [4], status=Status.BAD_ADDRESS)
+        await host.command(Opcode.SPIKES_IN, 0, 0, [p.event_word(2), p.event_word(8)],
+                           status=Status.BAD_ADDRESS)
+        await host.command(Opcode.ERRORS_IN, 0, 0, [0] * 8, status=Status.BAD_ADDRESS)
+        await host.command(Opcode.ERRORS_IN, 0, 2, [0] * 4, status=Status.BAD_LENGTH)
+        await host.command(Opcode.ERRORS_IN, 0, 1, [0] * 6, status=Status.BAD_LENGTH)
+        # Oversize and odd lengths are refused as soon as the header is in.
+        header = bytes([p.COMMAND_SYNC, 50, Opcode.WRITE, 0, 0, 0, 0, 0x10])
+        for length in (p.MAX_PAYLOAD + 2, 3):
+            reply = await host.send(header + length.to_bytes(2, "little"))
+            assert reply.status == Status.BAD_LENGTH
+        # Garbage, then a truncated frame that times out, then a good frame.
+        await host.send(bytes([0x00, 0x5A, 0xFF, 0x13]), expect_reply=False)
+        await host.send(p.encode_command(60, Opcode.WRITE, 0, w, [0x7777])[:9],
+                        expect_reply=False)
+        for _ in range(2100):
+            await host.ctx.tick()
+        assert await host.read(0, w, 2) == [0x1111, 0x2222]
+        assert await host.read(0, address(Region.WEIGHT, 7 << IB | 6), 2) == [0, 0]
+        assert await host.read(0, address(Region.REG, Reg.NEURONS)) == [8]
+        assert await host.read(p.SOC, SocReg.LINK, 2) == [0, 0]
+
+    run(body)
+
+
+def test_repeated_sequence_number_is_answered_not_executed():
+    async def body(host, dut):
+        w = address(Region.WEIGHT, 3)
+        first = p.encode_command(40, Opcode.WRITE, 0, w, [0x1234])
+        assert (await host.send(first)).status == Status.OK
+        frames = (await host.read(p.SOC, SocReg.FRAMES))[0]
+        again = p.encode_command(host.seq, Opcode.WRITE, 0, w, [0x4321])
+        reply = await host.send(again)
+        assert reply.seq == host.seq and reply.status == Status.OK and len(reply.payload) == 1
+        assert (await host.read(p.SOC, SocReg.FRAMES))[0] == frames + 1
+        assert await host.read(0, w) == [0x1234]
+
+    run(body)
+
+
+def _events(spikes):
+    words = []
+    for row in spikes:
+        words += [p.event_word(int(i)) for i in torch.nonzero(row).flatten()]
+        words.append(p.event_word(0, spike=False, last=True))
+    return words
+
+
+def _beats(errors, lanes):
+    words = []
+    for t in reversed(range(errors.shape[0])):
+        row = fp16.bits(errors[t]).tolist()
+        words += row + [0] * (-len(row) % lanes)
+    return words
+
+
+def _decode_events(words, timesteps):
+    events, t = [[] for _ in range(timesteps)], 0
+    for word in words:
+        if word & p.EVENT_SPIKE:
+            events[t].append(word & p.EVENT_INDEX)
+        if word & p.EVENT_LAST:
+            t += 1
+    assert t == timesteps
+    return events
+
+
+async def _configure(host, core, case: LayerCase, bp_input_error: int):
+    for reg, value in case.registers().items():
+        await host.write(core, address(Region.REG, reg), [value])
+    await host.write(core, address(Region.REG, Reg.BP_INPUT_ERROR), [bp_input_error])
+    for n, row in enumerate(fp16.bits(case.weights).tolist()):
+        await host.write(core, address(Region.WEIGHT, n << IB), row)
+
+
+async def _collect(host, core, opcode, until):
+    words = []
+    for _ in range(2000):
+        words += await host.command(opcode, core, 0, [64])
+        if until(words):
+            return words
+    raise AssertionError(f"core {core} output stopped at {words}")
+
+
+def test_one_layer_through_the_link():
+    case = LayerCase.random(neurons=7, fan_in=6, timesteps=3, rate=0.5, seed=3)
+    T = case.timesteps
+
+    async def body(host, dut):
+        await _configure(host, 1, case, 1)
+        await host.write(1, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
+        await host.command(Opcode.SPIKES_IN, 1, 0, _events(case.spikes_in))
+        words = await _collect(host, 1, Opcode.SPIKES_OUT,
+                               lambda w: sum(x >> 15 for x in w) == T)
+        assert _decode_events(words, T) == [case.output_events(t) for t in range(T)]
+        await host.command(Opcode.ERRORS_IN, 1, 2, _beats(case.grad_out, 4))
+        words = await _collect(host, 1, Opcode.ERRORS_OUT, lambda w: len(w) == T * 8)
+        for k, t in enumerate(reversed(range(T))):
+            assert words[8 * k:8 * k + 6] == fp16.bits(case.expected_grad_in[t]).tolist()
+        await host.wait(1, 4)
+        assert await host.weights(1, Region.GRAD, 7, 6) == fp16.bits(case.expected_dw).tolist()
+        await host.write(1, address(Region.REG, Reg.COMMAND), [Command.UPDATE])
+        await host.wait(1, 0xFFFF)
+        while (await host.read(1, address(Region.REG, Reg.STATUS)))[0] & 1:
+            pass
+        assert await host.weights(1, Region.WEIGHT, 7, 6) == \
+            fp16.bits(case.expected_weights).tolist()
+        assert (case.expected_grad_in != 0).any() and case.expected_spikes.any()
+
+    run(body)
+
+
+def test_two_layers_chained_on_the_chip():
+    a = FP16()
+    lif = LIFParams()
+    gen = torch.Generator().manual_seed(5)
+    T = 3
+    x = (torch.rand(T, 1, 8, generator=gen) < 0.6).float()
+    w0 = fp16.to_fp16(torch.randn(8, 8, generator=gen) * 0.9 + 0.3)
+    w1 = fp16.to_fp16(torch.randn(5, 8, generator=gen) * 0.9 + 0.3)
+    s1, h1 = lif_forward(linear_forward(x, w0, a), lif, a)
+    s2, h2 = lif_forward(linear_forward(s1, w1, a), lif, a)
+    g2 = fp16.to_fp16(torch.randn(T, 1, 5, generator=gen) * 0.25)
+    dx2 = lif_backward(g2, h2, s2, lif, a)
+    g1 = linear_backward(dx2, w1, a)
+    dx1 = lif_backward(g1, h1, s1, lif, a)
+    dw0, dw1 = linear_weight_grad(dx1, x, a), linear_weight_grad(dx2, s1, a)
+    assert s1.any() and s2.any() and (dw0 != 0).any() and (dw1 != 0).any()
+    lr = 0.125
+
+    async def body(host, dut):
+        for core, (w, inputs) in enumerate(((w0, 8), (w1, 8))):
+            case = LayerCase(w, torch.zeros(T, inputs), torch.zeros(T, w.shape[0]), lif, lr)
+            await _configure(host, core, case, core)
+        await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
+        await host.command(Opcode.SPIKES_IN, 1, 0, [p.event_word(0)], status=Status.BAD_CORE)
+        await host.command(Opcode.ERRORS_IN, 0, 2, [0] * 8, status=Status.BAD_CORE)
+        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
+        await host.command(Opcode.SPIKES_IN, 0, 0, _events(x[:, 0]))
+        words = await _collect(host, 1, Opcode.SPIKES_OUT,
+                               lambda w: sum(v >> 15 for v in w) == T)
+        assert _decode_events(words, T) == [
+            [int(i) for i in torch.nonzero(s2[t, 0]).flatten()] for t in range(T)]
+        await host.command(Opcode.ERRORS_IN, 1, 2, _beats(g2[:, 0], 4))
+        await host.wait(0, 4)
+        assert await host.weights(1, Region.GRAD, 5, 8) == fp16.bits(dw1).tolist()
+        assert await host.weights(0, Region.GRAD, 8, 8) == fp16.bits(dw0).tolist()
+        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.UPDATE])
+        for core in (0, 1):
+            while (await host.read(core, address(Region.REG, Reg.STATUS)))[0] & 1:
+                pass
+        assert await host.weights(0, Region.WEIGHT, 8, 8) == \
+            fp16.bits(sgd_update(w0, dw0, lr, a)).tolist()
+        assert await host.weights(1, Region.WEIGHT, 5, 8) == \
+            fp16.bits(sgd_update(w1, dw1, lr, a)).tolist()
+
+    run(body)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_parameters_are_checked():
+    with pytest.raises(ValueError, match=r"^Frame time-out must be at least 16 cycles, not 3$"):
+        FrameReceiver(3)
+    with pytest.raises(ValueError, match=r"^Host link core count must be between 1 and 253"):
+        HostLink(cores=0, lanes=4, fan_in=8, identity=())
+    with pytest.raises(TypeError, match=r"^SoC needs an AcceleratorConfig"):
+        SoC({"cores": 2})
