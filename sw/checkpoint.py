@@ -18,12 +18,18 @@ __all__ = ["load_checkpoint", "save_checkpoint"]
 FORMAT = "spikeforge-checkpoint-1"
 
 
-def save_checkpoint(path, network, config, epoch: int, history: list) -> None:
+def save_checkpoint(path, network, config, epoch: int, history: list,
+                    rng: torch.Tensor | None = None) -> None:
+    """Save ``network``'s weights after ``epoch``; ``rng`` is the state of the training run's
+    random generator, with which a resumed run draws what the uninterrupted one would."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "weights": network.state_dict(), "config": asdict(config),
-                "epoch": epoch, "history": history}, tmp)
+    state = {"format": FORMAT, "weights": network.state_dict(), "config": asdict(config),
+             "epoch": epoch, "history": history}
+    if rng is not None:
+        state["rng"] = rng
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 

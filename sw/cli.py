@@ -2,25 +2,52 @@
 """The ``spikeforge`` command line."""
 
 import argparse
+import contextlib
 import json
 import sys
+from pathlib import Path
 
 from .errors import SpikeforgeError
 
 __all__ = ["main"]
 
-BACKENDS_HELP = "golden (the PyTorch golden model on this host)"
+BACKENDS_HELP = ("golden (the PyTorch golden model on this host), sim (a virtual board started "
+                 "for the run), tcp://HOST:PORT (a virtual board already serving) or "
+                 "serial:///dev/ttyUSB0 (an FPGA board)")
 
 
-def _backend(name: str):
+def _accelerator(path, timesteps: int = 8):
+    from spikeforge.gen.config import AcceleratorConfig
+
+    if path:
+        return AcceleratorConfig.load(path)
+    return AcceleratorConfig(timesteps=max(8, timesteps))
+
+
+def _backend(name: str, cfg, stack, config_path=None):
+    """The backend ``name`` for ``cfg``: None for the golden model, else a device backend whose
+    board (and virtual board) ``stack`` closes."""
     if name == "golden":
         return None
-    raise SpikeforgeError(
-        f"backend {name!r} is not available in this version; the virtual board (sim) and "
-        f"board URLs come with the host link. Use --backend golden")
+    from .device import DeviceBackend
+    from .driver import Board
+
+    if name == "sim":
+        from spikeforge.gen.vboard import VirtualBoard
+
+        url = stack.enter_context(VirtualBoard(_accelerator(config_path, cfg.timesteps))).url
+    elif name.startswith(("tcp://", "serial://", "/dev/")):
+        url = name
+    else:
+        raise SpikeforgeError(f"backend must be golden, sim, tcp://HOST:PORT or "
+                              f"serial://DEVICE, not {name!r}")
+    board = stack.enter_context(Board.connect(url))
+    return DeviceBackend(board, cfg.build(), cfg.timesteps, name=name)
 
 
 def _train(args) -> int:
+    import dataclasses
+
     from rich.console import Console
 
     from .train import TrainConfig, train
@@ -29,9 +56,19 @@ def _train(args) -> int:
                       timesteps=args.timesteps, batch_size=args.batch_size, lr=args.lr,
                       encoder=args.encoder, precision=args.precision, surrogate=args.surrogate,
                       reset=args.reset, attention=args.attention, seed=args.seed)
-    backend = _backend(args.backend)
-    result = train(cfg, backend, json_path=args.json, checkpoint=args.checkpoint,
-                   progress=not args.quiet)
+    if args.resume and not args.checkpoint:
+        args.checkpoint = args.resume
+    with contextlib.ExitStack() as stack:
+        backend = _backend(args.backend, cfg, stack, args.config)
+        resume = args.resume if args.resume and Path(args.resume).is_file() else None
+        result = train(cfg, backend, json_path=None, checkpoint=args.checkpoint,
+                       progress=not args.quiet, resume=resume)
+    if backend is not None:
+        golden = train(dataclasses.replace(cfg, precision="float"), None, progress=False)
+        result["golden_test_accuracy"] = golden["test_accuracy"]
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
     Console(stderr=True, soft_wrap=True).print(
         f"[bold]{result['model']}[/] on {result['dataset']} ({result['backend']}, "
         f"{result['precision']}): test accuracy {result['test_accuracy']:.4f}, "
@@ -47,19 +84,23 @@ def _infer(args) -> int:
     from .golden.arith import arith_for
     from .train import GoldenBackend, TrainConfig, evaluate
 
-    _backend(args.backend)
     state = load_checkpoint(args.checkpoint)
     cfg = TrainConfig(**state["config"])
     if args.precision:
         cfg.precision = args.precision
-    network = cfg.build()
-    network.load_state_dict(state["weights"])
-    network = network.to(arith_for(cfg.precision))
     _, test = load_dataset(cfg.dataset)
-    acc = evaluate(GoldenBackend(network), test, cfg)
+    with contextlib.ExitStack() as stack:
+        backend = _backend(args.backend, cfg, stack, args.config)
+        if backend is None:
+            network = cfg.build()
+            network.load_state_dict(state["weights"])
+            backend = GoldenBackend(network.to(arith_for(cfg.precision)))
+        else:
+            backend.load_state_dict(state["weights"])
+        acc = evaluate(backend, test, cfg)
     print(json.dumps({"model": cfg.model, "dataset": cfg.dataset, "backend": args.backend,
-                      "precision": cfg.precision, "test_accuracy": acc,
-                      "samples": len(test)}, indent=2))
+                      "precision": getattr(backend, "precision", cfg.precision),
+                      "test_accuracy": acc, "samples": len(test)}, indent=2))
     return 0
 
 
@@ -101,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", metavar="FILE", help="write the results as JSON")
     train.add_argument("--checkpoint", metavar="FILE", help="save the weights after every epoch")
+    train.add_argument("--resume", metavar="FILE",
+                       help="continue from this checkpoint if it exists (and keep saving there)")
+    train.add_argument("--config", metavar="FILE",
+                       help="accelerator configuration (JSON) of the virtual board of --backend "
+                            "sim")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
@@ -109,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--checkpoint", metavar="FILE", required=True)
     infer.add_argument("--precision", choices=PRECISIONS,
                        help="override the checkpoint's precision")
+    infer.add_argument("--config", metavar="FILE",
+                       help="accelerator configuration (JSON) of the virtual board of --backend "
+                            "sim")
     infer.set_defaults(func=_infer)
 
     bench = sub.add_parser("bench", help="measure the gateware in RTL simulation")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, ENCODERS, encode, load_dataset
 from .errors import ConfigError
 from .golden.arith import arith_for
@@ -100,6 +100,9 @@ class GoldenBackend:
     def __init__(self, network: Network):
         self.network = network
 
+    def load_state_dict(self, weights: dict) -> None:
+        self.network.load_state_dict(weights)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network.forward(x)[0]
 
@@ -126,11 +129,28 @@ def evaluate(backend, split, cfg: TrainConfig, seed: int = 1) -> float:
     return correct / len(split)
 
 
+def _resume(path, cfg: TrainConfig, backend, gen: torch.Generator) -> tuple[int, list]:
+    state = load_checkpoint(path)
+    saved = {k: v for k, v in state["config"].items() if k != "epochs"}
+    differ = sorted(k for k, v in saved.items() if getattr(cfg, k, None) != v)
+    if differ:
+        raise ConfigError(f"checkpoint {path} was trained with other settings ("
+                          + ", ".join(f"{k}={saved[k]!r}" for k in differ)
+                          + "); resume with the same settings")
+    if "rng" not in state:
+        raise ConfigError(f"checkpoint {path} has no training state to resume from")
+    backend.load_state_dict(state["weights"])
+    gen.set_state(state["rng"])
+    return state["epoch"], list(state["history"])
+
+
 def train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
-          checkpoint: str | Path | None = None, progress: bool = True) -> dict:
+          checkpoint: str | Path | None = None, progress: bool = True,
+          resume: str | Path | None = None) -> dict:
     """Train ``cfg`` on ``backend`` (the golden model by default); return the results.
 
-    With ``checkpoint``, the weights are saved there after every epoch.
+    With ``checkpoint``, the weights and the state of the run are saved there after every
+    epoch; ``resume`` continues from such a checkpoint as if the run had not stopped.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -139,12 +159,16 @@ def train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
     backend = backend or GoldenBackend(cfg.build())
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
+    first = 0
+    if resume:
+        first, history = _resume(resume, cfg, backend, gen)
     start = time.monotonic()
     steps = (len(train_set) + cfg.batch_size - 1) // cfg.batch_size
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[status]}"), disable=not progress) as bar:
-        task = bar.add_task("train", total=cfg.epochs * steps, status="")
-        for epoch in range(cfg.epochs):
+        task = bar.add_task("train", total=cfg.epochs * steps, completed=first * steps,
+                            status="")
+        for epoch in range(first, cfg.epochs):
             order = torch.randperm(len(train_set), generator=gen)
             loss_sum = correct = 0
             for step in range(steps):
@@ -161,12 +185,13 @@ def train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
                             "test_accuracy": test_acc})
             bar.update(task, status=f"loss {history[-1]['loss']:.3f} test {test_acc:.3f}")
             if checkpoint:
-                save_checkpoint(checkpoint, backend.network, cfg, epoch + 1, history)
+                save_checkpoint(checkpoint, backend.network, cfg, epoch + 1, history,
+                                gen.get_state())
     result = {
         "model": cfg.model,
         "dataset": cfg.dataset,
         "backend": getattr(backend, "name", "golden"),
-        "precision": cfg.precision,
+        "precision": getattr(backend, "precision", cfg.precision),
         "epochs": cfg.epochs,
         "test_accuracy": history[-1]["test_accuracy"],
         "train_accuracy": evaluate(backend, train_set, cfg),
@@ -174,6 +199,8 @@ def train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
         "wall_seconds": time.monotonic() - start,
         "config": asdict(cfg),
     }
+    if hasattr(backend, "stats"):
+        result.update(backend.stats())
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2))

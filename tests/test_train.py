@@ -68,7 +68,8 @@ def test_cli_train_writes_json_and_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--epochs", "0"], "epochs must be a positive integer"),
     (["train", "--timesteps", "0"], "timesteps must be a positive integer"),
-    (["train", "--backend", "tcp://127.0.0.1:1"], "backend 'tcp://127.0.0.1:1' is not available"),
+    (["train", "--backend", "tcp://127.0.0.1:1"], "cannot connect to tcp://127.0.0.1:1"),
+    (["train", "--backend", "ftp://board"], "backend must be golden, sim, tcp://HOST:PORT"),
     (["train", "--encoder", "direct", "--precision", "fp16"], "only float precision"),
     (["infer", "--checkpoint", "/nonexistent.pt"], "does not exist"),
 ])

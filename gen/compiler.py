@@ -1,0 +1,127 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The network compiler: a golden network to a program for the accelerator's cores.
+
+A program places each layer of a :class:`~spikeforge.golden.network.SpikingMLP` on a core of
+the chain, in order (layer ``k`` on core ``k``), and holds what the host writes before a run:
+every core's registers, its weight image (binary16 bit patterns, row by row at the bus offsets
+of :mod:`spikeforge.regmap`) and the routing bits that pass spikes forward and errors backward
+from core to core. A network that does not fit the configuration is refused with what would
+make it fit.
+
+>>> from spikeforge.golden.network import SpikingMLP
+>>> program = compile_network(SpikingMLP([64, 128, 10]), AcceleratorConfig(), timesteps=8)
+>>> [(c.layer, c.core, c.neurons, c.inputs) for c in program.cores], program.links
+([('fc0', 0, 128, 64), ('fc1', 1, 10, 128)], [1, 2])
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from spikeforge.errors import ConfigError
+from spikeforge.golden import fp16
+from spikeforge.golden.arith import FP16
+from spikeforge.golden.network import Network
+from spikeforge.protocol import Link
+from spikeforge.regmap import Reg
+
+from .config import AcceleratorConfig
+
+__all__ = ["CoreProgram", "Program", "compile_network", "input_bits"]
+
+
+def input_bits(fan_in: int) -> int:
+    """Bits of an input index in a core's bus offsets (``Core.input_bits``)."""
+    return max((fan_in - 1).bit_length(), 1)
+
+
+@dataclass
+class CoreProgram:
+    layer: str
+    core: int
+    neurons: int
+    inputs: int
+    registers: dict
+    weights: torch.Tensor          # [neurons, inputs] binary16
+
+
+@dataclass
+class Program:
+    config: AcceleratorConfig
+    timesteps: int
+    cores: list
+    links: list                    # Link bits of cores 0 .. len(cores) - 1
+
+    @property
+    def first(self) -> int:
+        return self.cores[0].core
+
+    @property
+    def last(self) -> int:
+        return self.cores[-1].core
+
+    def weight_rows(self, core: CoreProgram) -> list:
+        """``(offset, words)`` bus writes of a core's weights: whole padded rows in one run
+        when a row's offsets are contiguous, one run a row otherwise."""
+        bits = fp16.bits(core.weights).tolist()
+        fan_in = self.config.fan_in
+        ib = input_bits(fan_in)
+        if fan_in == 1 << ib:
+            words = [w for row in bits for w in row + [0] * (fan_in - core.inputs)]
+            return [(0, words)]
+        return [(n << ib, row) for n, row in enumerate(bits)]
+
+
+def _lif_registers(network: Network, neurons: int, inputs: int, timesteps: int) -> dict:
+    c = network.lif.constants(FP16())
+    return {
+        Reg.NEURONS: neurons, Reg.INPUTS: inputs, Reg.TIMESTEPS: timesteps,
+        Reg.V_TH: int(fp16.bits(c["v_th"])), Reg.V_RESET: int(fp16.bits(c["v_reset"])),
+        Reg.INV_TAU: int(fp16.bits(c["inv_tau"])), Reg.DECAY: int(fp16.bits(c["decay"])),
+    }
+
+
+def compile_network(network: Network, config: AcceleratorConfig, *, timesteps: int) -> Program:
+    """Place ``network`` on ``config``'s cores; raise :class:`ConfigError` if it does not fit."""
+    kind = getattr(network, "kind", type(network).__name__)
+    if kind != "mlp":
+        raise ConfigError(f"the {kind} model does not map onto a chain of training cores: "
+                          f"its Q-K attention needs an attention unit, which this "
+                          f"accelerator does not have; use --model mlp")
+    lif = network.lif
+    problems = []
+    if lif.surrogate.kind != config.surrogate:
+        problems.append(f"the network's surrogate is {lif.surrogate.kind}, the cores' "
+                        f"{config.surrogate} (generate with surrogate={lif.surrogate.kind!r})")
+    if lif.reset != config.reset:
+        problems.append(f"the network uses {lif.reset} reset, the cores {config.reset} reset")
+    if lif.detach_reset != config.detach_reset:
+        problems.append(f"the network has detach_reset={lif.detach_reset}, the cores "
+                        f"{config.detach_reset}")
+    if timesteps > config.timesteps:
+        problems.append(f"{timesteps} timesteps, the cores keep BP state for at most "
+                        f"{config.timesteps} (generate with timesteps={timesteps} or more)")
+    layers = list(network.weights.items())
+    if len(layers) > config.cores:
+        problems.append(f"{len(layers)} layers on {config.cores} cores (generate with "
+                        f"cores={len(layers)} or more)")
+    for name, w in layers:
+        n, f = w.shape
+        if n > config.neurons:
+            problems.append(f"layer {name} has {n} neurons, a core at most {config.neurons} "
+                            f"(generate with neurons={-(-n // config.lanes) * config.lanes})")
+        if f > config.fan_in:
+            problems.append(f"layer {name} has {f} inputs, a core at most {config.fan_in} "
+                            f"(generate with fan_in={-(-f // config.lanes) * config.lanes})")
+    if problems:
+        raise ConfigError("the network does not fit the accelerator: " + "; ".join(problems))
+
+    cores = []
+    for k, (name, w) in enumerate(layers):
+        n, f = w.shape
+        registers = _lif_registers(network, n, f, timesteps)
+        registers[Reg.BP_INPUT_ERROR] = int(k > 0)
+        cores.append(CoreProgram(name, k, n, f, registers, fp16.to_fp16(w)))
+    links = [(Link.FP_TO_NEXT if k < len(layers) - 1 else 0) | (Link.BP_TO_PREV if k else 0)
+             for k in range(len(layers))]
+    return Program(config, timesteps, cores, [int(v) for v in links])

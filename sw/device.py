@@ -1,0 +1,264 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Training and inference on a device: the virtual board or an FPGA, through the driver.
+
+:class:`DeviceBackend` is the device twin of :class:`~spikeforge.train.GoldenBackend`. The
+network's layers run on the cores of the chain (:func:`~spikeforge.gen.compiler.compile_network`):
+the host streams a sample's input spikes to the first core, reads the last core's output spikes,
+computes the loss and streams the error of every output spike back; the cores run FP, BP, WG and
+the SGD update, passing spikes and errors between them on the chip. A batch accumulates its
+gradient on the device and is applied by one update with the learning rate divided by the batch
+size, as :class:`~spikeforge.train.GoldenBackend` does, so the device's weights are the golden
+model's in FP16, bit for bit.
+"""
+
+import time
+
+import torch
+
+from spikeforge.gen.compiler import Program, compile_network
+
+from .driver import Board
+from .errors import ConfigError, ShapeError
+from .golden import fp16
+from .golden.arith import FP16
+from .golden.network import Network
+from .protocol import BROADCAST, EVENT_INDEX, EVENT_LAST, EVENT_SPIKE, MAX_WORDS, event_word
+from .regmap import Command, Reg, Region, Status, address
+
+__all__ = ["DeviceBackend", "decode_events", "encode_events"]
+
+
+def encode_events(spikes: torch.Tensor) -> list[int]:
+    """Event words of one sample's spikes ``[T, inputs]``: each timestep's spiking inputs in
+    ascending order, then an element that closes it.
+
+    >>> encode_events(torch.tensor([[0., 1., 1.], [0., 0., 0.]]))
+    [16385, 16386, 32768, 32768]
+    """
+    words = []
+    for row in spikes:
+        words += [event_word(int(i)) for i in torch.nonzero(row).flatten()]
+        words.append(event_word(0, spike=False, last=True))
+    return words
+
+
+def decode_events(words, timesteps: int, neurons: int) -> torch.Tensor:
+    """Spikes ``[T, neurons]`` from output event words (the inverse of :func:`encode_events`)."""
+    out = torch.zeros(timesteps, neurons)
+    t = 0
+    for word in words:
+        if t == timesteps:
+            raise ShapeError(f"the device sent output events after the last of {timesteps} "
+                             f"timesteps")
+        if word & EVENT_SPIKE:
+            index = word & EVENT_INDEX
+            if index >= neurons:
+                raise ShapeError(f"the device sent a spike of neuron {index}; the layer has "
+                                 f"{neurons}")
+            out[t, index] = 1
+        if word & EVENT_LAST:
+            t += 1
+    return out
+
+
+class DeviceBackend:
+    """Trains and runs a :class:`~spikeforge.golden.network.SpikingMLP` on a board.
+
+    Parameters
+    ----------
+    board : Board
+        A connected board (:meth:`Board.connect`).
+    network : Network
+        The network, whose weights are loaded into the cores; :attr:`network` reads them back.
+    timesteps : int
+        Timesteps of every sample.
+    """
+
+    precision = "fp16"
+
+    def __init__(self, board: Board, network: Network, timesteps: int, name: str = "device"):
+        from spikeforge.gen.config import AcceleratorConfig
+
+        self.board = board
+        self.name = name
+        identity = board.identity or board.sync()
+        self.config = AcceleratorConfig(
+            cores=identity["cores"], neurons=identity["neurons"], fan_in=identity["fan_in"],
+            lanes=identity["lanes"], timesteps=identity["timesteps"],
+            reset=("hard", "soft")[identity["reset"]],
+            detach_reset=bool(identity["detach_reset"]),
+            surrogate=_surrogate_name(identity["surrogate"]))
+        self._network = network.to(FP16())
+        self.program: Program = compile_network(self._network, self.config, timesteps=timesteps)
+        self.timesteps = timesteps
+        self.samples = 0
+        self.seconds = 0.0
+        self._lr_bits = None
+        self._cycles = 0
+        self._cycles_seen = 0
+        self.load()
+
+    # ---- loading and reading back ----------------------------------------------------------
+    def load(self) -> None:
+        """Write the program: registers, weights and routing; clear gradients and counters."""
+        b, prog = self.board, self.program
+        for core in range(self.config.cores):
+            b.set_reg(core, Reg.ERRORS, 0xFFFF)
+        for cp in prog.cores:
+            for reg, value in cp.registers.items():
+                b.set_reg(cp.core, reg, value)
+            for offset, words in prog.weight_rows(cp):
+                b.write(cp.core, address(Region.WEIGHT, offset), words)
+        self._command_all(Command.CLEAR_GRAD)
+        self._wait_idle()
+        self._command_all(Command.CLEAR_COUNTERS)
+        for cp, link in zip(prog.cores, prog.links, strict=True):
+            b.set_link(cp.core, link)
+        for core in range(len(prog.cores), self.config.cores):
+            b.set_link(core, 0)
+        self._lr_bits = None
+        self._cycles_seen = 0
+
+    def read_weights(self) -> dict:
+        """Every layer's weights as the device holds them (binary16)."""
+        weights = {}
+        for cp in self.program.cores:
+            rows = []
+            for offset, words in self.program.weight_rows(cp):
+                rows += self.board.read(cp.core, address(Region.WEIGHT, offset), len(words))
+            width = self.config.fan_in if len(self.program.weight_rows(cp)) == 1 else cp.inputs
+            bits = torch.tensor(rows, dtype=torch.int32).reshape(cp.neurons, width)
+            weights[cp.layer] = fp16.from_bits(bits[:, :cp.inputs])
+        return weights
+
+    @property
+    def network(self) -> Network:
+        """The network with the device's current weights."""
+        self._network.load_state_dict(self.read_weights())
+        return self._network
+
+    def load_state_dict(self, weights: dict) -> None:
+        """Load other weights (a checkpoint's) into the network and the device."""
+        self._network.load_state_dict(weights)
+        self.program = compile_network(self._network, self.config, timesteps=self.timesteps)
+        self.load()
+
+    def counters(self) -> dict:
+        """Every placed core's performance counters, by layer."""
+        return {cp.layer: self.board.counters(cp.core) for cp in self.program.cores}
+
+    def cycles(self) -> int:
+        """Device cycles since the program was loaded (the 32-bit counter's wraps undone, if
+        read at least once a wrap)."""
+        now = self.board.counters(self.program.first)["cycles"]
+        self._cycles += (now - self._cycles_seen) % (1 << 32)
+        self._cycles_seen = now
+        return self._cycles
+
+    def stats(self) -> dict:
+        """What a run's report needs from the device."""
+        cycles = self.cycles()
+        return {"device_cycles": cycles, "device_samples": self.samples,
+                "device_cycles_per_sample": cycles / max(self.samples, 1),
+                "device_seconds": self.seconds, "counters": self.counters(),
+                "link": self.board.link_counters()}
+
+    # ---- one sample ------------------------------------------------------------------------
+    def _wait(self, core: int, flag: Status, what: str, limit: float = 60.0) -> None:
+        deadline = time.monotonic() + limit
+        while not self.board.reg(core, Reg.STATUS) & flag:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"core {core} did not finish {what} within {limit:g} s")
+
+    def _wait_idle(self) -> None:
+        deadline = time.monotonic() + 60.0
+        for cp in self.program.cores:
+            while self.board.reg(cp.core, Reg.STATUS) & Status.BUSY:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"core {cp.core} stayed busy for a minute")
+
+    def _command_all(self, command: Command) -> None:
+        """``command`` to every placed core: one broadcast when the network fills the chip."""
+        if len(self.program.cores) == self.config.cores:
+            self.board.core_command(BROADCAST, command)
+        else:
+            for cp in self.program.cores:
+                self.board.core_command(cp.core, command)
+
+    def _forward_sample(self, x: torch.Tensor) -> torch.Tensor:
+        prog, b = self.program, self.board
+        self._command_all(Command.BEGIN)
+        b.spikes_in(prog.first, encode_events(x))
+        words, closed = [], 0
+        deadline = time.monotonic() + 60.0
+        while closed < self.timesteps:
+            got = b.spikes_out(prog.last, MAX_WORDS)
+            words += got
+            closed += sum(1 for w in got if w & EVENT_LAST)
+            if not got and time.monotonic() > deadline:
+                raise ConfigError(f"the last core produced {closed} of {self.timesteps} "
+                                  f"timesteps of output within a minute")
+        return decode_events(words, self.timesteps, prog.cores[-1].neurons)
+
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = self.program.cores[0].inputs
+        if x.dim() != 3 or x.shape[0] != self.timesteps or x.shape[2] != inputs:
+            raise ShapeError(f"device input must be spikes [T={self.timesteps}, B, {inputs}], "
+                             f"not {tuple(x.shape)}")
+        if not ((x == 0) | (x == 1)).all():
+            raise ShapeError("device input must be binary spikes (use the rate encoder)")
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Output spikes ``[T, B, classes]`` of input spikes ``[T, B, inputs]``."""
+        x = self._check(x)
+        start = time.monotonic()
+        out = torch.stack([self._forward_sample(x[:, i]) for i in range(x.shape[1])], 1)
+        self.samples += x.shape[1]
+        self.seconds += time.monotonic() - start
+        return out
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float):
+        """One batch: FP, BP and WG per sample on the device, then one SGD update."""
+        from .train import rate_loss
+
+        x = self._check(x)
+        start = time.monotonic()
+        prog, b, P = self.program, self.board, self.config.lanes
+        last = prog.cores[-1]
+        beats = -(-last.neurons // P)
+        lr_bits = int(fp16.bits(fp16.to_fp16(torch.tensor(lr / len(y)))))
+        if lr_bits != self._lr_bits:
+            for cp in prog.cores:
+                b.set_reg(cp.core, Reg.LR, lr_bits)
+            self._lr_bits = lr_bits
+        outs = []
+        for i in range(x.shape[1]):
+            out = self._forward_sample(x[:, i])
+            outs.append(out)
+            _, grad = rate_loss(out[:, None], y[i:i + 1])
+            bits = fp16.bits(fp16.to_fp16(grad[:, 0])).tolist()
+            words = []
+            for t in reversed(range(self.timesteps)):
+                words += bits[t] + [0] * (beats * P - last.neurons)
+            b.errors_in(last.core, beats, words)
+            self._wait(prog.first, Status.BP_DONE, "back-propagation")
+        self._command_all(Command.UPDATE)
+        self._wait_idle()
+        out = torch.stack(outs, 1)
+        loss, _ = rate_loss(out, y)
+        self.samples += len(y)
+        self.cycles()
+        self.seconds += time.monotonic() - start
+        return out, loss
+
+
+def _surrogate_name(index: int) -> str:
+    from .golden.surrogate import SURROGATES
+
+    names = list(SURROGATES)
+    if not 0 <= index < len(names):
+        raise ConfigError(f"the device reports surrogate {index}, which this version does not "
+                          f"know; update spikeforge")
+    return names[index]
+
