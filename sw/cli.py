@@ -104,6 +104,16 @@ def _infer(args) -> int:
     return 0
 
 
+def _gen(args) -> int:
+    from spikeforge.gen.config import AcceleratorConfig
+    from spikeforge.gen.generate import generate
+
+    config = AcceleratorConfig.load(args.config) if args.config else AcceleratorConfig()
+    manifest = generate(config, args.out)
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
 def _bench(args) -> int:
     from .bench import run_bench
 
@@ -159,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accelerator configuration (JSON) of the virtual board of --backend "
                             "sim")
     infer.set_defaults(func=_infer)
+
+    gen = sub.add_parser("gen", help="write the Verilog of a configured accelerator")
+    gen.add_argument("--config", metavar="FILE", help="accelerator configuration (JSON); "
+                     "the default is 2 cores of 128 neurons × 128 inputs, 8 lanes, T ≤ 8")
+    gen.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    gen.set_defaults(func=_gen)
 
     bench = sub.add_parser("bench", help="measure the gateware in RTL simulation")
     bench.add_argument("--json", metavar="FILE", help="write the measurements as JSON")

@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: Apache-2.0
+import json
+
+import pytest
+import torch
+
+from spikeforge.cli import main
+from spikeforge.errors import ConfigError
+from spikeforge.gen.compiler import compile_network
+from spikeforge.gen.config import AcceleratorConfig
+from spikeforge.gen.generate import TOP, generate
+from spikeforge.golden import fp16
+from spikeforge.golden.lif import LIFParams
+from spikeforge.golden.network import QKNet, SpikingMLP
+from spikeforge.protocol import Link
+from spikeforge.regmap import Reg
+
+SMALL = AcceleratorConfig(cores=2, neurons=8, fan_in=8, lanes=4, timesteps=2)
+
+
+def test_generation_is_reproducible(tmp_path):
+    first = generate(SMALL, tmp_path / "a")
+    second = generate(SMALL, tmp_path / "b")
+    assert first == second
+    text = (tmp_path / "a" / f"{TOP}.v").read_bytes()
+    assert text == (tmp_path / "b" / f"{TOP}.v").read_bytes()
+    assert f"module {TOP}(" in text.decode()
+    assert AcceleratorConfig.load(tmp_path / "a" / "config.json") == SMALL
+    assert first["identity"][:6] == [1, 2, 4, 8, 8, 2]
+    other = generate(SMALL.replace(cores=3), tmp_path / "c")
+    assert other["files"][f"{TOP}.v"] != first["files"][f"{TOP}.v"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"cores": 0}, "cores must be an integer between 1 and 64, not 0"),
+    ({"lanes": 3}, "lanes must be a power of two between 1 and 64, not 3"),
+    ({"neurons": 12, "lanes": 8}, "neurons must be a multiple of lanes (8), not 12"),
+    ({"surrogate": "relu"}, "surrogate must be one of sigmoid, atan, rect, piecewise_quadratic"),
+    ({"reset": "none"}, "reset must be 'hard' or 'soft'"),
+    ({"timesteps": 1000}, "timesteps must be an integer between 1 and 256"),
+    ({"colour": "red"}, "unknown accelerator configuration fields: colour"),
+])
+def test_configuration_errors(fields, message, tmp_path, capsys):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(fields))
+    assert main(["gen", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compiler_places_layers_along_the_chain():
+    net = SpikingMLP([6, 8, 3], seed=1, gain=2.0)
+    program = compile_network(net, SMALL, timesteps=2)
+    assert [(c.core, c.neurons, c.inputs) for c in program.cores] == [(0, 8, 6), (1, 3, 8)]
+    assert program.links == [Link.FP_TO_NEXT, Link.BP_TO_PREV]
+    first, second = program.cores
+    assert first.registers[Reg.BP_INPUT_ERROR] == 0 and second.registers[Reg.BP_INPUT_ERROR] == 1
+    assert first.registers[Reg.INPUTS] == 6 and first.registers[Reg.TIMESTEPS] == 2
+    [(offset, words)] = program.weight_rows(first)
+    assert offset == 0 and len(words) == 8 * 8
+    assert words[8:14] == fp16.bits(first.weights[1]).tolist() and words[14:16] == [0, 0]
+    assert torch.equal(first.weights, fp16.to_fp16(net.weights["fc0"]))
+
+
+def test_compiler_rows_with_gaps():
+    config = AcceleratorConfig(cores=1, neurons=4, fan_in=12, lanes=4, timesteps=2)
+    program = compile_network(SpikingMLP([12, 4]), config, timesteps=2)
+    rows = program.weight_rows(program.cores[0])
+    assert [offset for offset, _ in rows] == [0, 16, 32, 48]
+    assert all(len(words) == 12 for _, words in rows)
+
+
+@pytest.mark.parametrize("network, timesteps, message", [
+    (SpikingMLP([8, 8, 8, 8]), 2, "3 layers on 2 cores (generate with cores=3 or more)"),
+    (SpikingMLP([20, 8]), 2, "layer fc0 has 20 inputs, a core at most 8 (generate with "
+                             "fan_in=20)"),
+    (SpikingMLP([8, 10]), 2, "layer fc0 has 10 neurons, a core at most 8 (generate with "
+                             "neurons=12)"),
+    (SpikingMLP([8, 8]), 3, "3 timesteps, the cores keep BP state for at most 2"),
+    (SpikingMLP([8, 8], lif=LIFParams(surrogate="atan")), 2, "surrogate is atan"),
+    (SpikingMLP([8, 8], lif=LIFParams(reset="soft")), 2, "the network uses soft reset"),
+    (QKNet(), 2, "the qk model does not map onto a chain of training cores"),
+])
+def test_networks_that_do_not_fit_are_refused(network, timesteps, message):
+    with pytest.raises(ConfigError, match="does not (fit|map)") as info:
+        compile_network(network, SMALL, timesteps=timesteps)
+    assert message in str(info.value)
