@@ -45,6 +45,15 @@ def _backend(name: str, cfg, stack, config_path=None):
     return DeviceBackend(board, cfg.build(), cfg.timesteps, name=name)
 
 
+def _first_test_sample(cfg):
+    import torch
+
+    from .data import encode, load_dataset
+
+    _, test = load_dataset(cfg.dataset)
+    return encode(test.x[:1], cfg.timesteps, cfg.encoder, torch.Generator().manual_seed(1))[:, 0]
+
+
 def _train(args) -> int:
     import dataclasses
 
@@ -63,6 +72,8 @@ def _train(args) -> int:
         resume = args.resume if args.resume and Path(args.resume).is_file() else None
         result = train(cfg, backend, json_path=None, checkpoint=args.checkpoint,
                        progress=not args.quiet, resume=resume)
+        if hasattr(backend, "raster"):
+            result["raster"] = backend.raster(_first_test_sample(cfg))
     if backend is not None:
         golden = train(dataclasses.replace(cfg, precision="float"), None, progress=False)
         result["golden_test_accuracy"] = golden["test_accuracy"]

@@ -12,6 +12,7 @@ model's in FP16, bit for bit.
 """
 
 import time
+from dataclasses import asdict
 
 import torch
 
@@ -96,6 +97,7 @@ class DeviceBackend:
         self._lr_bits = None
         self._cycles = 0
         self._cycles_seen = 0
+        self.batches = []
         self.load()
 
     # ---- loading and reading back ----------------------------------------------------------
@@ -161,7 +163,10 @@ class DeviceBackend:
         return {"device_cycles": cycles, "device_samples": self.samples,
                 "device_cycles_per_sample": cycles / max(self.samples, 1),
                 "device_seconds": self.seconds, "counters": self.counters(),
-                "link": self.board.link_counters()}
+                "link": self.board.link_counters(), "accelerator": asdict(self.config),
+                "layers": [{"layer": cp.layer, "core": cp.core, "neurons": cp.neurons,
+                            "inputs": cp.inputs} for cp in self.program.cores],
+                "batches": self.batches}
 
     # ---- one sample ------------------------------------------------------------------------
     def _wait(self, core: int, flag: Status, what: str, limit: float = 60.0) -> None:
@@ -233,6 +238,7 @@ class DeviceBackend:
                 b.set_reg(cp.core, Reg.LR, lr_bits)
             self._lr_bits = lr_bits
         outs = []
+        cycles_before = self.cycles()
         for i in range(x.shape[1]):
             out = self._forward_sample(x[:, i])
             outs.append(out)
@@ -248,9 +254,26 @@ class DeviceBackend:
         out = torch.stack(outs, 1)
         loss, _ = rate_loss(out, y)
         self.samples += len(y)
-        self.cycles()
+        self.batches.append({"samples": len(y), "input_rate": float(x.mean()),
+                             "output_rate": float(out.mean()),
+                             "cycles": self.cycles() - cycles_before})
         self.seconds += time.monotonic() - start
         return out, loss
+
+    def raster(self, x: torch.Tensor) -> dict:
+        """Every layer's spikes ``S[t]`` ``[T, neurons]`` for one input sample ``[T, inputs]``,
+        read from the cores' saved state after its forward pass."""
+        self._check(x[:, None])
+        self._forward_sample(x)
+        layers = {"input": x.int().tolist()}
+        for cp in self.program.cores:
+            bits = max((self.config.neurons - 1).bit_length(), 1)
+            rows = []
+            for t in range(self.timesteps):
+                rows.append(self.board.read(cp.core, address(Region.SPIKE, t << bits),
+                                            cp.neurons))
+            layers[cp.layer] = rows
+        return layers
 
 
 def _surrogate_name(index: int) -> str:
