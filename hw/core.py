@@ -110,6 +110,7 @@ class Core(wiring.Component):
             "bus_err": Out(1),
             "bus_rdata": Out(16),
             "busy": Out(1),
+            "waiting": Out(1),
         })
 
     neurons = property(lambda self: self._neurons)
@@ -412,6 +413,9 @@ class Core(wiring.Component):
 
         idle = fsm.ongoing("IDLE")
         m.d.comb += self.busy.eq(~idle)
+        m.d.comb += self.waiting.eq(
+            (fsm.ongoing("FP_ACC") & ~iss_active & ~self.fp_i.valid) |
+            (fsm.ongoing("BP_RECV") & (rc < chunks) & ~self.bp_i.valid))
 
         # ---- FP accumulate datapath: I[c] += W[i, c] ----
         acc_fp = fsm.ongoing("FP_ACC") | fsm.ongoing("FP_DRAIN")

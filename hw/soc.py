@@ -37,7 +37,8 @@ class SoC(wiring.Component):
     tx : Out(stream.Signature(8))
         Reply frames to the host.
     busy : Out(1)
-        A frame is in progress or a core is running.
+        A frame is in progress or a core is running (not counting a core that waits for the
+        host's next spikes or errors): while it is low, the SoC only changes on host input.
     """
 
     def __init__(self, config: AcceleratorConfig, *, link_timeout: int = 1 << 20):
@@ -169,7 +170,7 @@ class SoC(wiring.Component):
             link.errors_out.valid.eq(Array(f.r_rdy for f in error_fifos)[link.out_sel]),
             link.errors_out.payload.eq(Array(f.r_data for f in error_fifos)[link.out_sel]),
             link.errors_level.eq(Array(f.r_level for f in error_fifos)[link.out_sel]),
-            self.busy.eq(link.busy | Cat(core.busy for core in cores).any()),
+            self.busy.eq(link.busy | Cat(core.busy & ~core.waiting for core in cores).any()),
         ]
         for k, (sf, ef) in enumerate(zip(spike_fifos, error_fifos, strict=True)):
             m.d.comb += [sf.r_en.eq(link.spikes_out.ready & (link.out_sel == k)),

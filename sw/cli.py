@@ -59,19 +59,29 @@ def _train(args) -> int:
 
     from rich.console import Console
 
+    from .driver import LinkError
     from .train import TrainConfig, train
 
     cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                       timesteps=args.timesteps, batch_size=args.batch_size, lr=args.lr,
                       encoder=args.encoder, precision=args.precision, surrogate=args.surrogate,
-                      reset=args.reset, attention=args.attention, seed=args.seed)
+                      reset=args.reset, attention=args.attention, seed=args.seed,
+                      hidden=args.hidden)
     if args.resume and not args.checkpoint:
         args.checkpoint = args.resume
     with contextlib.ExitStack() as stack:
         backend = _backend(args.backend, cfg, stack, args.config)
         resume = args.resume if args.resume and Path(args.resume).is_file() else None
-        result = train(cfg, backend, json_path=None, checkpoint=args.checkpoint,
-                       progress=not args.quiet, resume=resume)
+        try:
+            result = train(cfg, backend, json_path=None, checkpoint=args.checkpoint,
+                           progress=not args.quiet, resume=resume)
+        except LinkError as error:
+            saved = args.checkpoint if args.checkpoint and Path(args.checkpoint).is_file() \
+                else None
+            hint = (f"the last checkpoint is {saved}: start the board again and rerun with "
+                    f"--resume {saved}") if saved else "train with --checkpoint FILE to keep " \
+                "what each epoch trained"
+            raise LinkError(f"{error}\nTraining stopped; {hint}") from None
         if hasattr(backend, "raster"):
             result["raster"] = backend.raster(_first_test_sample(cfg))
     if backend is not None:
@@ -125,6 +135,15 @@ def _gen(args) -> int:
     return 0
 
 
+def _board(args) -> int:
+    from spikeforge.gen.vboard import serve
+
+    config = _accelerator(args.config)
+    if args.cores:
+        config = config.replace(cores=args.cores)
+    return serve(config, args.port)
+
+
 def _bench(args) -> int:
     from .bench import run_bench
 
@@ -153,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--timesteps", "-T", type=int, default=8)
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--lr", type=float, default=1.0)
+    train.add_argument("--hidden", type=int, default=128, help="hidden neurons of the mlp")
     train.add_argument("--encoder", default="rate", choices=ENCODERS)
     train.add_argument("--precision", default="float", choices=PRECISIONS,
                        help="float: ideal arithmetic; fp16: the hardware's exact FP16")
@@ -186,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "the default is 2 cores of 128 neurons × 128 inputs, 8 lanes, T ≤ 8")
     gen.add_argument("--out", metavar="DIR", required=True, help="output folder")
     gen.set_defaults(func=_gen)
+
+    board = sub.add_parser("board", help="run a virtual board")
+    board_sub = board.add_subparsers(dest="board_command", required=True)
+    serve = board_sub.add_parser("serve", help="serve the Verilated SoC on a TCP port of "
+                                               "127.0.0.1 until interrupted")
+    serve.add_argument("--port", type=int, default=0, help="TCP port (0: a free one)")
+    serve.add_argument("--config", metavar="FILE", help="accelerator configuration (JSON)")
+    serve.add_argument("--cores", type=int, help="override the configuration's core count")
+    serve.set_defaults(func=_board)
 
     bench = sub.add_parser("bench", help="measure the gateware in RTL simulation")
     bench.add_argument("--json", metavar="FILE", help="write the measurements as JSON")

@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The driver and the device backend against the virtual board, bit for bit with the golden
+model: inference on every digits test sample, training steps, a NIR graph."""
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+from spikeforge.data import encode, load_dataset
+from spikeforge.device import DeviceBackend
+from spikeforge.driver import Board
+from spikeforge.gen.config import AcceleratorConfig
+from spikeforge.gen.nir_graph import network_from_nir
+from spikeforge.gen.vboard import VirtualBoard
+from spikeforge.golden import fp16
+from spikeforge.golden.arith import FP16
+from spikeforge.train import GoldenBackend, TrainConfig, train
+
+T = 4
+CONFIG = AcceleratorConfig(cores=2, neurons=32, fan_in=64, lanes=8, timesteps=T)
+
+
+@pytest.fixture(scope="module")
+def board():
+    with VirtualBoard(CONFIG) as vboard, Board.connect(vboard.url) as board:
+        yield board
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A 64-32-10 network after an epoch of golden training: its outputs fire."""
+    cfg = TrainConfig(hidden=32, timesteps=T, epochs=1)
+    backend = GoldenBackend(cfg.build())
+    train(cfg, backend, progress=False)
+    return backend.network
+
+
+def encoded(x, seed):
+    return encode(x, T, "rate", torch.Generator().manual_seed(seed))
+
+
+def same_bits(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(fp16.bits(a[k]), fp16.bits(b[k])) for k in a)
+
+
+def test_inference_on_every_test_sample_is_the_golden_models(board, digits, trained):
+    _, test = digits
+    net = trained
+    device = DeviceBackend(board, net, T)
+    golden = GoldenBackend(net.to(FP16()))
+    x = encoded(test.x, 7)
+    out = device.forward(x)
+    expected = golden.forward(x)
+    for b in range(x.shape[1]):
+        assert torch.equal(out[:, b], expected[:, b]), f"test sample {b}"
+    assert expected.sum() > x.shape[1], "the outputs hardly fire: the comparison is weak"
+    assert 0 < (expected.sum((0, 2)) == 0).sum() < x.shape[1]
+
+
+def test_training_steps_update_the_weights_as_the_golden_model(board, digits, trained):
+    train_set, _ = digits
+    net = trained
+    device = DeviceBackend(board, net, T)
+    golden = GoldenBackend(net.to(FP16()))
+    for step in range(3):
+        idx = torch.arange(step * 8, step * 8 + 8)
+        x = encoded(train_set.x[idx], step)
+        out_d, loss_d = device.train_step(x, train_set.y[idx], 0.5)
+        out_g, loss_g = golden.train_step(x, train_set.y[idx], 0.5)
+        assert out_g.sum() > 0
+        assert torch.equal(out_d, out_g) and loss_d == loss_g
+        assert same_bits(device.read_weights(), golden.network.weights), f"step {step}"
+    assert not same_bits(golden.network.weights, net.to(FP16()).weights), "nothing trained"
+    stats = device.stats()
+    assert stats["device_samples"] == 24 and len(stats["batches"]) == 3
+    assert stats["counters"]["fc0"]["fp_events"] > 0 and stats["link"]["bad_frames"] == 0
+
+
+def test_a_nir_graph_runs_as_the_golden_model_of_the_same_graph(board, digits, tmp_path):
+    rng = np.random.default_rng(4)
+    nodes = {
+        "in": nir.Input(input_type={"input": np.array([64])}),
+        "w0": nir.Linear(weight=rng.normal(0.15, 0.4, size=(24, 64))),
+        "n0": nir.LIF(tau=np.full(24, 2.0), r=np.ones(24), v_leak=np.zeros(24),
+                      v_threshold=np.ones(24), v_reset=np.zeros(24)),
+        "w1": nir.Affine(weight=rng.normal(0.2, 0.5, size=(10, 24)), bias=np.zeros(10)),
+        "n1": nir.LIF(tau=np.full(10, 2.0), r=np.ones(10), v_leak=np.zeros(10),
+                      v_threshold=np.ones(10), v_reset=np.zeros(10)),
+        "out": nir.Output(output_type={"output": np.array([10])}),
+    }
+    edges = [("in", "w0"), ("w0", "n0"), ("n0", "w1"), ("w1", "n1"), ("n1", "out")]
+    path = tmp_path / "mlp.nir"
+    nir.write(path, nir.NIRGraph(nodes=nodes, edges=edges))
+    device = DeviceBackend(board, network_from_nir(path), T)
+    golden = GoldenBackend(network_from_nir(nir.read(path)).to(FP16()))
+    _, test = digits
+    x = encoded(test.x[:64], 9)
+    expected = golden.forward(x)
+    assert torch.equal(device.forward(x), expected)
+    assert expected.sum() > 0
