@@ -2,14 +2,18 @@
 """The driver and the device backend against the virtual board, bit for bit with the golden
 model: inference on every digits test sample, training steps, a NIR graph."""
 
+import threading
+import time
+
 import nir
 import numpy as np
 import pytest
 import torch
 
+from spikeforge.checkpoint import load_checkpoint
 from spikeforge.data import encode, load_dataset
 from spikeforge.device import DeviceBackend
-from spikeforge.driver import Board
+from spikeforge.driver import Board, LinkError
 from spikeforge.gen.config import AcceleratorConfig
 from spikeforge.gen.nir_graph import network_from_nir
 from spikeforge.gen.vboard import VirtualBoard
@@ -105,3 +109,36 @@ def test_a_nir_graph_runs_as_the_golden_model_of_the_same_graph(board, digits, t
     expected = golden.forward(x)
     assert torch.equal(device.forward(x), expected)
     assert expected.sum() > 0
+
+
+def test_training_resumes_after_the_board_dies(tmp_path):
+    """Kill the board during the second epoch, start another, resume from the checkpoint: the
+    weights end bit for bit where an uninterrupted run ends."""
+    cfg = TrainConfig(hidden=32, timesteps=T, epochs=2, precision="fp16", seed=5)
+    checkpoint = tmp_path / "run.pt"
+    with VirtualBoard(CONFIG) as first:
+        board = Board.connect(first.url, timeout=0.5, retries=2)
+        device = DeviceBackend(board, cfg.build(), T)
+
+        def kill_during_second_epoch():
+            while not checkpoint.exists():
+                time.sleep(0.05)
+            time.sleep(1.0)
+            first.kill()
+
+        killer = threading.Thread(target=kill_during_second_epoch)
+        killer.start()
+        with pytest.raises(LinkError):
+            train(cfg, device, checkpoint=checkpoint, progress=False)
+        killer.join()
+        board.close()
+    assert load_checkpoint(checkpoint)["epoch"] == 1
+    with VirtualBoard(CONFIG) as second, Board.connect(second.url) as board:
+        device = DeviceBackend(board, cfg.build(), T)
+        resumed = train(cfg, device, checkpoint=checkpoint, progress=False, resume=checkpoint)
+        weights = device.read_weights()
+    golden = GoldenBackend(cfg.build())
+    reference = train(cfg, golden, progress=False)
+    assert same_bits(weights, golden.network.weights)
+    assert resumed["history"] == reference["history"]
+    assert resumed["test_accuracy"] > 0.5
