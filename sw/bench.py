@@ -11,13 +11,15 @@ LIF (or BPTT) pass over all neurons divided by ``P``:
 * ``wg_utilization = input spikes · neurons / P / WG busy cycles``
 * ``sparsity_payoff = (FP + WG cycles at 10 % input rate) / (FP + WG cycles at 100 %)``
 * ``sim_cycles_per_second``: clock cycles simulated per second of wall time, cocotb included.
+* ``link``: the virtual board's host link (:func:`bench_link`): weights and spike events a
+  second, round trips a second, and the Verilated SoC's cycles a second.
 """
 
 import json
 import tempfile
 from pathlib import Path
 
-__all__ = ["bench_core", "run_bench"]
+__all__ = ["bench_core", "bench_link", "run_bench"]
 
 
 def bench_core(*, neurons: int = 128, fan_in: int = 256, lanes: int = 8, timesteps: int = 4,
@@ -72,6 +74,43 @@ def bench_core(*, neurons: int = 128, fan_in: int = 256, lanes: int = 8, timeste
     }
 
 
+def bench_link(config=None, seconds: float = 2.0) -> dict:
+    """The host link of a virtual board: weights written and read a second, input spike events
+    a second through a core's FP engine (every input firing), round trips a second, and the
+    Verilated SoC's cycles a second."""
+    import time
+
+    from spikeforge.gen.config import AcceleratorConfig
+    from spikeforge.gen.vboard import VirtualBoard
+
+    from .driver import Board, link_throughput
+    from .protocol import EVENT_LAST, event_word
+    from .regmap import Command, Reg
+
+    config = config or AcceleratorConfig()
+    with VirtualBoard(config) as vboard, Board.connect(vboard.url) as board:
+        result = link_throughput(board, seconds=seconds / 2)
+        T, F = config.timesteps, config.fan_in
+        for reg, value in ((Reg.INPUTS, F), (Reg.TIMESTEPS, T), (Reg.NEURONS, config.neurons)):
+            board.set_reg(0, reg, value)
+        board.set_link(0, 0)
+        events = [w for _ in range(T) for w in
+                  [event_word(i) for i in range(F)] + [event_word(0, spike=False, last=True)]]
+        sent, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2 or not sent:
+            board.core_command(0, Command.BEGIN)
+            board.spikes_in(0, events)
+            closed = 0
+            while closed < T:
+                closed += sum(1 for w in board.spikes_out(0) if w & EVENT_LAST)
+            sent += T * F
+        result["spike_events_per_second"] = sent / (time.perf_counter() - start)
+        stats = vboard.stats()
+    result["vboard_cycles_per_second"] = stats["cycles"] / max(stats["clock_seconds"], 1e-9)
+    result["config"] = json.loads(config.to_json())
+    return result
+
+
 def run_bench(json_path=None, console=None) -> dict:
     """Run every measurement, print a table and write the JSON."""
     from rich.console import Console
@@ -91,6 +130,14 @@ def run_bench(json_path=None, console=None) -> dict:
     console.print(f"sparsity payoff (FP+WG cycles at 10 % / at 100 %): "
                   f"{result['sparsity_payoff']:.3f}")
     console.print(f"Verilated core: {result['sim_cycles_per_second']:,.0f} cycles/s")
+    with console.status("building and measuring the virtual board's host link"):
+        link = bench_link()
+    result["link"] = link
+    console.print(f"host link of the virtual board: {link['weights_written_per_second']:,.0f} "
+                  f"weights/s written, {link['weights_read_per_second']:,.0f} read, "
+                  f"{link['spike_events_per_second']:,.0f} input spike events/s, "
+                  f"{link['round_trips_per_second']:,.0f} round trips/s; Verilated SoC "
+                  f"{link['vboard_cycles_per_second']:,.0f} cycles/s")
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2))
