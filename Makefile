@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: install train test sim lint clean
+.PHONY: install train train-golden test sim lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 train: $(STAMP)
+	$(BIN)/spikeforge train --backend sim --model mlp --dataset digits --epochs 10 \
+		--json runs/train.json --resume runs/train.pt
+
+train-golden: $(STAMP)
 	$(BIN)/spikeforge train --backend golden --model mlp --dataset digits --epochs 10 \
-		--json runs/train.json --checkpoint runs/train.pt
+		--json runs/golden.json --checkpoint runs/golden.pt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --doctest-modules sw hw gen boards tests sim
