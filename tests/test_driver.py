@@ -1,0 +1,201 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The driver without a board: the serial transport against a pseudo-terminal that plays a
+device, and a transaction recorded from the virtual board, replayed."""
+
+import os
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+
+from spikeforge import protocol as p
+from spikeforge.driver import (
+    Board,
+    BoardError,
+    BoardTimeout,
+    RecordingTransport,
+    ReplayTransport,
+    SerialTransport,
+    open_transport,
+)
+from spikeforge.errors import ConfigError
+from spikeforge.protocol import Opcode, Status
+from spikeforge.regmap import Region, address
+
+FIXTURE = Path(__file__).parent / "fixtures" / "vboard_session.json"
+IDENTITY = (p.VERSION, 2, 4, 16, 16, 4, 0, 1, 0, 68, p.MAX_WORDS)
+
+
+class PtyDevice:
+    """A device on the far end of a pseudo-terminal: frames in, replies out, as the SoC does
+    (memory of 16 × 16 words a core, replay of a repeated sequence number)."""
+
+    def __init__(self, drop_first_reply_of=(), silent=False):
+        self.master, slave = os.openpty()
+        self.path = os.ttyname(slave)
+        self._slave = slave
+        self.memory = {c: [0] * 256 for c in range(2)}
+        self.executed = 0
+        self.drop = set(drop_first_reply_of)
+        self.silent = silent
+        self._last = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _execute(self, cmd: p.Command):
+        self.executed += 1
+        if cmd.opcode == Opcode.IDENTIFY:
+            return Status.OK, IDENTITY
+        if cmd.core not in self.memory:
+            return Status.BAD_CORE, ()
+        offset = cmd.address & 0xFFFFFFF
+        if cmd.opcode == Opcode.READ:
+            count = cmd.payload[0]
+            if offset + count > 256:
+                return Status.BAD_ADDRESS, ()
+            return Status.OK, tuple(self.memory[cmd.core][offset:offset + count])
+        if cmd.opcode == Opcode.WRITE:
+            if offset + len(cmd.payload) > 256:
+                return Status.BAD_ADDRESS, ()
+            self.memory[cmd.core][offset:offset + len(cmd.payload)] = cmd.payload
+            return Status.OK, ()
+        return Status.BAD_OPCODE, ()
+
+    def _run(self):
+        buffer = bytearray()
+        while not self._stop:
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                return
+            buffer += data
+            while True:
+                start = buffer.find(p.COMMAND_SYNC)
+                if start < 0:
+                    buffer.clear()
+                    break
+                del buffer[:start]
+                if len(buffer) < 10:
+                    break
+                (length,) = struct.unpack_from("<H", buffer, 8)
+                if len(buffer) < 12 + length:
+                    break
+                frame = bytes(buffer[:12 + length])
+                del buffer[:12 + length]
+                cmd = p.decode_command(frame)
+                if self._last and self._last[0] == cmd.seq:
+                    reply = self._last[1]
+                else:
+                    status, payload = self._execute(cmd)
+                    reply = p.encode_reply(cmd.seq, status, payload)
+                    self._last = (cmd.seq, reply)
+                    if cmd.seq in self.drop:
+                        self.drop.discard(cmd.seq)
+                        continue
+                if not self.silent:
+                    os.write(self.master, reply)
+
+    def close(self):
+        self._stop = True
+        os.close(self._slave)
+        os.close(self.master)
+
+
+@pytest.fixture
+def device():
+    dev = PtyDevice()
+    yield dev
+    dev.close()
+
+
+def test_serial_board_reads_and_writes(device):
+    with Board.connect(f"serial://{device.path}?baud=115200", timeout=0.5) as board:
+        assert board.identity["cores"] == 2 and board.identity["lanes"] == 4
+        board.write(1, address(Region.WEIGHT, 3), [0x1234, 0x5678])
+        assert board.read(1, address(Region.WEIGHT, 2), 4) == [0, 0x1234, 0x5678, 0]
+        assert device.memory[1][3:5] == [0x1234, 0x5678]
+
+
+def test_a_lost_reply_is_resent_not_reexecuted():
+    dev = PtyDevice(drop_first_reply_of={12})
+    try:
+        board = Board(SerialTransport(dev.path), timeout=0.3, seq=10)
+        board.sync()
+        before = dev.executed
+        board.write(0, address(Region.WEIGHT, 0), [7])
+        assert board.resends == 1 and dev.executed == before + 1
+        assert board.read(0, address(Region.WEIGHT, 0), 1) == [7]
+        board.close()
+    finally:
+        dev.close()
+
+
+def test_error_statuses_and_silence_are_errors(device):
+    board = Board.connect(device.path, timeout=0.3)
+    with pytest.raises(BoardError, match="BAD_ADDRESS") as info:
+        board.read(0, address(Region.WEIGHT, 250), 10)
+    assert info.value.status == Status.BAD_ADDRESS
+    with pytest.raises(BoardError, match="BAD_CORE"):
+        board.write(5, 0, [1])
+    board.close()
+    quiet = PtyDevice(silent=True)
+    try:
+        with pytest.raises(BoardTimeout, match=f"the board at {quiet.path} did not answer"):
+            Board.connect(quiet.path, timeout=0.1, retries=1)
+    finally:
+        quiet.close()
+
+
+@pytest.mark.parametrize("url, message", [
+    ("tcp://localhost", "lacks a port number"),
+    ("tcp://:80", "must be tcp://HOST:PORT"),
+    ("serial://", "must name a device path"),
+    ("serial:///dev/ttyUSB0?baud=fast", "baud rate that is not a positive integer"),
+    ("serial:///dev/ttyUSB0?parity=E", "unknown options parity"),
+    ("ftp://board", "unknown scheme 'ftp'"),
+    ("", "is empty"),
+])
+def test_bad_urls(url, message):
+    with pytest.raises(ConfigError, match=message):
+        open_transport(url)
+
+
+def test_a_missing_serial_port_is_named():
+    with pytest.raises(Exception, match="cannot open serial port /dev/nonexistent-tty"):
+        open_transport("serial:///dev/nonexistent-tty")
+
+
+def test_recording_replays(device, tmp_path):
+    recorder = RecordingTransport(SerialTransport(device.path))
+    board = Board(recorder, timeout=0.5, seq=200)
+    board.sync()
+    board.write(0, address(Region.WEIGHT, 0), [1, 2, 3])
+    assert board.read(0, address(Region.WEIGHT, 0), 3) == [1, 2, 3]
+    path = tmp_path / "session.json"
+    recorder.save(path)
+    replay = ReplayTransport.load(path)
+    again = Board(replay, timeout=0.5, seq=200)
+    again.sync()
+    again.write(0, address(Region.WEIGHT, 0), [1, 2, 3])
+    assert again.read(0, address(Region.WEIGHT, 0), 3) == [1, 2, 3]
+    assert replay.done
+    with pytest.raises(AssertionError, match="wrote"):
+        other = Board(ReplayTransport.load(path), timeout=0.5, seq=201)
+        other.sync()
+
+
+def test_a_session_recorded_from_the_virtual_board_replays():
+    """Recorded with ``Board(RecordingTransport(...), seq=0)`` against
+    ``spikeforge board serve`` of the configuration in the fixture (see tests/fixtures)."""
+    replay = ReplayTransport.load(FIXTURE)
+    board = Board(replay, seq=0)
+    identity = board.sync()
+    assert identity["cores"] == 2 and identity["neurons"] == 16
+    board.write(1, address(Region.WEIGHT, 0), [0x3C00, 0xBC00, 0x0001])
+    assert board.read(1, address(Region.WEIGHT, 0), 4) == [0x3C00, 0xBC00, 0x0001, 0]
+    with pytest.raises(BoardError, match="BAD_ADDRESS"):
+        board.write(1, address(Region.WEIGHT, 16 << 4), [1])
+    assert board.counters(1)["cycles"] > 0
+    assert replay.done
