@@ -144,6 +144,13 @@ def _board(args) -> int:
     return serve(config, args.port)
 
 
+def _report(args) -> int:
+    from .report import report
+
+    report(args.run_dir)
+    return 0
+
+
 def _bench(args) -> int:
     from .bench import run_bench
 
@@ -215,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="accelerator configuration (JSON)")
     serve.add_argument("--cores", type=int, help="override the configuration's core count")
     serve.set_defaults(func=_board)
+
+    rep = sub.add_parser("report", help="tables and plots of a run from its hardware counters")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="the folder of the run's train.json")
+    rep.set_defaults(func=_report)
 
     bench = sub.add_parser("bench", help="measure the gateware in RTL simulation")
     bench.add_argument("--json", metavar="FILE", help="write the measurements as JSON")
