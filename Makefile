@@ -18,6 +18,7 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/spikeforge train --backend sim --model mlp --dataset digits --epochs 10 \
 		--json runs/train.json --resume runs/train.pt
+	$(BIN)/spikeforge report runs
 
 train-golden: $(STAMP)
 	$(BIN)/spikeforge train --backend golden --model mlp --dataset digits --epochs 10 \

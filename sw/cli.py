@@ -144,6 +144,21 @@ def _board(args) -> int:
     return serve(config, args.port)
 
 
+def _fl(args) -> int:
+    from .fl import run_fl
+    from .train import TrainConfig
+
+    cfg = TrainConfig(timesteps=args.timesteps, batch_size=args.batch_size, lr=args.lr,
+                      hidden=args.hidden, seed=args.seed)
+    boards = [u for u in args.boards.split(",") if u] if args.boards else None
+    result = run_fl(workers=args.workers, rounds=args.rounds, local_epochs=args.local_epochs,
+                    backend=args.backend, boards=boards, alpha=args.alpha, cfg=cfg,
+                    json_path=args.json, progress=not args.quiet)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("shards", "config")},
+                     indent=2))
+    return 0
+
+
 def _report(args) -> int:
     from .report import report
 
@@ -222,6 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="accelerator configuration (JSON)")
     serve.add_argument("--cores", type=int, help="override the configuration's core count")
     serve.set_defaults(func=_board)
+
+    fl = sub.add_parser("fl", help="federated learning over Flower, one worker a board")
+    fl.add_argument("--workers", type=int, default=5)
+    fl.add_argument("--rounds", type=int, default=10)
+    fl.add_argument("--local-epochs", type=int, default=3)
+    fl.add_argument("--backend", default="golden",
+                    help="golden (the golden model in each worker) or sim (a virtual board each)")
+    fl.add_argument("--boards", metavar="URL,URL,...", help="one board URL a worker "
+                    "(tcp://HOST:PORT or serial:///dev/ttyUSBn) instead of --backend")
+    fl.add_argument("--alpha", type=float, default=0.5,
+                    help="Dirichlet concentration of the non-IID split (smaller: more skewed)")
+    fl.add_argument("--timesteps", "-T", type=int, default=8)
+    fl.add_argument("--batch-size", type=int, default=16)
+    fl.add_argument("--lr", type=float, default=1.0)
+    fl.add_argument("--hidden", type=int, default=128)
+    fl.add_argument("--seed", type=int, default=0)
+    fl.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    fl.add_argument("--quiet", action="store_true", help="no per-round lines")
+    fl.set_defaults(func=_fl)
 
     rep = sub.add_parser("report", help="tables and plots of a run from its hardware counters")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="the folder of the run's train.json")
