@@ -173,3 +173,22 @@ def test_link_throughput():
     assert result["spike_events_per_second"] > 1000
     assert result["round_trips_per_second"] > 50
     assert result["vboard_cycles_per_second"] > 1000
+
+
+def test_board_serve_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "accel.json"
+    config.write_text(CONFIG.to_json())
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "spikeforge.cli", "board", "serve", "--port", "0", "--config",
+         str(config), "--cores", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = serve.stdout.readline()
+        assert line.startswith("listening 127.0.0.1:")
+        with Board.connect("tcp://" + line.split()[1]) as board:
+            assert board.identity["cores"] == 1 and board.identity["fan_in"] == 16
+    finally:
+        serve.terminate()
+        serve.wait(10)
