@@ -323,7 +323,8 @@ class Board:
     ----------
     transport : Transport
     timeout : float
-        Seconds to wait for each reply before resending the frame.
+        Seconds to wait for each reply before resending the frame (generous: a virtual board
+        shares the host's CPUs, and a frame a board never got is rare on TCP or USB).
     retries : int
         Resends of a frame before :class:`BoardTimeout`.
     seq : int or None
@@ -340,7 +341,7 @@ class Board:
     that fails leaves its earlier frames written; each frame is checked whole by the device.
     """
 
-    def __init__(self, transport: Transport, *, timeout: float = 1.0, retries: int = 3,
+    def __init__(self, transport: Transport, *, timeout: float = 5.0, retries: int = 3,
                  seq: int | None = None):
         if not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"retries must be a non-negative integer, not {retries!r}")
