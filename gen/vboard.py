@@ -65,6 +65,16 @@ def _digest(config: AcceleratorConfig, factory_name: str) -> str:
     return h.hexdigest()[:20]
 
 
+def _die_with_parent() -> None:
+    """In the child before it runs the board: have Linux stop it when its parent dies, so that
+    no board outlives a killed host process (the parent is the thread that started it: start
+    boards from a thread that lives as long as they should)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _soc(config: AcceleratorConfig):
     from spikeforge.hw.soc import SoC
 
@@ -148,7 +158,8 @@ class VirtualBoard:
         self._lines = []
         self._process = subprocess.Popen(
             [str(self.executable), "--port", str(self.port)], stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True)
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
+            preexec_fn=_die_with_parent)
         ready = threading.Event()
 
         def reader(stream):
@@ -220,7 +231,8 @@ class VirtualBoard:
 def serve(config: AcceleratorConfig, port: int) -> int:
     """Run a virtual board in the foreground until interrupted (``spikeforge board serve``)."""
     executable = build_virtual_board(config)
-    process = subprocess.Popen([str(executable), "--port", str(port)], stdout=sys.stdout)
+    process = subprocess.Popen([str(executable), "--port", str(port)], stdout=sys.stdout,
+                               preexec_fn=_die_with_parent)
     try:
         return process.wait()
     except KeyboardInterrupt:

@@ -101,9 +101,20 @@ def _backend(kind: str, url: str | None, cfg: TrainConfig, stack: contextlib.Exi
     return DeviceBackend(board, cfg.build(), cfg.timesteps, name=url)
 
 
+class _Terminated(BaseException):
+    """The host stopped this worker."""
+
+
 def _worker(index: int, port: int, shard: list, kind: str, url: str | None, cfg_fields: dict,
             local_epochs: int, errors) -> None:
     """A client process: its backend, its shard, a Flower NumPyClient."""
+    import signal
+
+    def terminated(*_):
+        raise _Terminated
+
+    # Terminated by the host: unwind, so that a virtual board is stopped with its worker.
+    signal.signal(signal.SIGTERM, terminated)
     try:
         _quiet_flower()
         from flwr.client import NumPyClient
@@ -145,6 +156,8 @@ def _worker(index: int, port: int, shard: list, kind: str, url: str | None, cfg_
 
             start_client(server_address=f"127.0.0.1:{port}", client=Client().to_client(),
                          insecure=True, max_retries=20, max_wait_time=60)
+    except _Terminated:
+        return
     except BaseException as error:  # reported to the host, which names the worker
         errors.put((index, f"{type(error).__name__}: {error}"))
         raise
