@@ -64,8 +64,10 @@ STATUS_MEANING = {
     Status.BAD_CRC: "the command's CRC did not match: the link corrupted it",
     Status.BAD_LENGTH: "the payload length does not suit the opcode",
     Status.BAD_OPCODE: "the device does not know this opcode",
-    Status.BAD_CORE: "the device has no such core",
-    Status.BAD_ADDRESS: "an address is out of range, or read-only for a write",
+    Status.BAD_CORE: "the device has no such core, or the core's input is linked to its "
+                     "neighbour's",
+    Status.BAD_ADDRESS: "an address or value is out of range, the region is read-only, or "
+                        "the core is busy (writes wait until it is idle)",
     Status.BUSY: "the core is busy running an engine; wait until it is idle and retry",
     Status.TIMEOUT: "the core's stream stalled and the device abandoned it",
 }
