@@ -28,6 +28,7 @@ A session with the virtual board (``spikeforge board serve --port 7000``)::
 """
 
 import abc
+import contextlib
 import json
 import random
 import time
@@ -449,8 +450,10 @@ class Board:
     def sync(self) -> dict:
         """Identify twice with consecutive sequence numbers, so that a reply the device stored
         for a previous host's frame of the same number is never taken for a fresh one; check
-        the protocol version and keep :attr:`identity`."""
-        self.identify()
+        the protocol version and keep :attr:`identity`. The first reply may be such a stale
+        one, of any opcode and status, and is ignored."""
+        with contextlib.suppress(BoardError):
+            self.command(Opcode.IDENTIFY, 0)
         identity = self.identify()
         if identity["version"] != VERSION:
             raise LinkError(f"the board at {self.url} speaks protocol version "

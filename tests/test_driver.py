@@ -132,6 +132,16 @@ def test_a_lost_reply_is_resent_not_reexecuted():
         dev.close()
 
 
+@pytest.mark.parametrize("status, payload", [(Status.OK, (5,)), (Status.BAD_CORE, ())])
+def test_a_stale_stored_reply_does_not_spoil_the_sync(device, status, payload):
+    device._last = (40, p.encode_reply(40, status, payload))
+    board = Board(SerialTransport(device.path), timeout=0.5, seq=40)
+    assert board.sync()["cores"] == 2
+    board.write(0, address(Region.WEIGHT, 0), [9])
+    assert device.memory[0][0] == 9
+    board.close()
+
+
 def test_error_statuses_and_silence_are_errors(device):
     board = Board.connect(device.path, timeout=0.3)
     with pytest.raises(BoardError, match="BAD_ADDRESS") as info:
