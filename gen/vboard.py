@@ -6,7 +6,8 @@
 the gateware sources, the harness and the tool versions, in ``$SPIKEFORGE_CACHE`` (default
 ``~/.cache/spikeforge``), built in a temporary folder and renamed into place, under a lock, so
 that processes building the same board at once share one build. :class:`VirtualBoard` runs one
-and gives its ``tcp://`` URL, for the driver.
+and gives its ``tcp://`` URL, for the driver. :class:`Loopback` stands in for the SoC where
+only the harness is under test.
 
 The SoC of a virtual board drops a partly received frame, and gives up a stalled stream, after
 :data:`LINK_TIMEOUT` cycles, well under a second of simulation, so that a client that
@@ -28,12 +29,16 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+from amaranth.hdl import Module
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
 from spikeforge.errors import SpikeforgeError
 
 from .config import AcceleratorConfig
 from .verilator import VERILATOR_ARGS, export_verilog, tool_environment
 
-__all__ = ["LINK_TIMEOUT", "VirtualBoard", "VirtualBoardError", "build_virtual_board",
+__all__ = ["LINK_TIMEOUT", "Loopback", "VirtualBoard", "VirtualBoardError", "build_virtual_board",
            "cache_root"]
 
 LINK_TIMEOUT = 1 << 16
@@ -43,6 +48,32 @@ HW = Path(__file__).resolve().parent.parent / "hw"
 
 class VirtualBoardError(SpikeforgeError):
     """The virtual board cannot be built or started."""
+
+
+class Loopback(wiring.Component):
+    """A stand-in for the SoC with its ports: the bytes of ``rx`` come back on ``tx``.
+
+    Members
+    -------
+    rx : In(stream.Signature(8))
+    tx : Out(stream.Signature(8))
+        ``rx`` through a FIFO of ``depth`` bytes: one byte a cycle, two cycles of latency.
+    busy : Out(1)
+        High while the FIFO holds a byte.
+    """
+
+    def __init__(self, config: AcceleratorConfig | None = None, *, depth: int = 16):
+        self._depth = depth
+        super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
+                          "busy": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.fifo = buffer = fifo.SyncFIFOBuffered(width=8, depth=self._depth)
+        wiring.connect(m, wiring.flipped(self.rx), buffer.w_stream)
+        wiring.connect(m, buffer.r_stream, wiring.flipped(self.tx))
+        m.d.comb += self.busy.eq(buffer.level != 0)
+        return m
 
 
 def cache_root() -> Path:
@@ -162,8 +193,8 @@ class VirtualBoard:
             preexec_fn=_die_with_parent)
         ready = threading.Event()
 
-        def reader(stream):
-            for line in stream:
+        def reader(pipe):
+            for line in pipe:
                 self._lines.append(line.rstrip("\n"))
                 if line.startswith("listening "):
                     ready.set()
@@ -217,9 +248,9 @@ class VirtualBoard:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        for stream in (self._process.stdout, self._process.stderr):
+        for pipe in (self._process.stdout, self._process.stderr):
             with contextlib.suppress(Exception):
-                stream.close()
+                pipe.close()
 
     def __enter__(self) -> "VirtualBoard":
         return self.start()

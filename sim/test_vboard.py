@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Bad input against the virtual board: every malformed frame gets an error reply or is skipped,
-the weights stay as they were, and the link keeps working."""
+"""The virtual board: its harness around a loopback stand-in (bytes round trip, clients come and
+go, no CPU while idle), and the SoC under bad input: every malformed frame gets an error reply or
+is skipped, the weights stay as they were, and the link keeps working."""
 
 import random
 import socket
@@ -14,7 +15,7 @@ from spikeforge import protocol as p
 from spikeforge.bench import bench_link
 from spikeforge.driver import Board
 from spikeforge.gen.config import AcceleratorConfig
-from spikeforge.gen.vboard import VirtualBoard
+from spikeforge.gen.vboard import Loopback, VirtualBoard
 from spikeforge.protocol import Opcode, Status
 from spikeforge.regmap import Reg, Region, address
 
@@ -56,6 +57,83 @@ class Raw:
 
     def close(self):
         self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def loopback():
+    with VirtualBoard(CONFIG, component_factory=Loopback) as board:
+        yield board
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("tcp://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def take(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(1 << 16)
+        assert chunk, "the virtual board closed the connection"
+        data += chunk
+    return data
+
+
+def echo(sock: socket.socket, data: bytes) -> bytes:
+    sock.sendall(data)
+    return take(sock, len(data))
+
+
+def test_loopback_round_trips_bytes(loopback):
+    data = random.Random(5).randbytes(200_000)
+    before = loopback.stats()
+    with connect(loopback.url) as sock:
+        assert echo(sock, b"\x00") == b"\x00"
+        assert echo(sock, data) == data
+    after = loopback.stats()
+    assert after["rx_bytes"] - before["rx_bytes"] == len(data) + 1
+    assert after["cycles"] - before["cycles"] >= len(data)
+
+
+def test_loopback_serves_the_next_client_after_one_leaves_mid_stream(loopback):
+    first = connect(loopback.url)
+    first.sendall(bytes(range(256)) * 64)
+    first.recv(10)
+    first.close()
+    second = connect(loopback.url)
+    assert echo(second, b"fresh bytes") == b"fresh bytes"
+    waiting = connect(loopback.url)
+    waiting.sendall(b"queued")
+    assert echo(second, b"still mine") == b"still mine"
+    second.close()
+    assert take(waiting, 6) == b"queued"
+    waiting.close()
+
+
+def test_loopback_idles_without_cpu(loopback):
+    with connect(loopback.url) as sock:
+        assert echo(sock, b"wake") == b"wake"
+        before = loopback.stats()
+        time.sleep(1.0)
+        after = loopback.stats()
+    assert after["cpu_seconds"] - before["cpu_seconds"] < 0.2
+    assert after["cycles"] - before["cycles"] < 10_000
+
+
+def test_loopback_restarts_on_its_port_and_reports_at_exit():
+    board = VirtualBoard(CONFIG, component_factory=Loopback).start()
+    try:
+        url = board.url
+        board.kill()
+        assert not board.running
+        board.start()
+        assert board.url == url
+        with connect(url) as sock:
+            assert echo(sock, b"again") == b"again"
+    finally:
+        board.stop()
+    assert board._process.returncode == 0
+    assert board.stats()["rx_bytes"] == 5
 
 
 @pytest.fixture(scope="module")
