@@ -15,7 +15,8 @@ URL                                 transport
 ==================================  ===========================================================
 
 Every command gets a fresh sequence number and waits for its reply. A reply that does not
-come within ``timeout``, that fails its CRC, or that says the command's CRC failed
+come within ``timeout``, that fails its CRC (the link then quiet for :data:`SETTLE` seconds), or
+that says the command's CRC failed
 (:attr:`~spikeforge.protocol.Status.BAD_CRC`) makes the driver resend the *same* frame, sequence
 number included, up to ``retries`` times: the device executes a frame at most once and answers a
 repeated sequence number from its stored reply, so a retried command is never applied twice.
@@ -59,6 +60,7 @@ __all__ = [
 ]
 
 DEFAULT_BAUD = 115200
+SETTLE = 0.1
 LINK_COUNTERS = ("rx_bytes", "tx_bytes", "frames", "bad_frames")
 
 STATUS_MEANING = {
@@ -392,14 +394,21 @@ class Board:
         return f"{opcode.name} of {len(payload)} words to {where} at address {address:#x}"
 
     def _await(self, seq: int, deadline: float) -> Reply | None:
+        """The reply numbered ``seq``; None at ``deadline``, or sooner: once the link has been
+        quiet for :data:`SETTLE` seconds after bytes that were no valid reply (a corrupted
+        reply will not come again by waiting, but by resending)."""
+        dropped = self._decoder.dropped
+        end = deadline
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = end - time.monotonic()
             if remaining <= 0:
                 return None
             data = self.transport.read(remaining)
             for reply in self._decoder.feed(data):
                 if reply.seq == seq:
                     return reply
+            if data and self._decoder.dropped != dropped:
+                end = min(deadline, time.monotonic() + min(SETTLE, self.timeout))
 
     def command(self, opcode: Opcode, core: int, address: int = 0,
                 payload: Sequence[int] = ()) -> tuple[int, ...]:

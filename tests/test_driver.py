@@ -5,6 +5,7 @@ device, and a transaction recorded from the virtual board, replayed."""
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,13 +32,14 @@ class PtyDevice:
     """A device on the far end of a pseudo-terminal: frames in, replies out, as the SoC does
     (memory of 16 × 16 words a core, replay of a repeated sequence number)."""
 
-    def __init__(self, drop_first_reply_of=(), silent=False):
+    def __init__(self, drop_first_reply_of=(), corrupt_first_reply_of=(), silent=False):
         self.master, slave = os.openpty()
         self.path = os.ttyname(slave)
         self._slave = slave
         self.memory = {c: [0] * 256 for c in range(2)}
         self.executed = 0
         self.drop = set(drop_first_reply_of)
+        self.corrupt = set(corrupt_first_reply_of)
         self.silent = silent
         self._last = None
         self._stop = False
@@ -94,6 +96,10 @@ class PtyDevice:
                     if cmd.seq in self.drop:
                         self.drop.discard(cmd.seq)
                         continue
+                    if cmd.seq in self.corrupt:
+                        self.corrupt.discard(cmd.seq)
+                        os.write(self.master, reply[:-1] + bytes([reply[-1] ^ 1]))
+                        continue
                 if not self.silent:
                     os.write(self.master, reply)
 
@@ -140,6 +146,21 @@ def test_a_stale_stored_reply_does_not_spoil_the_sync(device, status, payload):
     board.write(0, address(Region.WEIGHT, 0), [9])
     assert device.memory[0][0] == 9
     board.close()
+
+
+def test_a_corrupted_reply_is_resent_at_once_not_reexecuted():
+    dev = PtyDevice(corrupt_first_reply_of={12, 13})
+    try:
+        board = Board(SerialTransport(dev.path), timeout=3.0, seq=10)
+        board.sync()
+        before, start = dev.executed, time.monotonic()
+        board.write(0, address(Region.WEIGHT, 0), [5, 6])
+        assert board.read(0, address(Region.WEIGHT, 0), 2) == [5, 6]
+        assert time.monotonic() - start < 1.5
+        assert board.resends == 2 and dev.executed == before + 2
+        board.close()
+    finally:
+        dev.close()
 
 
 def test_error_statuses_and_silence_are_errors(device):
