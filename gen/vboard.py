@@ -238,6 +238,11 @@ class VirtualBoard:
             self._process.kill()
             self._process.wait()
 
+    def restart(self) -> "VirtualBoard":
+        """:meth:`kill` the board and start a freshly reset one on the same port."""
+        self.kill()
+        return self.start()
+
     def stop(self) -> None:
         if self._process is None:
             return

@@ -128,6 +128,8 @@ def test_loopback_restarts_on_its_port_and_reports_at_exit():
         assert not board.running
         board.start()
         assert board.url == url
+        board.restart()
+        assert board.url == url
         with connect(url) as sock:
             assert echo(sock, b"again") == b"again"
     finally:
@@ -227,7 +229,7 @@ def mutated(draw):
     return bytes(frame)
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(garbage=st.lists(st.one_of(st.binary(max_size=40), mutated()), min_size=1, max_size=4))
 def test_fuzz_keeps_the_link_and_the_weights(vboard, reference, garbage):
