@@ -113,11 +113,12 @@ def _soc(config: AcceleratorConfig):
 
 
 def build_virtual_board(config: AcceleratorConfig,
-                        component_factory: Callable | None = None) -> Path:
+                        component_factory: Callable | None = None, *,
+                        log: Callable[[str], None] | None = None) -> Path:
     """The executable of the virtual board of ``config`` (built now if not cached).
 
     ``component_factory(config)`` replaces the SoC by another component with the same ports
-    (``rx``, ``tx``, ``busy``), for testing the harness.
+    (``rx``, ``tx``, ``busy``), for testing the harness. ``log`` is told when a build starts.
     """
     if not HARNESS.is_file():
         raise VirtualBoardError(f"the virtual-board harness {HARNESS} is missing: the virtual "
@@ -135,6 +136,9 @@ def build_virtual_board(config: AcceleratorConfig,
         if executable.is_file():
             return executable
         build = Path(tempfile.mkdtemp(prefix="build-", dir=folder.parent))
+        if log:
+            log(f"building the virtual board in {folder} (once per configuration and "
+                f"gateware version; a few minutes)")
         try:
             _build(factory(config), build)
             os.replace(build, folder)
@@ -266,7 +270,8 @@ class VirtualBoard:
 
 def serve(config: AcceleratorConfig, port: int) -> int:
     """Run a virtual board in the foreground until interrupted (``spikeforge board serve``)."""
-    executable = build_virtual_board(config)
+    executable = build_virtual_board(
+        config, log=lambda message: print(message, file=sys.stderr, flush=True))
     process = subprocess.Popen([str(executable), "--port", str(port)], stdout=sys.stdout,
                                preexec_fn=_die_with_parent)
     try:
