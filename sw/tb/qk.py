@@ -1,0 +1,254 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Stimulus and cocotb driver of a :class:`~spikeforge.hw.qk.QKAttention` unit.
+
+:class:`QKCase` is one sample of Q-K attention with what the golden model says of it, already
+cut into the unit's beats (:mod:`spikeforge.hw.qk` describes the layouts). :class:`QKTB` owns
+the clock, reset and configuration of a Verilated unit and a source or sink for each stream,
+with seeded random idle cycles and backpressure; :meth:`QKTB.run_case` returns the beats the
+unit produced and the cycles it took. ``qk_bench`` is the cocotb test behind
+:func:`spikeforge.bench.bench_qk`.
+"""
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+
+import cocotb
+import torch
+from cocotb.clock import Clock
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import ClockCycles, RisingEdge
+
+from ..golden import fp16
+from ..golden.arith import FP16
+from ..golden.lif import LIFParams
+from ..golden.qk import (
+    ATTENTIONS,
+    attention_lif_params,
+    qk_attention_backward,
+    qk_attention_forward,
+)
+
+__all__ = ["QKCase", "QKTB"]
+
+PERIOD_NS = 10
+
+
+def _kept(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """``[T, N, D]`` as ``[T, I, J]``: kept axis, then summed axis."""
+    return x if kind == "token" else x.transpose(1, 2)
+
+
+@dataclass
+class QKCase:
+    """One sample: spikes ``q``, ``k`` and output error ``g`` (``[T, N, D]``), golden results."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    g: torch.Tensor
+    kind: str = "token"
+    lif: LIFParams = field(default_factory=attention_lif_params)
+
+    @classmethod
+    def random(cls, *, tokens: int, channels: int, timesteps: int, rate: float, kind: str,
+               seed: int, lif: LIFParams | None = None) -> "QKCase":
+        """Q and K spikes at ``rate``; errors of a few magnitudes, a fifth of them zero."""
+        gen = torch.Generator().manual_seed(seed)
+        shape = (timesteps, tokens, channels)
+        q = (torch.rand(shape, generator=gen) < rate).float()
+        k = (torch.rand(shape, generator=gen) < rate).float()
+        g = torch.randn(shape, generator=gen) * 2.0 ** torch.randint(-6, 2, shape, generator=gen)
+        g[torch.rand(shape, generator=gen) < 0.2] = 0
+        return cls(q, k, fp16.to_fp16(g), kind, lif or attention_lif_params())
+
+    def __post_init__(self):
+        a = FP16()
+        x, cache = qk_attention_forward(self.q[:, None], self.k[:, None], self.kind, self.lif, a)
+        dq, dk = qk_attention_backward(self.g[:, None], cache, a)
+        self.expected_x, self.expected_dq, self.expected_dk = x[:, 0], dq[:, 0], dk[:, 0]
+        self.expected_a = cache["a"][:, 0]
+
+    timesteps = property(lambda self: self.q.shape[0])
+    tokens = property(lambda self: self.q.shape[1])
+    channels = property(lambda self: self.q.shape[2])
+
+    def config(self) -> dict:
+        """Values of the unit's ``c_*`` inputs for this case."""
+        c = {name: int(fp16.bits(v)) for name, v in self.lif.constants(FP16()).items()}
+        return {"c_kind": ATTENTIONS.index(self.kind), "c_tokens": self.tokens,
+                "c_channels": self.channels, "c_timesteps": self.timesteps,
+                "c_v_th": c["v_th"], "c_v_reset": c["v_reset"], "c_inv_tau": c["inv_tau"],
+                "c_decay": c["decay"]}
+
+    def _rows(self, x: torch.Tensor, lanes: int, width: int) -> list:
+        """Forward layout: per timestep, kept-axis rows in chunks of ``lanes``."""
+        m = _kept(x, self.kind)
+        T, n_i, n_j = m.shape
+        chunks = -(-n_j // lanes)
+        beats = []
+        for t in range(T):
+            for i in range(n_i):
+                row = m[t, i].tolist() + [0] * (chunks * lanes - n_j)
+                for c in range(chunks):
+                    part = row[c * lanes:(c + 1) * lanes]
+                    word = sum(int(v) << width * n for n, v in enumerate(part))
+                    beats.append((word, int(i == n_i - 1 and c == chunks - 1)))
+        return beats
+
+    def _columns(self, x: torch.Tensor, lanes: int) -> list:
+        """Backward layout: timesteps descending, summed-axis rows, lane groups of kept axis."""
+        m = _kept(fp16.bits(x), self.kind)
+        T, n_i, n_j = m.shape
+        groups = -(-n_i // lanes)
+        beats = []
+        for t in reversed(range(T)):
+            for j in range(n_j):
+                col = m[t, :, j].tolist() + [0] * (groups * lanes - n_i)
+                for g in range(groups):
+                    part = col[g * lanes:(g + 1) * lanes]
+                    word = sum(int(v) << 16 * n for n, v in enumerate(part))
+                    beats.append((word, int(j == n_j - 1 and g == groups - 1)))
+        return beats
+
+    def fp_beats(self, lanes: int) -> list:
+        """``(q, k, last)`` of every ``fp_i`` beat."""
+        q, k = self._rows(self.q, lanes, 1), self._rows(self.k, lanes, 1)
+        return [(qw, kw, last) for (qw, last), (kw, _) in zip(q, k, strict=True)]
+
+    def x_beats(self, lanes: int) -> list:
+        return self._rows(self.expected_x, lanes, 1)
+
+    def bp_beats(self, lanes: int) -> list:
+        return self._columns(self.g, lanes)
+
+    def dk_beats(self, lanes: int) -> list:
+        return self._columns(self.expected_dk, lanes)
+
+    def dq_beats(self, lanes: int) -> list:
+        return self._columns(self.expected_dq, lanes)
+
+    def ideal_cycles(self, lanes: int) -> float:
+        """Cycles of one pass (forward or backward) at ``tokens · channels / lanes`` a
+        timestep."""
+        return self.timesteps * self.tokens * self.channels / lanes
+
+    def nontrivial(self) -> dict:
+        """How many of the compared values are not zero."""
+        return {"x": int(self.expected_x.sum()),
+                "dk": int((self.expected_dk != 0).sum()),
+                "dq": int((self.expected_dq != 0).sum())}
+
+
+class QKTB:
+    """Clock, reset, configuration and streams of a Verilated ``QKAttention``."""
+
+    def __init__(self, dut, *, lanes: int, seed: int = 1, idle: float = 0.0,
+                 stall: float = 0.0):
+        self.dut, self.lanes = dut, lanes
+        self.rng = random.Random(seed)
+        self.idle, self.stall = idle, stall
+        cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+
+    async def reset(self):
+        d = self.dut
+        for name in ("fp_i__valid", "fp_o__ready", "bp_i__valid", "dk_o__ready",
+                     "dq_o__ready"):
+            getattr(d, name).value = 0
+        d.rst.value = 1
+        await ClockCycles(d.clk, 3)
+        d.rst.value = 0
+        await RisingEdge(d.clk)
+
+    def cycle(self) -> int:
+        return round(get_sim_time("ns") / PERIOD_NS)
+
+    async def _put(self, prefix: str, payload: int):
+        d = self.dut
+        while self.idle and self.rng.random() < self.idle:
+            await RisingEdge(d.clk)
+        getattr(d, f"{prefix}__valid").value = 1
+        getattr(d, f"{prefix}__payload").value = payload
+        while True:
+            await RisingEdge(d.clk)
+            if int(getattr(d, f"{prefix}__ready").value):
+                break
+        getattr(d, f"{prefix}__valid").value = 0
+
+    async def _get(self, prefix: str) -> int:
+        d = self.dut
+        while True:
+            ready = not (self.stall and self.rng.random() < self.stall)
+            getattr(d, f"{prefix}__ready").value = int(ready)
+            await RisingEdge(d.clk)
+            if ready and int(getattr(d, f"{prefix}__valid").value):
+                getattr(d, f"{prefix}__ready").value = 0
+                return int(getattr(d, f"{prefix}__payload").value)
+
+    async def _source(self, prefix: str, words: list, stamps: list):
+        for word in words:
+            await self._put(prefix, word)
+            stamps.append(self.cycle())
+
+    async def _sink(self, prefix: str, count: int, width: int, got: list, stamps: list):
+        for _ in range(count):
+            word = await self._get(prefix)
+            got.append((word & ((1 << width) - 1), word >> width & 1))
+            stamps.append(self.cycle())
+
+    async def run_case(self, case: QKCase, backward: bool = True) -> dict:
+        """Configure the unit for ``case``, run its forward (and backward) pass and return the
+        beats of ``fp_o`` (``dk_o``, ``dq_o``) as ``(word, last)`` and the cycles taken."""
+        d, P = self.dut, self.lanes
+        for name, value in case.config().items():
+            getattr(d, name).value = value
+        got = {"x": [], "dk": [], "dq": []}
+        t_in, t_out = [], []
+        fp = [q | k << P | last << 2 * P for q, k, last in case.fp_beats(P)]
+        source = cocotb.start_soon(self._source("fp_i", fp, t_in))
+        await self._sink("fp_o", len(fp), P, got["x"], t_out)
+        await source
+        got["fp_cycles"] = t_out[-1] - t_in[0] + 1
+        while not int(d.fp_done.value):
+            await RisingEdge(d.clk)
+        if backward:
+            bp = [w | last << 16 * P for w, last in case.bp_beats(P)]
+            b_in, b_k, b_q = [], [], []
+            source = cocotb.start_soon(self._source("bp_i", bp, b_in))
+            dk = cocotb.start_soon(self._sink("dk_o", len(bp), 16 * P, got["dk"], b_k))
+            await self._sink("dq_o", len(bp), 16 * P, got["dq"], b_q)
+            await dk
+            await source
+            got["bp_cycles"] = max(b_k[-1], b_q[-1]) - b_in[0] + 1
+            while not int(d.bp_done.value):
+                await RisingEdge(d.clk)
+        got["error"] = int(d.error.value)
+        return got
+
+
+def check(case: QKCase, got: dict, lanes: int, backward: bool = True) -> None:
+    """Assert that the unit's beats are the golden model's bits and ``last`` flags."""
+    assert got["x"] == case.x_beats(lanes), "forward X′"
+    if backward:
+        assert got["dk"] == case.dk_beats(lanes), "δK"
+        assert got["dq"] == case.dq_beats(lanes), "δQ"
+    assert got["error"] == 0, "the unit flagged a last that disagrees with the sizes"
+
+
+@cocotb.test()
+async def qk_bench(dut):
+    """Cycles of the forward and backward passes of the cases in ``BENCH_SPEC``."""
+    spec = json.loads(os.environ["BENCH_SPEC"])
+    tb = QKTB(dut, lanes=spec["lanes"])
+    await tb.reset()
+    results = []
+    for k, c in enumerate(spec["cases"]):
+        case = QKCase.random(tokens=c["tokens"], channels=c["channels"],
+                             timesteps=c["timesteps"], rate=c["rate"], kind=c["kind"],
+                             seed=100 + k)
+        got = await tb.run_case(case)
+        check(case, got, spec["lanes"])
+        results.append({**c, "fp_cycles": got["fp_cycles"], "bp_cycles": got["bp_cycles"],
+                        "ideal_cycles": case.ideal_cycles(spec["lanes"])})
+    with open(os.environ["BENCH_OUT"], "w") as f:
+        json.dump(results, f)

@@ -1,0 +1,119 @@
+# SPDX-License-Identifier: Apache-2.0
+import gc
+import random
+
+import pytest
+from amaranth.sim import Simulator
+
+from spikeforge.golden.lif import LIFParams
+from spikeforge.hw.qk import QKAttention
+from spikeforge.tb.qk import QKCase, check
+
+
+def simulate(dut, cases, *, lanes, seed=1, idle=0.3, stall=0.3):
+    """Run ``cases`` one after the other through ``dut``; return what came out of each."""
+    rng = random.Random(seed)
+    results = []
+
+    async def testbench(ctx):
+        for case in cases:
+            for name, value in case.config().items():
+                ctx.set(getattr(dut, name), value)
+            got = {"x": [], "dk": [], "dq": []}
+            await run_one(ctx, got, case.fp_beats(lanes), case.bp_beats(lanes))
+            results.append((case, got))
+
+    async def run_one(ctx, got, fp, bp):
+        P = lanes
+        queue = [q | k << P | last << 2 * P for q, k, last in fp]
+        while len(got["x"]) < len(fp):
+            if queue and rng.random() >= idle:
+                ctx.set(dut.fp_i.valid, 1)
+                ctx.set(dut.fp_i.payload.as_value(), queue[0])
+            else:
+                ctx.set(dut.fp_i.valid, 0)
+            ready = rng.random() >= stall
+            ctx.set(dut.fp_o.ready, ready)
+            _, _, iv, ir, ov, ow = await ctx.tick().sample(
+                dut.fp_i.valid, dut.fp_i.ready, dut.fp_o.valid, dut.fp_o.payload.as_value())
+            if iv and ir:
+                queue.pop(0)
+            if ready and ov:
+                got["x"].append((ow & ((1 << P) - 1), ow >> P & 1))
+        ctx.set(dut.fp_i.valid, 0)
+        ctx.set(dut.fp_o.ready, 0)
+        await ctx.tick().until(dut.fp_done)
+        queue = [w | last << 16 * P for w, last in bp]
+        while len(got["dk"]) < len(bp) or len(got["dq"]) < len(bp):
+            if queue and rng.random() >= idle:
+                ctx.set(dut.bp_i.valid, 1)
+                ctx.set(dut.bp_i.payload.as_value(), queue[0])
+            else:
+                ctx.set(dut.bp_i.valid, 0)
+            rk, rq = rng.random() >= stall, rng.random() >= stall
+            ctx.set(dut.dk_o.ready, rk)
+            ctx.set(dut.dq_o.ready, rq)
+            _, _, iv, ir, kv, kw, qv, qw = await ctx.tick().sample(
+                dut.bp_i.valid, dut.bp_i.ready, dut.dk_o.valid, dut.dk_o.payload.as_value(),
+                dut.dq_o.valid, dut.dq_o.payload.as_value())
+            if iv and ir:
+                queue.pop(0)
+            if rk and kv:
+                got["dk"].append((kw & ((1 << 16 * P) - 1), kw >> 16 * P & 1))
+            if rq and qv:
+                got["dq"].append((qw & ((1 << 16 * P) - 1), qw >> 16 * P & 1))
+        ctx.set(dut.bp_i.valid, 0)
+        ctx.set(dut.dk_o.ready, 0)
+        ctx.set(dut.dq_o.ready, 0)
+        await ctx.tick().until(dut.bp_done)
+        got["error"] = ctx.get(dut.error)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return results
+
+
+@pytest.mark.parametrize("lanes, tokens, channels", [(1, 3, 2), (2, 5, 3), (4, 4, 9)])
+def test_small_cases_bit_exact(lanes, tokens, channels):
+    dut = QKAttention(lanes=lanes, tokens=tokens, channels=channels, timesteps=3)
+    cases = [QKCase.random(tokens=tokens, channels=channels, timesteps=t, rate=rate, kind=kind,
+                           seed=s)
+             for s, (t, rate, kind) in enumerate([(3, 0.5, "token"), (2, 0.3, "channel"),
+                                                  (1, 1.0, "token"), (3, 0.7, "channel")])]
+    nonzero = {"x": 0, "dk": 0, "dq": 0}
+    for case, got in simulate(dut, cases, lanes=lanes):
+        check(case, got, lanes)
+        for key, value in case.nontrivial().items():
+            nonzero[key] += value
+    assert all(nonzero.values()), nonzero
+
+
+def test_soft_reset_and_leak():
+    lif = LIFParams(v_th=0.5, tau=3.0, reset="soft", v_reset=0.0)
+    dut = QKAttention(lanes=2, tokens=3, channels=4, timesteps=4, reset="soft")
+    cases = [QKCase.random(tokens=3, channels=4, timesteps=4, rate=0.4, kind=kind, seed=9,
+                           lif=lif) for kind in ("token", "channel")]
+    for case, got in simulate(dut, cases, lanes=2):
+        check(case, got, 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lanes": 3}, r"^Lane count must be a power of two between 1 and 64, not 3$"),
+    ({"lanes": True}, r"^Lane count must be a power of two between 1 and 64, not True$"),
+    ({"tokens": 0}, r"^Attention tokens must be an integer between 1 and 2048 \(spike counts "
+                    r"are exact in binary16 up to 2048\), not 0$"),
+    ({"channels": 4096}, r"^Attention channels must be an integer between 1 and 2048"),
+    ({"timesteps": 0}, r"^Attention timesteps must be an integer between 1 and 4096, not 0$"),
+    ({"reset": "none"}, r"^Attention reset must be 'hard' or 'soft', not 'none'$"),
+    ({"detach_reset": 1}, r"^Attention detach_reset must be True or False, not 1$"),
+    ({"surrogate": "sigmoid"}, r"^Attention surrogate must be a spikeforge Surrogate, "
+                               r"not 'sigmoid'$"),
+])
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_constructor_errors(kwargs, message):
+    params = {"lanes": 4, "tokens": 8, "channels": 8, "timesteps": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        QKAttention(**params)
+    gc.collect()
