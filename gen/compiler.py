@@ -27,12 +27,13 @@ from spikeforge.regmap import Reg
 
 from .config import AcceleratorConfig
 
-__all__ = ["CoreProgram", "Program", "compile_network", "input_bits"]
+__all__ = ["CoreProgram", "Program", "compile_network", "index_bits"]
 
 
-def input_bits(fan_in: int) -> int:
-    """Bits of an input index in a core's bus offsets (``Core.input_bits``)."""
-    return max((fan_in - 1).bit_length(), 1)
+def index_bits(count: int) -> int:
+    """Bits of an index below ``count`` in a core's bus offsets (``Core.input_bits`` of its
+    fan-in, ``Core.neuron_bits`` of its neurons)."""
+    return max((count - 1).bit_length(), 1)
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Program:
         when a row's offsets are contiguous, one run a row otherwise."""
         bits = fp16.bits(core.weights).tolist()
         fan_in = self.config.fan_in
-        ib = input_bits(fan_in)
+        ib = index_bits(fan_in)
         if fan_in == 1 << ib:
             words = [w for row in bits for w in row + [0] * (fan_in - core.inputs)]
             return [(0, words)]

@@ -16,35 +16,6 @@ BACKENDS_HELP = ("golden (the PyTorch golden model on this host), sim (a virtual
                  "serial:///dev/ttyUSB0 (an FPGA board)")
 
 
-def _accelerator(path, timesteps: int = 8):
-    from spikeforge.gen.config import AcceleratorConfig
-
-    if path:
-        return AcceleratorConfig.load(path)
-    return AcceleratorConfig(timesteps=max(8, timesteps))
-
-
-def _backend(name: str, cfg, stack, config_path=None):
-    """The backend ``name`` for ``cfg``: None for the golden model, else a device backend whose
-    board (and virtual board) ``stack`` closes."""
-    if name == "golden":
-        return None
-    from .device import DeviceBackend
-    from .driver import Board
-
-    if name == "sim":
-        from spikeforge.gen.vboard import VirtualBoard
-
-        url = stack.enter_context(VirtualBoard(_accelerator(config_path, cfg.timesteps))).url
-    elif name.startswith(("tcp://", "serial://", "/dev/")):
-        url = name
-    else:
-        raise SpikeforgeError(f"backend must be golden, sim, tcp://HOST:PORT or "
-                              f"serial://DEVICE, not {name!r}")
-    board = stack.enter_context(Board.connect(url))
-    return DeviceBackend(board, cfg.build(), cfg.timesteps, name=name)
-
-
 def _first_test_sample(cfg):
     import torch
 
@@ -59,6 +30,7 @@ def _train(args) -> int:
 
     from rich.console import Console
 
+    from .device import open_backend
     from .driver import LinkError
     from .train import TrainConfig, train
 
@@ -70,7 +42,7 @@ def _train(args) -> int:
     if args.resume and not args.checkpoint:
         args.checkpoint = args.resume
     with contextlib.ExitStack() as stack:
-        backend = _backend(args.backend, cfg, stack, args.config)
+        backend = open_backend(args.backend, cfg, stack, args.config)
         resume = args.resume if args.resume and Path(args.resume).is_file() else None
         try:
             result = train(cfg, backend, json_path=None, checkpoint=args.checkpoint,
@@ -102,6 +74,7 @@ def _train(args) -> int:
 def _infer(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_dataset
+    from .device import open_backend
     from .golden.arith import arith_for
     from .train import GoldenBackend, TrainConfig, evaluate
 
@@ -111,7 +84,7 @@ def _infer(args) -> int:
         cfg.precision = args.precision
     _, test = load_dataset(cfg.dataset)
     with contextlib.ExitStack() as stack:
-        backend = _backend(args.backend, cfg, stack, args.config)
+        backend = open_backend(args.backend, cfg, stack, args.config)
         if backend is None:
             network = cfg.build()
             network.load_state_dict(state["weights"])
@@ -138,7 +111,9 @@ def _gen(args) -> int:
 def _board(args) -> int:
     from spikeforge.gen.vboard import serve
 
-    config = _accelerator(args.config)
+    from .device import accelerator_config
+
+    config = accelerator_config(args.config)
     if args.cores:
         config = config.replace(cores=args.cores)
     return serve(config, args.port)
@@ -163,6 +138,52 @@ def _report(args) -> int:
     from .report import report
 
     report(args.run_dir)
+    return 0
+
+
+def _build(args) -> int:
+    from spikeforge.boards.build import (
+        BuildError,
+        build,
+        check_baseline,
+        find_baseline,
+        record_baseline,
+    )
+
+    def write(report):
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+    try:
+        report = build(args.board, cores=args.cores, lanes=args.lanes, neurons=args.neurons,
+                       timesteps=args.timesteps, mhz=args.mhz, seed=args.seed, out=args.out,
+                       use_cache=not args.no_cache)
+    except BuildError as error:
+        if getattr(error, "report", None):
+            write(error.report)
+        raise
+    print(f"{report['board']} ({report['device']}): {report['cores']} core(s), "
+          f"{report['luts']} LUTs, {report['ffs']} FFs, {report['dsps']} DSPs, "
+          f"{report['brams']} BRAMs, Fmax {report['fmax_mhz']} MHz "
+          f"(target {report['target_mhz']:g} MHz)")
+    print(f"bitstream: {report['bitstream']}")
+    if args.record_baseline:
+        print(f"baseline recorded in {record_baseline(report)}")
+    if args.check:
+        baseline = find_baseline(report)
+        if baseline is None:
+            report["baseline"] = "none"
+            write(report)
+            raise BuildError(f"no baseline for {report['board']} with this configuration and "
+                             f"these tool versions; --record-baseline stores one")
+        problems = check_baseline(report, baseline)
+        report["baseline"] = "fail" if problems else "pass"
+        write(report)
+        if problems:
+            raise BuildError("the build differs from its baseline: " + "; ".join(problems))
+        print("within the baseline's tolerances")
+    write(report)
     return 0
 
 
@@ -260,6 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables and plots of a run from its hardware counters")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="the folder of the run's train.json")
     rep.set_defaults(func=_report)
+
+    from spikeforge.boards.targets import TARGETS
+
+    build = sub.add_parser("build", help="build a bitstream with the yowasp toolchain and report "
+                                         "resources and Fmax")
+    build.add_argument("--board", required=True, choices=sorted(TARGETS))
+    build.add_argument("--cores", type=int, help="override the board's core count")
+    build.add_argument("--lanes", type=int, help="override the lanes per core")
+    build.add_argument("--neurons", type=int, help="override the neurons (and inputs) per core")
+    build.add_argument("--timesteps", "-T", type=int, help="override the largest T")
+    build.add_argument("--mhz", type=float, help="core clock (the PLL's nearest); the board's "
+                                                 "default otherwise")
+    build.add_argument("--seed", type=int, default=1, help="placement seed of nextpnr")
+    build.add_argument("--out", metavar="DIR", help="copy the bitstream here")
+    build.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    build.add_argument("--check", action="store_true",
+                       help="compare with the stored baseline of this board and tool versions")
+    build.add_argument("--record-baseline", action="store_true",
+                       help="store this build as the baseline")
+    build.add_argument("--no-cache", action="store_true", help="build even if cached")
+    build.set_defaults(func=_build)
 
     bench = sub.add_parser("bench", help="measure the gateware in RTL simulation")
     bench.add_argument("--json", metavar="FILE", help="write the measurements as JSON")

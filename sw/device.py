@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 import torch
 
-from spikeforge.gen.compiler import Program, compile_network
+from spikeforge.gen.compiler import Program, compile_network, index_bits
 
 from .driver import Board
 from .errors import ConfigError, ShapeError
@@ -26,7 +26,8 @@ from .golden.network import Network
 from .protocol import BROADCAST, EVENT_INDEX, EVENT_LAST, EVENT_SPIKE, MAX_WORDS, event_word
 from .regmap import Command, Reg, Region, Status, address
 
-__all__ = ["DeviceBackend", "decode_events", "encode_events"]
+__all__ = ["DeviceBackend", "accelerator_config", "decode_events", "encode_events",
+           "open_backend"]
 
 
 def encode_events(spikes: torch.Tensor) -> list[int]:
@@ -266,14 +267,44 @@ class DeviceBackend:
         self._check(x[:, None])
         self._forward_sample(x)
         layers = {"input": x.int().tolist()}
+        bits = index_bits(self.config.neurons)
         for cp in self.program.cores:
-            bits = max((self.config.neurons - 1).bit_length(), 1)
             rows = []
             for t in range(self.timesteps):
                 rows.append(self.board.read(cp.core, address(Region.SPIKE, t << bits),
                                             cp.neurons))
             layers[cp.layer] = rows
         return layers
+
+
+def accelerator_config(path=None, timesteps: int = 8):
+    """The accelerator of a virtual board: from a JSON file, or the default one with room for
+    ``timesteps``."""
+    from spikeforge.gen.config import AcceleratorConfig
+
+    if path:
+        return AcceleratorConfig.load(path)
+    return AcceleratorConfig(timesteps=max(8, timesteps))
+
+
+def open_backend(name: str, cfg, stack, config_path=None):
+    """The backend ``name`` (``golden``, ``sim`` or a board URL) for the training configuration
+    ``cfg``: None for the golden model, else a device backend whose board (and virtual board)
+    ``stack`` closes."""
+    if name == "golden":
+        return None
+    if name == "sim":
+        from spikeforge.gen.vboard import VirtualBoard
+
+        url = stack.enter_context(VirtualBoard(accelerator_config(config_path,
+                                                                  cfg.timesteps))).url
+    elif name.startswith(("tcp://", "serial://", "/dev/")):
+        url = name
+    else:
+        raise ConfigError(f"backend must be golden, sim, tcp://HOST:PORT or "
+                          f"serial://DEVICE, not {name!r}")
+    board = stack.enter_context(Board.connect(url))
+    return DeviceBackend(board, cfg.build(), cfg.timesteps, name=name)
 
 
 def _surrogate_name(index: int) -> str:

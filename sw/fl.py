@@ -84,21 +84,10 @@ def _quiet_flower() -> None:
 
 
 def _backend(kind: str, url: str | None, cfg: TrainConfig, stack: contextlib.ExitStack):
+    from .device import open_backend
     from .train import GoldenBackend
 
-    if kind == "golden":
-        return GoldenBackend(cfg.build())
-    from .device import DeviceBackend
-    from .driver import Board
-
-    if kind == "sim":
-        from spikeforge.gen.config import AcceleratorConfig
-        from spikeforge.gen.vboard import VirtualBoard
-
-        url = stack.enter_context(VirtualBoard(AcceleratorConfig(
-            timesteps=max(8, cfg.timesteps)))).url
-    board = stack.enter_context(Board.connect(url))
-    return DeviceBackend(board, cfg.build(), cfg.timesteps, name=url)
+    return open_backend(url if kind == "url" else kind, cfg, stack) or GoldenBackend(cfg.build())
 
 
 class _Terminated(BaseException):
