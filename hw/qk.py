@@ -151,6 +151,11 @@ class QKAttention(wiring.Component):
         self._lanes, self._tokens, self._channels = lanes, tokens, channels
         self._timesteps, self._reset, self._detach = timesteps, reset, detach_reset
         self._surrogate = surrogate
+        kept = max(tokens, channels)
+        self._lif = LIFUpdate(lanes=1, reset=reset,
+                              tag_width=3 * max(timesteps * kept, 2).bit_length())
+        self._bptt = BPTTUpdate(lanes=1, reset=reset, detach_reset=detach_reset,
+                                surrogate=surrogate, tag_width=max(kept, 2).bit_length())
         super().__init__({
             "fp_i": In(stream.Signature(spike_pair_layout(lanes))),
             "fp_o": Out(stream.Signature(spike_layout(lanes))),
@@ -180,7 +185,7 @@ class QKAttention(wiring.Component):
     def latency(self) -> int:
         """Cycles from a kept-axis row's last ``fp_i`` beat to its first ``fp_o`` beat, with
         ``fp_o`` ready."""
-        return 1 + LIFUpdate(lanes=1, reset=self._reset).latency + 4
+        return 1 + self._lif.latency + 6
 
     @property
     def k_words(self) -> int:
@@ -210,8 +215,10 @@ class QKAttention(wiring.Component):
                 return vector
             return rot_down(vector, (C(P, lb + 1) - amount)[:lb], width)
 
-        def lanes_below(base, limit):
-            return Cat(*((base + k) < limit for k in range(P)))
+        def lanes_below(base, limit, name):
+            mask = Signal(P, name=name)
+            m.d.comb += mask.eq(Cat(*((base + k) < limit for k in range(P))))
+            return mask
 
         def group_base(parity):
             return Mux(parity, GM, 0)
@@ -235,14 +242,23 @@ class QKAttention(wiring.Component):
         # ---- memories ----------------------------------------------------------------------
         # K for BP: element (i, j) of timestep t in bank (i + j) mod P at word
         # t·⌈I/P⌉·⌈J/P⌉P + (i div P)·⌈J/P⌉P + j, so that forward rows and backward columns of P
-        # spikes each touch every bank once.
-        k_rd, k_wr = [], []
+        # spikes each touch every bank once. A bank packs 16 of its one-bit words in a row.
+        k_we = Signal()
+        k_wa = [Signal(range(KW), name=f"k_wa{b}") for b in range(P)]
+        k_wd = Signal(P)
+        k_ra = [Signal(range(KW), name=f"k_ra{b}") for b in range(P)]
+        k_rd_data = Signal(P)
         for b in range(P):
-            bank = memory.Memory(shape=1, depth=KW, init=[])
+            bank = memory.Memory(shape=16, depth=-(-KW // 16), init=[])
             m.submodules[f"kmem{b}"] = bank
-            k_rd.append(bank.read_port())
-            k_wr.append(bank.write_port())
-        k_rd_data = Cat(*(p.data for p in k_rd))
+            wr, rd = bank.write_port(granularity=1), bank.read_port()
+            bit = Signal(4, name=f"k_bit{b}")
+            m.d.sync += bit.eq(k_ra[b][:4])
+            m.d.comb += [
+                wr.addr.eq(k_wa[b] >> 4), wr.en.eq(Mux(k_we, C(1, 16) << k_wa[b][:4], 0)),
+                wr.data.eq(k_wd[b].replicate(16)),
+                rd.addr.eq(k_ra[b] >> 4), rd.en.eq(1), k_rd_data[b].eq(rd.data.bit_select(bit, 1)),
+            ]
         m.submodules.amem = amem = memory.Memory(shape=GM * P, depth=T, init=[])
         m.submodules.vmem = vmem = memory.Memory(shape=16, depth=IM, init=[])
         m.submodules.hmem = hmem = memory.Memory(shape=16, depth=T * IM, init=[])
@@ -262,12 +278,8 @@ class QKAttention(wiring.Component):
         dq_wr = dqmem.write_port(granularity=16)
         dq_rd = dqmem.read_port()
 
-        m.submodules.lif = lif = LIFUpdate(lanes=1, reset=self._reset,
-                                           tag_width=3 * max(T * IM, 2).bit_length())
-        m.submodules.bptt = bptt = BPTTUpdate(lanes=1, reset=self._reset,
-                                              detach_reset=self._detach,
-                                              surrogate=self._surrogate,
-                                              tag_width=max(IM, 2).bit_length())
+        m.submodules.lif = lif = self._lif
+        m.submodules.bptt = bptt = self._bptt
         da_add = FP16Lanes(m, "da_add", FP16Adder, P)
         la = da_add.latency
         m.d.comb += [
@@ -331,9 +343,11 @@ class QKAttention(wiring.Component):
         row_end = in_c == chunks - 1
         step_end = row_end & (in_i == n_i - 1)
         group_end = (in_i[:lb] == P - 1 if lb else C(1, 1)) | (in_i == n_i - 1)
-        j_mask = lanes_below(in_c << lb, n_j)
-        q_bits = self.fp_i.payload.q & j_mask
-        k_bits = self.fp_i.payload.k & j_mask
+        j_mask = lanes_below(in_c << lb, n_j, "j_mask")
+        q_bits = Signal(P)
+        k_bits = Signal(P)
+        m.d.comb += [q_bits.eq(self.fp_i.payload.q & j_mask),
+                     k_bits.eq(self.fp_i.payload.k & j_mask)]
         popcount = sum(q_bits[k] for k in range(P))
 
         with m.If(fwd_start):
@@ -358,19 +372,15 @@ class QKAttention(wiring.Component):
             with m.Elif(t_beats < lif_lat + 2):
                 m.d.sync += t_beats.eq(t_beats + 1)
 
-        k_wr_data = rot_up(k_bits, modp(in_i), 1)
-        for b, port in enumerate(k_wr):
-            m.d.comb += [
-                port.en.eq(take),
-                port.addr.eq(row_base + (in_c << lb) + modp(C(b, lb + 1) - in_i)),
-                port.data.eq(k_wr_data[b]),
-            ]
+        m.d.comb += [k_we.eq(take), k_wd.eq(rot_up(k_bits, modp(in_i), 1))]
+        for b in range(P):
+            m.d.comb += k_wa[b].eq(row_base + (in_c << lb) + modp(C(b, lb + 1) - in_i))
 
         # The attention neuron of the row, the cycle after its last beat (V is read meanwhile).
         lif_go = Signal()
         lif_count = Signal(range(IM + 1))
         lif_i = Signal(range(IM))
-        lif_t = Signal(range(T))
+        lif_t = Signal(range(max(T, 2)))
         lif_h = Signal(range(T * IM))
         m.d.sync += [lif_go.eq(take & row_end), lif_count.eq(row_count + popcount),
                      lif_i.eq(in_i), lif_t.eq(in_t), lif_h.eq(h_base + in_i)]
@@ -450,7 +460,7 @@ class QKAttention(wiring.Component):
         m.d.comb += slots.eq(Mux(groups > hazard, groups, hazard))
 
         # ---- δX′ in, δK out, δA[i] += δX′[i, j] where K[i, j] ----
-        b_t = Signal(range(T))
+        b_t = Signal(range(max(T, 2)))
         b_j = Signal(range(IM))
         b_slot = Signal(range(max(GM, hazard) + 1))
         b_kbase = Signal(range(KW + 1))     # K word of (0, 0) at timestep b_t
@@ -497,8 +507,9 @@ class QKAttention(wiring.Component):
         with m.If(pass_wait != 0):
             m.d.sync += pass_wait.eq(pass_wait - 1)
 
-        i_mask = lanes_below(b_slot << lb, n_i)
-        a_mask = a_vec.word_select(b_slot, P) & i_mask
+        i_mask = lanes_below(b_slot << lb, n_i, "i_mask")
+        a_mask = Signal(P)
+        m.d.comb += a_mask.eq(a_vec.word_select(b_slot, P) & i_mask)
         g = self.bp_i.payload.value
         m.d.comb += [
             dkfifo.w_en.eq(b_take),
@@ -508,12 +519,11 @@ class QKAttention(wiring.Component):
             self.dk_o.payload.eq(dkfifo.r_data),
             dkfifo.r_en.eq(self.dk_o.ready),
         ]
-        for b, port in enumerate(k_rd):
-            m.d.comb += port.en.eq(1)
+        for b in range(P):
             with m.If(fsm.ongoing("FWD")):
-                m.d.comb += port.addr.eq(out_base + (out_c << lb) + modp(C(b, lb + 1) - out_i))
+                m.d.comb += k_ra[b].eq(out_base + (out_c << lb) + modp(C(b, lb + 1) - out_i))
             with m.Else():
-                m.d.comb += port.addr.eq(b_word)
+                m.d.comb += k_ra[b].eq(b_word)
         acc_addr = Signal(range(2 * GM))
         m.d.comb += [acc_addr.eq(group_base(par) + b_slot),
                      acc_rd.addr.eq(acc_addr), acc_rd.en.eq(1)]
@@ -525,7 +535,8 @@ class QKAttention(wiring.Component):
         s_addr = delay(m, acc_addr, 1, "da_addr")
         s_old = Signal(16 * P)
         m.d.comb += s_old.eq(Mux(s_first, 0, acc_rd.data))
-        k_col = rot_down(k_rd_data, s_rot, 1) & s_imask
+        k_col = Signal(P)
+        m.d.comb += k_col.eq(rot_down(k_rd_data, s_rot, 1) & s_imask)
         total = da_add.issue(m, s_valid, s_old, s_g)
         w_old = delay(m, s_old, la, "da_old")
         w_k = delay(m, k_col, la, "da_k")
@@ -537,7 +548,7 @@ class QKAttention(wiring.Component):
         ]
 
         # ---- the attention neurons' BPTT step, one neuron a cycle ----
-        p_t = Signal(range(T))
+        p_t = Signal(range(max(T, 2)))
         p_hbase = Signal(range(T * IM + 1))
         p_i = Signal(range(IM))
         p_issue = Signal()
@@ -596,7 +607,7 @@ class QKAttention(wiring.Component):
             ]
 
         # ---- δQ out: ∂L/∂(ΣQ) broadcast along the summed axis ----
-        q_t = Signal(range(T))
+        q_t = Signal(range(max(T, 2)))
         q_j = Signal(range(IM))
         q_g = Signal(range(GM))
         q_issue = Signal()
@@ -633,7 +644,7 @@ class QKAttention(wiring.Component):
         q_written = delay(m, q_issue, 1, "q_written")
         m.d.sync += q_inflight.eq(q_inflight + q_issue - q_written)
         m.d.comb += [dq_rd.addr.eq(group_base(q_par) + q_g), dq_rd.en.eq(1)]
-        q_mask = delay(m, lanes_below(q_g << lb, n_i), 1, "q_mask")
+        q_mask = delay(m, lanes_below(q_g << lb, n_i, "q_imask"), 1, "q_mask")
         m.d.comb += [
             dqfifo.w_en.eq(q_written),
             dqfifo.w_data.eq(Cat(Cat(*(Mux(q_mask[k], lane(dq_rd.data, k), 0)

@@ -5,20 +5,20 @@ model.
 One build of maxima ``64 × 256`` at 8 lanes runs samples of every pair of tokens 1, 7, 16, 64
 and channels 1, 8, 33, 256 (runtime sizes), Q and K spike rates 0 to 1 with both attention
 kinds, T = 1 to 4: forward ``X′`` and backward ``δK`` and ``δQ``, with seeded random idle cycles
-on the sources and backpressure on the sinks, and two long ``64 × 256`` samples. Other lane
-counts, the soft reset and other leaks are tested in Amaranth's simulator
-(``tests/test_hw_qk.py``).
+on the sources and backpressure on the sinks, and two long ``64 × 256`` samples; then
+``spikeforge bench``'s measurement of the same build. Other lane counts, the soft reset and
+other leaks are tested in Amaranth's simulator (``tests/test_hw_qk.py``).
 """
 
 import json
 import os
 
 import cocotb
-from harness import run
+from harness import BUILD_ROOT, run
 
+from spikeforge.bench import bench_qk
 from spikeforge.golden.lif import LIFParams
 from spikeforge.golden.qk import ATTENTIONS
-from spikeforge.golden.surrogate import Surrogate
 from spikeforge.hw.qk import QKAttention
 from spikeforge.tb.qk import QKTB, QKCase, check
 
@@ -47,15 +47,13 @@ async def qk_cases(dut):
     assert all(nonzero.values()), f"some stream compared only zeros: {nonzero}"
 
 
-def _run(name, *, lanes, tokens, channels, timesteps, cases, reset="hard", lif=None, seed=1):
-    lif = lif or {"v_th": 0.5}
-    unit = QKAttention(lanes=lanes, tokens=tokens, channels=channels, timesteps=timesteps,
-                       reset=reset, surrogate=Surrogate(lif.get("surrogate", "sigmoid")))
-    spec = {"lanes": lanes, "lif": {"reset": reset, **lif}, "cases": cases, "seed": seed}
-    run(unit, name=name, test_module="test_qk", testcases=["qk_cases"],
+def test_qk_sizes_rates_kinds_and_bench():
+    unit = QKAttention(lanes=8, tokens=64, channels=256, timesteps=4)
+    spec = {"lanes": 8, "lif": {"v_th": 0.5}, "cases": SWEEP, "seed": 1}
+    # The build folder of spikeforge bench's unit: its run below finds the build up to date.
+    run(unit, name="qk_n64_d256_p8_t4", test_module="test_qk", testcases=["qk_cases"],
         extra_env={"QK_SPEC": json.dumps(spec)})
-
-
-def test_qk_sizes_rates_and_kinds():
-    _run("qk_sweep", lanes=8, tokens=64, channels=256, timesteps=4, cases=SWEEP)
-
+    result = bench_qk(tokens=64, channels=256, lanes=8, timesteps=4, build_root=BUILD_ROOT)
+    assert result["qk_utilization"] >= 0.85
+    for kind in ATTENTIONS:
+        assert result["per_kind"][kind]["fp_utilization"] >= 0.95, kind

@@ -13,13 +13,16 @@ LIF (or BPTT) pass over all neurons divided by ``P``:
 * ``sim_cycles_per_second``: clock cycles simulated per second of wall time, cocotb included.
 * ``link``: the virtual board's host link (:func:`bench_link`): weights and spike events a
   second, round trips a second, and the Verilated SoC's cycles a second.
+* ``qk_utilization``: the Q-K attention unit (:func:`bench_qk`), ideal cycles of a forward and
+  a backward pass (``T · tokens · channels / P`` each) over the cycles from a pass's first input
+  beat to its last output beat, both passes and both attention kinds together.
 """
 
 import json
 import tempfile
 from pathlib import Path
 
-__all__ = ["bench_core", "bench_link", "run_bench"]
+__all__ = ["bench_core", "bench_link", "bench_qk", "run_bench"]
 
 
 def bench_core(*, neurons: int = 128, fan_in: int = 256, lanes: int = 8, timesteps: int = 4,
@@ -71,6 +74,42 @@ def bench_core(*, neurons: int = 128, fan_in: int = 256, lanes: int = 8, timeste
         "sparsity_payoff": fpwg[str(rates[1])] / fpwg[str(rates[2])],
         "sim_cycles_per_second": cycles / wall,
         "per_rate": per_rate,
+    }
+
+
+def bench_qk(*, tokens: int = 64, channels: int = 256, lanes: int = 8, timesteps: int = 4,
+             rate: float = 0.15, build_root: Path | None = None) -> dict:
+    """Measure a Q-K attention unit on a sample of each attention kind at spike rate ``rate``
+    (the results are checked against the golden model); return the utilizations and cycles."""
+    from .gen import verilator
+    from .golden.qk import ATTENTIONS
+    from .hw.qk import QKAttention
+
+    unit = QKAttention(lanes=lanes, tokens=tokens, channels=channels, timesteps=timesteps)
+    build_root = Path(build_root or Path(tempfile.gettempdir()) / "spikeforge-bench").resolve()
+    name = f"qk_n{tokens}_d{channels}_p{lanes}_t{timesteps}"
+    out = build_root / name / "bench.json"
+    spec = {"lanes": lanes, "cases": [{"tokens": tokens, "channels": channels,
+                                       "timesteps": timesteps, "rate": rate, "kind": kind}
+                                      for kind in ATTENTIONS]}
+    verilator.run(unit, name=name, build_dir=build_root / name, test_module="spikeforge.tb.qk",
+                  testcases=["qk_bench"],
+                  extra_env={"BENCH_SPEC": json.dumps(spec), "BENCH_OUT": str(out)})
+    per_kind = {}
+    for c in json.loads(out.read_text()):
+        ideal = c["ideal_cycles"]
+        per_kind[c["kind"]] = {
+            "fp_cycles": c["fp_cycles"], "bp_cycles": c["bp_cycles"], "ideal_cycles": ideal,
+            "fp_utilization": ideal / c["fp_cycles"], "bp_utilization": ideal / c["bp_cycles"],
+            "utilization": 2 * ideal / (c["fp_cycles"] + c["bp_cycles"]),
+        }
+    ideal = sum(2 * k["ideal_cycles"] for k in per_kind.values())
+    cycles = sum(k["fp_cycles"] + k["bp_cycles"] for k in per_kind.values())
+    return {
+        "unit": {"tokens": tokens, "channels": channels, "lanes": lanes,
+                 "timesteps": timesteps, "rate": rate},
+        "qk_utilization": ideal / cycles,
+        "per_kind": per_kind,
     }
 
 
@@ -130,6 +169,21 @@ def run_bench(json_path=None, console=None) -> dict:
     console.print(f"sparsity payoff (FP+WG cycles at 10 % / at 100 %): "
                   f"{result['sparsity_payoff']:.3f}")
     console.print(f"Verilated core: {result['sim_cycles_per_second']:,.0f} cycles/s")
+    with console.status("building and simulating a 64 x 256 Q-K attention unit with Verilator"):
+        qk = bench_qk()
+    result["qk"] = qk
+    result["qk_utilization"] = qk["qk_utilization"]
+    table = Table(title="Q-K attention unit (64 tokens x 256 channels, 8 lanes, T = 4, "
+                        "15 % rate)")
+    for col in ("attention", "pass", "cycles", "ideal cycles", "utilization"):
+        table.add_column(col, justify="right" if col not in ("attention", "pass") else "left")
+    for kind, k in qk["per_kind"].items():
+        for phase in ("fp", "bp"):
+            table.add_row(kind, phase.upper(), str(k[f"{phase}_cycles"]),
+                          f"{k['ideal_cycles']:.0f}", f"{k[f'{phase}_utilization']:.3f}")
+    console.print(table)
+    console.print(f"Q-K attention utilization (forward and backward): "
+                  f"{qk['qk_utilization']:.3f}")
     with console.status("building and measuring the virtual board's host link"):
         link = bench_link()
     result["link"] = link

@@ -117,3 +117,62 @@ def test_constructor_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         QKAttention(**params)
     gc.collect()
+
+
+def test_one_timestep_at_most():
+    dut = QKAttention(lanes=2, tokens=3, channels=3, timesteps=1)
+    cases = [QKCase.random(tokens=3, channels=n, timesteps=1, rate=0.6, kind=kind, seed=4)
+             for n, kind in ((3, "token"), (2, "channel"))]
+    for case, got in simulate(dut, cases, lanes=2):
+        check(case, got, 2)
+
+
+def run_forward(dut, case, lanes, tamper=False):
+    """Drive ``case``'s forward beats back to back into an always-ready sink; return the cycles
+    of the accepted input beats, of the first output beat and the error flag."""
+    result = {"accepted": []}
+
+    async def testbench(ctx):
+        for name, value in case.config().items():
+            ctx.set(getattr(dut, name), value)
+        ctx.set(dut.fp_o.ready, 1)
+        beats = [q | k << lanes | (0 if tamper else last) << 2 * lanes
+                 for q, k, last in case.fp_beats(lanes)]
+        cycle = 0
+        while "first_out" not in result or beats:
+            ctx.set(dut.fp_i.valid, bool(beats))
+            if beats:
+                ctx.set(dut.fp_i.payload.as_value(), beats[0])
+            _, _, ready, out = await ctx.tick().sample(dut.fp_i.ready, dut.fp_o.valid)
+            cycle += 1
+            if beats and ready:
+                result["accepted"].append(cycle)
+                beats.pop(0)
+            if out and "first_out" not in result:
+                result["first_out"] = cycle
+        ctx.set(dut.fp_i.valid, 0)
+        await ctx.tick().until(dut.fp_done)
+        result["error"] = ctx.get(dut.error)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return result
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_row_latency_and_one_beat_a_cycle(reset):
+    dut = QKAttention(lanes=2, tokens=4, channels=16, timesteps=2, reset=reset)
+    case = QKCase.random(tokens=4, channels=16, timesteps=2, rate=1.0, kind="token", seed=1)
+    result = run_forward(dut, case, 2)
+    accepted = result["accepted"]
+    assert accepted == list(range(accepted[0], accepted[0] + len(accepted)))
+    assert result["first_out"] - accepted[7] == dut.latency
+    assert result["error"] == 0
+
+
+def test_a_wrong_last_is_flagged():
+    dut = QKAttention(lanes=2, tokens=3, channels=3, timesteps=2)
+    case = QKCase.random(tokens=3, channels=3, timesteps=2, rate=0.5, kind="channel", seed=2)
+    assert run_forward(dut, case, 2, tamper=True)["error"] == 1
