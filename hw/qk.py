@@ -6,12 +6,12 @@ The unit computes :func:`spikeforge.golden.qk.qk_attention_forward` and
 bit for bit. Both attention kinds are the same computation on a matrix of the **kept** axis
 ``i`` (``I`` long) by the **summed** axis ``j`` (``J`` long):
 
-============  ===============  ===============  =====================================
-attention     kept axis ``i``  summed axis ``j``  ``A[i] = SN(Σ_j Q)``
-============  ===============  ===============  =====================================
-token         token (``N``)    channel (``D``)  masks the rows (tokens) of ``K``
-channel       channel (``D``)  token (``N``)    masks the columns (channels) of ``K``
-============  ===============  ===============  =====================================
+=========  ===============  =================  =====================================
+attention  kept axis ``i``  summed axis ``j``  ``A[i] = SN(Σ_j Q[i, j])``
+=========  ===============  =================  =====================================
+token      token (``N``)    channel (``D``)    masks the rows (tokens) of ``K``
+channel    channel (``D``)  token (``N``)      masks the columns (channels) of ``K``
+=========  ===============  =================  =====================================
 
 Streams (``amaranth.lib.stream``), ``P`` lanes a beat, lanes past the end of an axis are zero
 on the outputs and ignored on the inputs:
@@ -26,8 +26,7 @@ on the outputs and ignored on the inputs:
 ``dk_o`` — ``δK``, the layout of ``bp_i``, beat for beat (``δX′`` where ``A`` fired, else +0).
 ``dq_o`` — ``δQ``, the layout of ``bp_i``; a timestep's ``δQ`` follows its last ``δX′`` beat,
     while the ``δX′`` of the timestep before comes in. ``dk_o`` and ``dq_o`` must be read
-    concurrently: a ``dq_o`` sink that waits for all of ``dk_o`` stalls the unit after two
-    timesteps.
+    concurrently: with ``dq_o`` not read, ``bp_i`` stops after four timesteps.
 
 For token attention ``fp_i`` is row-major ``[N, D]`` and ``bp_i`` column-major; for channel
 attention the other way round. The forward order lets each row's attention spike, and with it
@@ -37,12 +36,14 @@ every lane its own ``δA`` accumulation in the golden order (``j`` ascending).
 A sample is ``c_timesteps`` timesteps of ``fp_i``; its backward pass (``bp_i``) is accepted once
 all of ``X′`` is out (``fp_done``). A new ``fp_i`` beat after that starts the next sample.
 
-Cost (``B = ⌈I/P⌉ · ⌈J/P⌉·P / P`` beats a timestep): forward ``B`` cycles a timestep, one beat a
-cycle, ``X′`` rows ``latency`` cycles behind their input (a timestep of fewer than
-``latency + 2`` beats waits for the LIF pipeline before the next); backward ``B`` cycles a
-timestep when ``⌈I/P⌉ >= 5`` (else ``5·J``: the ``δA`` adder's hazard), then the attention
-neurons' BPTT step, ``I`` cycles, and ``δQ``, ``B`` cycles, overlapping the next timestep.
-Additions only, apart from the multipliers in the LIF and BPTT units (one lane each).
+Cost: forward ``I·⌈J/P⌉`` cycles a timestep, one beat a cycle; each row of ``X′`` starts
+``latency`` cycles after its last input beat (a timestep of fewer beats than the LIF latency
+plus 2 waits for the LIF pipeline to drain before the next). Backward ``J·max(⌈I/P⌉, 5)``
+cycles a timestep (5: the read, add and write back of a ``δA`` lane vector); after a timestep's
+last ``δX′`` beat its attention neurons' BPTT step takes ``I`` cycles, then its ``δQ``
+(``J·⌈I/P⌉`` beats) goes out while the ``δX′`` of the timestep before comes in, so a backward
+pass takes about a timestep longer than its input. Additions only, apart from the multipliers
+of the attention neurons' LIF and BPTT units (one lane each).
 """
 
 from amaranth.hdl import C, Cat, Module, Mux, Signal

@@ -6,24 +6,27 @@ import pytest
 from amaranth.sim import Simulator
 
 from spikeforge.golden.lif import LIFParams
+from spikeforge.golden.surrogate import Surrogate
 from spikeforge.hw.qk import QKAttention
 from spikeforge.tb.qk import QKCase, check
 
 
-def simulate(dut, cases, *, lanes, seed=1, idle=0.3, stall=0.3):
-    """Run ``cases`` one after the other through ``dut``; return what came out of each."""
+def simulate(dut, cases, *, lanes, seed=1, idle=0.3, stall=0.3, forward_only=()):
+    """Run ``cases`` one after the other through ``dut`` (those at ``forward_only`` without
+    their backward pass); return what came out of each."""
     rng = random.Random(seed)
     results = []
 
     async def testbench(ctx):
-        for case in cases:
+        for n, case in enumerate(cases):
             for name, value in case.config().items():
                 ctx.set(getattr(dut, name), value)
             got = {"x": [], "dk": [], "dq": []}
-            await run_one(ctx, got, case.fp_beats(lanes), case.bp_beats(lanes))
+            await run_one(ctx, got, case.fp_beats(lanes), case.bp_beats(lanes),
+                          n not in forward_only)
             results.append((case, got))
 
-    async def run_one(ctx, got, fp, bp):
+    async def run_one(ctx, got, fp, bp, backward):
         P = lanes
         queue = [q | k << P | last << 2 * P for q, k, last in fp]
         while len(got["x"]) < len(fp):
@@ -43,6 +46,9 @@ def simulate(dut, cases, *, lanes, seed=1, idle=0.3, stall=0.3):
         ctx.set(dut.fp_i.valid, 0)
         ctx.set(dut.fp_o.ready, 0)
         await ctx.tick().until(dut.fp_done)
+        got["error"] = ctx.get(dut.error)
+        if not backward:
+            return
         queue = [w | last << 16 * P for w, last in bp]
         while len(got["dk"]) < len(bp) or len(got["dq"]) < len(bp):
             if queue and rng.random() >= idle:
@@ -90,13 +96,31 @@ def test_small_cases_bit_exact(lanes, tokens, channels):
     assert all(nonzero.values()), nonzero
 
 
-def test_soft_reset_and_leak():
-    lif = LIFParams(v_th=0.5, tau=3.0, reset="soft", v_reset=0.0)
-    dut = QKAttention(lanes=2, tokens=3, channels=4, timesteps=4, reset="soft")
+@pytest.mark.parametrize("reset, detach_reset, v_reset, surrogate", [
+    ("soft", True, 0.0, "atan"), ("soft", False, 0.0, "rect"),
+    ("hard", False, -0.25, "piecewise_quadratic"),
+])
+def test_resets_leaks_and_surrogates(reset, detach_reset, v_reset, surrogate):
+    lif = LIFParams(v_th=0.5, tau=3.0, reset=reset, detach_reset=detach_reset, v_reset=v_reset,
+                    surrogate=surrogate)
+    dut = QKAttention(lanes=2, tokens=3, channels=4, timesteps=4, reset=reset,
+                      detach_reset=detach_reset, surrogate=Surrogate(surrogate))
     cases = [QKCase.random(tokens=3, channels=4, timesteps=4, rate=0.4, kind=kind, seed=9,
                            lif=lif) for kind in ("token", "channel")]
+    dq = 0
     for case, got in simulate(dut, cases, lanes=2):
         check(case, got, 2)
+        dq += case.nontrivial()["dq"]
+    assert dq
+
+
+def test_forward_only_then_next_sample():
+    dut = QKAttention(lanes=4, tokens=5, channels=6, timesteps=3)
+    cases = [QKCase.random(tokens=5, channels=6, timesteps=3, rate=0.5, kind="token", seed=1),
+             QKCase.random(tokens=4, channels=6, timesteps=2, rate=0.3, kind="channel", seed=2),
+             QKCase.random(tokens=5, channels=3, timesteps=3, rate=0.6, kind="token", seed=3)]
+    for n, (case, got) in enumerate(simulate(dut, cases, lanes=4, forward_only=(0, 1))):
+        check(case, got, 4, backward=n == 2)
 
 
 @pytest.mark.parametrize("kwargs, message", [
