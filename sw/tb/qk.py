@@ -30,7 +30,7 @@ from ..golden.qk import (
     qk_attention_forward,
 )
 
-__all__ = ["QKCase", "QKTB"]
+__all__ = ["QKTB", "QKCase", "check"]
 
 PERIOD_NS = 10
 
