@@ -115,7 +115,7 @@ class BoardTop(Elaboratable):
                 requested[name, number] = platform.request(name, number, dir="-")
             port = requested[name, number]
             m.submodules[f"led{k}"] = led = io.Buffer("o", getattr(port, sub) if sub else port)
-            m.d.comb += led.o.eq(show)
+            m.d.sync += led.o.eq(show)   # registered: no logic path ends at a pin
         return m
 
     @staticmethod

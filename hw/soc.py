@@ -82,12 +82,15 @@ class SoC(wiring.Component):
         wiring.connect(m, wiring.flipped(self.rx), link.i)
         wiring.connect(m, link.o, wiring.flipped(self.tx))
 
+        # The bus is a one-cycle request that the host link waits to see acknowledged, so a
+        # register each way between the link and the cores costs two cycles an access and
+        # keeps the long routes from the link's frame buffer to every core off the clock's path.
         for k, core in enumerate(cores):
             selected = link.bus_core == k
-            m.d.comb += [core.bus_en.eq(link.bus_en & selected), core.bus_we.eq(link.bus_we),
+            m.d.sync += [core.bus_en.eq(link.bus_en & selected), core.bus_we.eq(link.bus_we),
                          core.bus_probe.eq(link.bus_probe), core.bus_addr.eq(link.bus_addr),
                          core.bus_wdata.eq(link.bus_wdata)]
-        m.d.comb += [
+        m.d.sync += [
             link.bus_ack.eq(Array(core.bus_ack for core in cores)[link.bus_core]),
             link.bus_err.eq(Array(core.bus_err for core in cores)[link.bus_core]),
             link.bus_rdata.eq(Array(core.bus_rdata for core in cores)[link.bus_core]),
