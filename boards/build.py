@@ -122,16 +122,17 @@ def baseline_path(board: str) -> Path:
     return Path(__file__).resolve().parent / "baselines" / f"{board}.json"
 
 
+def _same_build(a: dict, b: dict) -> bool:
+    """Whether two reports are of one configuration, clock and tool versions."""
+    return all(a[key] == b[key] for key in ("config", "tools", "target_mhz"))
+
+
 def find_baseline(report: dict) -> dict | None:
     """The stored baseline of the report's board, configuration and tool versions."""
     path = baseline_path(report["board"])
     if not path.exists():
         return None
-    for entry in json.loads(path.read_text()):
-        if entry["config"] == report["config"] and entry["tools"] == report["tools"] \
-                and entry["target_mhz"] == report["target_mhz"]:
-            return entry
-    return None
+    return next((e for e in json.loads(path.read_text()) if _same_build(e, report)), None)
 
 
 def record_baseline(report: dict) -> Path:
@@ -140,9 +141,7 @@ def record_baseline(report: dict) -> Path:
     entries = json.loads(path.read_text()) if path.exists() else []
     keep = ("board", "device", "config", "cores", "tools", "target_mhz", *TOLERANCES)
     entry = {k: report[k] for k in keep}
-    entries = [e for e in entries if not (e["config"] == entry["config"] and e["tools"] ==
-                                          entry["tools"] and e["target_mhz"] ==
-                                          entry["target_mhz"])]
+    entries = [e for e in entries if not _same_build(e, entry)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(entries + [entry], indent=2, sort_keys=True) + "\n")
     return path
