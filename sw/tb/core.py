@@ -16,11 +16,12 @@ from cocotb.triggers import ClockCycles, RisingEdge
 from ..golden import fp16
 from ..regmap import Command, Counter, Reg, Region, Status, address
 from ..testing import LayerCase
+from .streams import StreamDriver
 
 __all__ = ["CoreTB"]
 
 
-class CoreTB:
+class CoreTB(StreamDriver):
     def __init__(self, dut, *, lanes: int, neuron_bits: int, input_bits: int, seed: int = 1,
                  idle: float = 0.0, stall: float = 0.0):
         self.dut = dut
@@ -87,31 +88,6 @@ class CoreTB:
     async def read_matrix(self, region: Region, neurons: int, fan_in: int) -> list:
         return [[await self.read(address(region, n << self.input_bits | i))
                  for i in range(fan_in)] for n in range(neurons)]
-
-    async def _idle(self):
-        while self.idle and self.rng.random() < self.idle:
-            await RisingEdge(self.dut.clk)
-
-    async def _put(self, prefix: str, payload: int):
-        d = self.dut
-        await self._idle()
-        getattr(d, f"{prefix}__valid").value = 1
-        getattr(d, f"{prefix}__payload").value = payload
-        while True:
-            await RisingEdge(d.clk)
-            if int(getattr(d, f"{prefix}__ready").value):
-                break
-        getattr(d, f"{prefix}__valid").value = 0
-
-    async def _get(self, prefix: str) -> int:
-        d = self.dut
-        while True:
-            ready = not (self.stall and self.rng.random() < self.stall)
-            getattr(d, f"{prefix}__ready").value = int(ready)
-            await RisingEdge(d.clk)
-            if ready and int(getattr(d, f"{prefix}__valid").value):
-                getattr(d, f"{prefix}__ready").value = 0
-                return int(getattr(d, f"{prefix}__payload").value)
 
     async def load(self, case: LayerCase, bp_input_error: bool = True):
         for reg, value in case.registers().items():

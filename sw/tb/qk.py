@@ -29,6 +29,7 @@ from ..golden.qk import (
     qk_attention_backward,
     qk_attention_forward,
 )
+from .streams import StreamDriver
 
 __all__ = ["QKTB", "QKCase", "check"]
 
@@ -140,7 +141,7 @@ class QKCase:
                 "dq": int((self.expected_dq != 0).sum())}
 
 
-class QKTB:
+class QKTB(StreamDriver):
     """Clock, reset, configuration and streams of a Verilated ``QKAttention``."""
 
     def __init__(self, dut, *, lanes: int, seed: int = 1, idle: float = 0.0,
@@ -162,28 +163,6 @@ class QKTB:
 
     def cycle(self) -> int:
         return round(get_sim_time("ns") / PERIOD_NS)
-
-    async def _put(self, prefix: str, payload: int):
-        d = self.dut
-        while self.idle and self.rng.random() < self.idle:
-            await RisingEdge(d.clk)
-        getattr(d, f"{prefix}__valid").value = 1
-        getattr(d, f"{prefix}__payload").value = payload
-        while True:
-            await RisingEdge(d.clk)
-            if int(getattr(d, f"{prefix}__ready").value):
-                break
-        getattr(d, f"{prefix}__valid").value = 0
-
-    async def _get(self, prefix: str) -> int:
-        d = self.dut
-        while True:
-            ready = not (self.stall and self.rng.random() < self.stall)
-            getattr(d, f"{prefix}__ready").value = int(ready)
-            await RisingEdge(d.clk)
-            if ready and int(getattr(d, f"{prefix}__valid").value):
-                getattr(d, f"{prefix}__ready").value = 0
-                return int(getattr(d, f"{prefix}__payload").value)
 
     async def _source(self, prefix: str, words: list, stamps: list):
         for word in words:
