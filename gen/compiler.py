@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """The network compiler: a golden network to a program for the accelerator's cores.
 
-A program places each layer of a :class:`~spikeforge.golden.network.SpikingMLP` on a core of
-the chain, in order (layer ``k`` on core ``k``), and holds what the host writes before a run:
-every core's registers, its weight image (binary16 bit patterns, row by row at the bus offsets
-of :mod:`spikeforge.regmap`) and the routing bits that pass spikes forward and errors backward
+A program places the layers of a :class:`~spikeforge.golden.network.SpikingMLP` on the cores
+of the line in order, each on as many neighbouring cores as its neurons need (a layer wider
+than a core is split by neurons, the higher core holding the lower neurons; see
+:mod:`spikeforge.hw.fabric`), and holds what the host writes before a run: every core's
+registers, its weight image (binary16 bit patterns, row by row at the bus offsets of
+:mod:`spikeforge.regmap`) and the routing bits that pass spikes forward and errors backward
 from core to core. A network that does not fit the configuration is refused with what would
 make it fit.
 
@@ -12,6 +14,10 @@ make it fit.
 >>> program = compile_network(SpikingMLP([64, 128, 10]), AcceleratorConfig(), timesteps=8)
 >>> [(c.layer, c.core, c.neurons, c.inputs) for c in program.cores], program.links
 ([('fc0', 0, 128, 64), ('fc1', 1, 10, 128)], [1, 2])
+>>> program = compile_network(SpikingMLP([64, 100, 10]), AcceleratorConfig(cores=4, neurons=48,
+...                                                                         lanes=8), timesteps=8)
+>>> [(c.name, c.core) for c in program.cores], program.links
+([('fc0[96:100]', 0), ('fc0[48:96]', 1), ('fc0[0:48]', 2), ('fc1', 3)], [1, 5, 5, 2])
 """
 
 from dataclasses import dataclass
@@ -22,7 +28,7 @@ from spikeforge.errors import ConfigError
 from spikeforge.golden import fp16
 from spikeforge.golden.arith import FP16
 from spikeforge.golden.network import Network
-from spikeforge.protocol import Link
+from spikeforge.protocol import EVENT_INDEX, Link
 from spikeforge.regmap import Reg
 
 from .config import AcceleratorConfig
@@ -44,6 +50,13 @@ class CoreProgram:
     inputs: int
     registers: dict
     weights: torch.Tensor          # [neurons, inputs] binary16
+    rows: tuple = None             # the layer's neurons this core holds, [first, end)
+    split: bool = False            # the layer is spread over several cores
+
+    @property
+    def name(self) -> str:
+        """The layer, or the layer and its neurons on this core when it is split."""
+        return f"{self.layer}[{self.rows[0]}:{self.rows[1]}]" if self.split else self.layer
 
 
 @dataclass
@@ -60,6 +73,24 @@ class Program:
     @property
     def last(self) -> int:
         return self.cores[-1].core
+
+    def layers(self) -> dict:
+        """Each layer's cores, lowest neurons first."""
+        layers = {}
+        for cp in self.cores:
+            layers.setdefault(cp.layer, []).append(cp)
+        return {name: sorted(parts, key=lambda cp: cp.rows) for name, parts in layers.items()}
+
+    @property
+    def outputs(self) -> int:
+        """Neurons of the last layer."""
+        last = self.cores[-1].layer
+        return max(cp.rows[1] for cp in self.cores if cp.layer == last)
+
+    @property
+    def inputs(self) -> int:
+        """Inputs of the first layer."""
+        return self.cores[0].inputs
 
     def weight_rows(self, core: CoreProgram) -> list:
         """``(offset, words)`` bus writes of a core's weights: whole padded rows in one run
@@ -103,26 +134,45 @@ def compile_network(network: Network, config: AcceleratorConfig, *, timesteps: i
         problems.append(f"{timesteps} timesteps, the cores keep BP state for at most "
                         f"{config.timesteps} (generate with timesteps={timesteps} or more)")
     layers = list(network.weights.items())
-    if len(layers) > config.cores:
-        problems.append(f"{len(layers)} layers on {config.cores} cores (generate with "
-                        f"cores={len(layers)} or more)")
+    parts = [-(-w.shape[0] // config.neurons) for _, w in layers]
+    if sum(parts) > config.cores:
+        widest = max(w.shape[0] for _, w in layers)
+        problems.append(
+            f"the layers need {sum(parts)} cores of {config.neurons} neurons "
+            f"({' + '.join(map(str, parts))}), the accelerator has {config.cores} (generate "
+            f"with cores={sum(parts)} or more, or with neurons="
+            f"{-(-widest // config.lanes) * config.lanes} and cores={len(layers)})")
     for name, w in layers:
         n, f = w.shape
-        if n > config.neurons:
-            problems.append(f"layer {name} has {n} neurons, a core at most {config.neurons} "
-                            f"(generate with neurons={-(-n // config.lanes) * config.lanes})")
+        if n > EVENT_INDEX + 1:
+            problems.append(f"layer {name} has {n} neurons, the network's spike events at most "
+                            f"{EVENT_INDEX + 1}")
         if f > config.fan_in:
             problems.append(f"layer {name} has {f} inputs, a core at most {config.fan_in} "
                             f"(generate with fan_in={-(-f // config.lanes) * config.lanes})")
     if problems:
         raise ConfigError("the network does not fit the accelerator: " + "; ".join(problems))
 
-    cores = []
-    for k, (name, w) in enumerate(layers):
+    cores, links, base = [], [], 0
+    for k, ((name, w), count) in enumerate(zip(layers, parts, strict=True)):
         n, f = w.shape
-        registers = _lif_registers(network, n, f, timesteps)
-        registers[Reg.BP_INPUT_ERROR] = int(k > 0)
-        cores.append(CoreProgram(name, k, n, f, registers, fp16.to_fp16(w)))
-    links = [(Link.FP_TO_NEXT if k < len(layers) - 1 else 0) | (Link.BP_TO_PREV if k else 0)
-             for k in range(len(layers))]
-    return Program(config, timesteps, cores, [int(v) for v in links])
+        # Core base + j holds neurons [lo, hi) of part count - 1 - j: the lowest neurons on
+        # the highest core, where the errors come in and Wᵀ·δ starts.
+        for j in range(count):
+            lo = (count - 1 - j) * config.neurons
+            hi = min(lo + config.neurons, n)
+            registers = _lif_registers(network, hi - lo, f, timesteps)
+            registers[Reg.BP_INPUT_ERROR] = int(k > 0)
+            registers[Reg.PARTIAL_IN] = int(k > 0 and j < count - 1)
+            cores.append(CoreProgram(name, base + j, hi - lo, f, registers,
+                                     fp16.to_fp16(w[lo:hi]), (lo, hi), count > 1))
+            link = Link(0)
+            if k < len(layers) - 1 or j < count - 1:
+                link |= Link.FP_TO_NEXT
+            if j > 0:
+                link |= Link.SPLIT
+            elif k > 0:
+                link |= Link.BP_TO_PREV
+            links.append(int(link))
+        base += count
+    return Program(config, timesteps, cores, links)

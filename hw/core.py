@@ -18,6 +18,10 @@ Streams (``amaranth.lib.stream``):
     from the last to the first, ``last`` on a timestep's final beat.
 ``bp_o`` — the error of the inputs ``(Wᵀ·δX)[t]``, ``lanes`` inputs a beat, in the same order
     (only when ``Reg.BP_INPUT_ERROR`` is set).
+``psum_i`` — with ``Reg.PARTIAL_IN`` set, the partial sums ``Wᵀ·δX`` of the layer's lower
+    neurons (another core's ``bp_o``), which this timestep's sum starts from instead of +0: a
+    layer split by neurons across cores adds its products in the golden model's order, neuron
+    after neuron, so the split is bit for bit the same as one core.
 
 The word bus (``bus_*``) reaches registers, weights, gradients, the saved state and the
 counters (:mod:`spikeforge.regmap`); every access is acknowledged two cycles after ``bus_en``.
@@ -101,6 +105,8 @@ class Core(wiring.Component):
             "fp_o": Out(stream.Signature(event_layout(neurons))),
             "bp_i": In(stream.Signature(error_layout(lanes))),
             "bp_o": Out(stream.Signature(error_layout(lanes))),
+            "psum_i": In(stream.Signature(error_layout(lanes))),
+            "n_active": Out(range(neurons + 1)),
             "bus_en": In(1),
             "bus_we": In(1),
             "bus_probe": In(1),
@@ -146,6 +152,7 @@ class Core(wiring.Component):
         decay = Signal(16, init=0x3800)
         lr = Signal(16, init=0x2000)
         bp_input_error = Signal(init=1)
+        partial_in = Signal()
         errors = Signal(3)
         fp_done = Signal()
         bp_done = Signal()
@@ -245,6 +252,8 @@ class Core(wiring.Component):
         ser_valid = Signal()
 
         rc = Signal(range(CH + 1))             # BP receive beat counter
+        pj = Signal(range(FCH + 1))            # partial sums received
+        psum_take = Signal()
         wt_done = Signal()
         wg_done = Signal()
         wt_start = Signal()
@@ -359,8 +368,25 @@ class Core(wiring.Component):
                 m.d.comb += bump[Counter.BP_BUSY].eq(1)
                 m.d.sync += drain.eq(drain - 1)
                 with m.If(drain == 0):
-                    m.d.comb += [wt_start.eq(bp_input_error), wg_start.eq(1)]
+                    m.d.comb += wg_start.eq(1)
+                    with m.If(bp_input_error & partial_in):
+                        m.d.sync += pj.eq(0)
+                        m.next = "BP_PSUM"
+                    with m.Else():
+                        m.d.comb += wt_start.eq(bp_input_error)
+                        m.next = "BP_WT"
+
+            # ---- BP: the partial sums of the lower neurons of a split layer, into A ----
+            with m.State("BP_PSUM"):
+                m.d.comb += [self.psum_i.ready.eq(pj < in_chunks), bump[Counter.BP_BUSY].eq(1)]
+                with m.If(pj == in_chunks):
+                    m.d.comb += wt_start.eq(1)
                     m.next = "BP_WT"
+                with m.Elif(self.psum_i.valid):
+                    m.d.comb += psum_take.eq(1)
+                    m.d.sync += pj.eq(pj + 1)
+                with m.Else():
+                    m.d.comb += bump[Counter.BP_STALL].eq(1)
 
             with m.State("BP_WT"):
                 m.d.comb += bump[Counter.BP_BUSY].eq(bp_input_error & ~wt_done)
@@ -412,7 +438,7 @@ class Core(wiring.Component):
                     m.next = "IDLE"
 
         idle = fsm.ongoing("IDLE")
-        m.d.comb += self.busy.eq(~idle)
+        m.d.comb += [self.busy.eq(~idle), self.n_active.eq(n_act)]
         m.d.comb += self.waiting.eq(
             (fsm.ongoing("FP_ACC") & ~iss_active & ~self.fp_i.valid) |
             (fsm.ongoing("BP_RECV") & (rc < chunks) & ~self.bp_i.valid))
@@ -682,6 +708,8 @@ class Core(wiring.Component):
                          a_wr.en.eq(1), a_wr.addr.eq(out_j), a_wr.data.eq(0)]
         with m.If(acc_add.o_valid & (fsm.ongoing("BP_WT") | fsm.ongoing("BP_OUT"))):
             m.d.comb += [a_wr.en.eq(1), a_wr.addr.eq(wt_j_out), a_wr.data.eq(acc_add.o_result)]
+        with m.If(psum_take):
+            m.d.comb += [a_wr.en.eq(1), a_wr.addr.eq(pj), a_wr.data.eq(self.psum_i.payload.value)]
 
         # gradient memory
         with m.If(wg_issue):
@@ -767,10 +795,12 @@ class Core(wiring.Component):
                                     m.d.comb += ok.eq(idle)
                                     with m.If(ok & ~self.bus_probe):
                                         m.d.sync += sig.eq(value)
-                            with m.Case(Reg.BP_INPUT_ERROR):
-                                m.d.comb += ok.eq(idle & (value < 2))
-                                with m.If(ok & ~self.bus_probe):
-                                    m.d.sync += bp_input_error.eq(value[0])
+                            for reg, sig in ((Reg.BP_INPUT_ERROR, bp_input_error),
+                                             (Reg.PARTIAL_IN, partial_in)):
+                                with m.Case(reg):
+                                    m.d.comb += ok.eq(idle & (value < 2))
+                                    with m.If(ok & ~self.bus_probe):
+                                        m.d.sync += sig.eq(value[0])
                             with m.Case(Reg.ERRORS):
                                 m.d.comb += ok.eq(1)
                                 with m.If(~self.bus_probe):
@@ -789,7 +819,7 @@ class Core(wiring.Component):
                             for reg, sig in ((Reg.V_TH, v_th), (Reg.V_RESET, v_reset),
                                              (Reg.INV_TAU, inv_tau), (Reg.DECAY, decay),
                                              (Reg.LR, lr), (Reg.BP_INPUT_ERROR, bp_input_error),
-                                             (Reg.ERRORS, errors)):
+                                             (Reg.PARTIAL_IN, partial_in), (Reg.ERRORS, errors)):
                                 with m.Case(reg):
                                     m.d.sync += bus_reg.eq(sig)
                             with m.Case(Reg.COMMAND):

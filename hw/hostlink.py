@@ -15,6 +15,7 @@ from spikeforge.protocol import (
     BROADCAST,
     COMMAND_SYNC,
     EVENT_INDEX,
+    LINK_BITS,
     MAX_PAYLOAD,
     MAX_WORDS,
     REPLY_SYNC,
@@ -268,7 +269,7 @@ class HostLink(wiring.Component):
     out_sel : Out
         The core whose output FIFOs ``spikes_out`` / ``errors_out`` (with their fill levels)
         are connected.
-    link : Out(2 · cores)
+    link : Out(LINK_BITS · cores)
         The routing bits (:class:`~spikeforge.protocol.Link`) of every core.
     busy : Out(1)
         A frame is being received, executed or answered.
@@ -307,7 +308,7 @@ class HostLink(wiring.Component):
             "spikes_level": In(32),
             "errors_out": In(stream.Signature(16 * lanes)),
             "errors_level": In(32),
-            "link": Out(2 * cores),
+            "link": Out(LINK_BITS * cores),
             "busy": Out(1),
         })
 
@@ -337,7 +338,8 @@ class HostLink(wiring.Component):
         last_status = Signal(8)
         last_words = Signal(range(MAX_WORDS + 1))
         have_last = Signal()
-        link = Signal(2 * n)
+        L = LINK_BITS
+        link = Signal(L * n)
         counters = [Signal(32, name=name) for name in ("rx_bytes", "tx_bytes", "frames",
                                                        "bad_frames")]
         m.d.comb += [self.link.eq(link), rx.rd_addr.eq(index),
@@ -347,11 +349,15 @@ class HostLink(wiring.Component):
                      counters[1].eq(counters[1] + (self.o.valid & self.o.ready))]
 
         is_core = core < n
-        links = Array(link[2 * c:2 * c + 2] for c in range(n))
-        fp_linked = (core > 0) & is_core & Array(
-            [Const(0, 1)] + [link[2 * c + 0] for c in range(n - 1)])[core]
+        links = Array(link[L * c:L * c + L] for c in range(n))
+        fp_to_next, bp_to_prev, split = (
+            [link[L * c + k] for c in range(n)] for k in range(3))
+        # A core's input spikes come from another core (or are shared with it), or its input
+        # errors do: the host may not send them too.
+        fp_linked = is_core & Array(
+            [split[0]] + [fp_to_next[c - 1] | split[c] for c in range(1, n)])[core]
         bp_linked = is_core & Array(
-            [link[2 * c + 3] for c in range(n - 1)] + [Const(0, 1)])[core]
+            [bp_to_prev[c + 1] | split[c + 1] for c in range(n - 1)] + [Const(0, 1)])[core]
         identity = Array(Const(w, 16) for w in self._identity)
 
         soc_offset = cmd.address + index
@@ -487,13 +493,13 @@ class HostLink(wiring.Component):
             with m.State("WRITE"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(core == SOC):
-                    with m.If(~soc_link_ok | (word > 3)):
+                    with m.If(~soc_link_ok | (word >> L != 0)):
                         reply(m, Status.BAD_ADDRESS)
                     with m.Else():
                         with m.If(~probe):
                             for c in range(n):
                                 with m.If(soc_link_c == c):
-                                    m.d.sync += link[2 * c:2 * c + 2].eq(word)
+                                    m.d.sync += link[L * c:L * c + L].eq(word)
                         m.d.sync += index.eq(index + 1)
                         m.next = "WRITE_FETCH"
                 with m.Else():

@@ -1,27 +1,29 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The SoC: the host link and a chain of training cores.
+"""The SoC: the host link and a line of training cores, each with its router.
 
-Core ``c``'s output spikes go to core ``c + 1``'s input, and core ``c + 1``'s input errors to
-core ``c``'s output errors, where the routing bits (:class:`~spikeforge.protocol.Link`, set
-through the link's registers) say so; otherwise they go to the core's output FIFOs, which the
-host reads (``SPIKES_OUT``, ``ERRORS_OUT``), and the core's inputs come from the host
-(``SPIKES_IN``, ``ERRORS_IN``). So a network of several layers trains with its spikes and errors
-passed from core to core on the chip, and the host sees only the first layer's inputs and the
-last layer's outputs.
+The routers (:mod:`spikeforge.hw.fabric`) pass core ``c``'s output spikes to core ``c + 1``'s
+input, and core ``c + 1``'s input errors to core ``c``'s output errors, where the routing bits
+(:class:`~spikeforge.protocol.Link`, set through the link's registers) say so, and join the
+cores of a layer split by neurons; otherwise a core's outputs go to its output FIFOs, which the
+host reads (``SPIKES_OUT``, ``ERRORS_OUT``), and its inputs come from the host (``SPIKES_IN``,
+``ERRORS_IN``). So a network of several layers trains with its spikes and errors passed from
+core to core on the chip, and the host sees only the first layer's inputs and the last layer's
+outputs.
 
 Each output FIFO holds one whole sample: ``timesteps · (neurons + 1)`` event words, and
 ``timesteps · fan_in / lanes`` error beats.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux
+from amaranth.hdl import Array, Cat, Module
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.gen.config import AcceleratorConfig
 from spikeforge.golden.surrogate import SURROGATES
-from spikeforge.protocol import EVENT_INDEX, MAX_WORDS, VERSION
+from spikeforge.protocol import EVENT_INDEX, LINK_BITS, MAX_WORDS, VERSION
 
 from .core import Core
+from .fabric import Router
 from .hostlink import HostLink
 
 __all__ = ["SoC"]
@@ -96,77 +98,60 @@ class SoC(wiring.Component):
             link.bus_rdata.eq(Array(core.bus_rdata for core in cores)[link.bus_core]),
         ]
 
-        fp_next = [link.link[2 * k] if k < n - 1 else Const(0) for k in range(n)]
-        bp_prev = [link.link[2 * k + 1] if k > 0 else Const(0) for k in range(n)]
-        fp_from_prev = [Const(0)] + fp_next[:-1]
-        bp_from_next = bp_prev[1:] + [Const(0)]
+        L = LINK_BITS
+        links = [link.link[L * k:L * k + L] for k in range(n)]
+        routers = [Router(neurons=c.neurons, fan_in=F, lanes=P) for _ in range(n)]
         spike_fifos, error_fifos = [], []
         host_word = link.spikes.payload.word
-        for k, core in enumerate(cores):
+        for k, (core, router) in enumerate(zip(cores, routers, strict=True)):
+            m.submodules[f"router{k}"] = router
             m.submodules[f"spikes{k}"] = sf = fifo.SyncFIFOBuffered(width=16,
                                                                    depth=self.spike_fifo_depth)
             m.submodules[f"errors{k}"] = ef = fifo.SyncFIFOBuffered(width=16 * P,
                                                                    depth=self.error_fifo_depth)
             spike_fifos.append(sf)
             error_fifos.append(ef)
-
-            out = core.fp_o.payload
-            m.d.comb += [
-                sf.w_en.eq(core.fp_o.valid & ~fp_next[k]),
-                sf.w_data.eq(Cat(out.index[:14], Const(0, 14 - min(len(out.index), 14)),
-                                 out.spike, out.last)),
-                ef.w_en.eq(core.bp_o.valid & ~bp_prev[k]),
-                ef.w_data.eq(core.bp_o.payload.value),
-            ]
-            if k < n - 1:
-                nxt = cores[k + 1]
-                m.d.comb += core.fp_o.ready.eq(Mux(fp_next[k], nxt.fp_i.ready, sf.w_rdy))
-            else:
-                m.d.comb += core.fp_o.ready.eq(sf.w_rdy)
+            m.d.comb += [router.link.eq(links[k]), router.n_active.eq(core.n_active),
+                         router.west_link.eq(links[k - 1] if k else 0),
+                         router.east_link.eq(links[k + 1] if k < n - 1 else 0)]
+            wiring.connect(m, router.core_fp_i, core.fp_i)
+            wiring.connect(m, core.fp_o, router.core_fp_o)
+            wiring.connect(m, router.core_bp_i, core.bp_i)
+            wiring.connect(m, core.bp_o, router.core_bp_o)
+            wiring.connect(m, router.core_psum_i, core.psum_i)
             if k > 0:
-                prv = cores[k - 1]
-                m.d.comb += core.bp_o.ready.eq(Mux(bp_prev[k], prv.bp_i.ready, ef.w_rdy))
-            else:
-                m.d.comb += core.bp_o.ready.eq(ef.w_rdy)
+                west = routers[k - 1]
+                wiring.connect(m, west.east_spk, router.west_spk)
+                wiring.connect(m, west.east_share, router.west_share)
+                wiring.connect(m, router.west_err, west.east_err)
+                wiring.connect(m, router.west_psum, west.east_psum)
 
+            out = router.host_spk_o
             host_spike = link.spikes.valid & (link.spikes.payload.core == k)
             host_error = link.errors.valid & (link.errors.payload.core == k)
-            if k > 0:
-                prev_out = cores[k - 1].fp_o
-                # An event of a wider layer than this core takes is dropped, not aliased.
-                fits = prev_out.payload.index < F
-                with m.If(fp_from_prev[k]):
-                    m.d.comb += [core.fp_i.valid.eq(prev_out.valid),
-                                 core.fp_i.payload.index.eq(prev_out.payload.index),
-                                 core.fp_i.payload.spike.eq(prev_out.payload.spike & fits),
-                                 core.fp_i.payload.last.eq(prev_out.payload.last)]
-                with m.Else():
-                    m.d.comb += core.fp_i.valid.eq(host_spike)
-            else:
-                m.d.comb += core.fp_i.valid.eq(host_spike)
-            with m.If(~fp_from_prev[k]):
-                m.d.comb += [core.fp_i.payload.index.eq(host_word & EVENT_INDEX),
-                             core.fp_i.payload.spike.eq(host_word[14]),
-                             core.fp_i.payload.last.eq(host_word[15])]
-            if k < n - 1:
-                next_err = cores[k + 1].bp_o
-                with m.If(bp_from_next[k]):
-                    m.d.comb += [core.bp_i.valid.eq(next_err.valid),
-                                 core.bp_i.payload.eq(next_err.payload)]
-                with m.Else():
-                    m.d.comb += [core.bp_i.valid.eq(host_error),
-                                 core.bp_i.payload.value.eq(link.errors.payload.value),
-                                 core.bp_i.payload.last.eq(link.errors.payload.last)]
-            else:
-                m.d.comb += [core.bp_i.valid.eq(host_error),
-                             core.bp_i.payload.value.eq(link.errors.payload.value),
-                             core.bp_i.payload.last.eq(link.errors.payload.last)]
+            m.d.comb += [
+                sf.w_en.eq(out.valid), out.ready.eq(sf.w_rdy),
+                sf.w_data.eq(Cat(out.payload.index, out.payload.spike, out.payload.last)),
+                ef.w_en.eq(router.host_err_o.valid), router.host_err_o.ready.eq(ef.w_rdy),
+                ef.w_data.eq(router.host_err_o.payload.value),
+                router.host_spk.valid.eq(host_spike),
+                router.host_spk.payload.index.eq(host_word & EVENT_INDEX),
+                router.host_spk.payload.spike.eq(host_word[14]),
+                router.host_spk.payload.last.eq(host_word[15]),
+                router.host_err.valid.eq(host_error),
+                router.host_err.payload.value.eq(link.errors.payload.value),
+                router.host_err.payload.last.eq(link.errors.payload.last),
+            ]
+        # The ends of the line: nothing comes in from beyond them.
+        for port in (routers[0].west_spk, routers[0].west_share, routers[-1].east_err,
+                     routers[-1].east_psum):
+            m.d.comb += port.valid.eq(0)
 
         m.d.comb += [
-            link.spikes.ready.eq(Array(core.fp_i.ready & ~fp_from_prev[k]
-                                       for k, core in enumerate(cores))[link.spikes.payload.core]),
-            link.errors.ready.eq(Array(core.bp_i.ready & ~bp_from_next[k]
-                                       for k, core in enumerate(cores))[link.errors.payload.core]),
+            link.spikes.ready.eq(Array(r.host_spk.ready
+                                       for r in routers)[link.spikes.payload.core]),
+            link.errors.ready.eq(Array(r.host_err.ready
+                                       for r in routers)[link.errors.payload.core]),
             link.spikes_out.valid.eq(Array(f.r_rdy for f in spike_fifos)[link.out_sel]),
             link.spikes_out.payload.eq(Array(f.r_data for f in spike_fifos)[link.out_sel]),
             link.spikes_level.eq(Array(f.r_level for f in spike_fifos)[link.out_sel]),

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Twenty training cores on the chip's chain: a 20-layer network, one layer a core, trains a step
-on the virtual board bit for bit as the golden model in FP16. Spikes pass forward and errors
-backward through all nineteen links between the cores; the host sees only the first layer's
-input and the last layer's output."""
+"""Networks across many cores train a step on the virtual board bit for bit as the golden model
+in FP16: twenty layers on twenty cores, spikes forward and errors backward through all nineteen
+links; and layers wider than a core split by neurons across two and three cores, whose input
+spikes are shared, output spikes merged in order and partial sums ``Wᵀ·δ`` carried from core
+to core. The host sees only the first layer's input and the last layer's output."""
 
 import torch
 
@@ -14,46 +15,70 @@ from spikeforge.gen.vboard import VirtualBoard
 from spikeforge.golden import fp16
 from spikeforge.golden.arith import FP16
 from spikeforge.golden.network import SpikingMLP
+from spikeforge.protocol import Link
 from spikeforge.train import GoldenBackend
 
 T = 4
 CORES = 20
 CONFIG = AcceleratorConfig(cores=CORES, neurons=16, fan_in=16, lanes=1, timesteps=T)
+SPLIT = AcceleratorConfig(cores=8, neurons=8, fan_in=24, lanes=2, timesteps=T)
 
 
-def deep_network() -> SpikingMLP:
-    """20 layers of LIF neurons (16 each, 10 in the last) whose spikes reach the last layer."""
-    net = SpikingMLP((16,) * CORES + (10,), seed=3)
-    g = torch.Generator().manual_seed(5)
+def network(sizes, seed) -> SpikingMLP:
+    """LIF layers of ``sizes`` with weights large enough that spikes reach the last layer."""
+    net = SpikingMLP(sizes, seed=seed)
+    g = torch.Generator().manual_seed(seed + 2)
     net.weights = {name: torch.randn(w.shape, generator=g, dtype=torch.float64) * 0.5 + 0.25
                    for name, w in net.weights.items()}
     return net.to(FP16())
 
 
-def test_twenty_cores_train_a_step_bit_exact():
-    net = deep_network()
-    program = compile_network(net, CONFIG, timesteps=T)
-    assert [c.core for c in program.cores] == list(range(CORES))
+def train_step_matches(config, sizes, seed, batch=4):
+    """One training step on the device and in the golden model; the program and the stats."""
+    net = network(sizes, seed)
+    program = compile_network(net, config, timesteps=T)
     g = torch.Generator().manual_seed(11)
-    x = (torch.rand(T, 4, 16, generator=g) < 0.5).double()
-    y = torch.tensor([3, 7, 0, 9])
-    golden = GoldenBackend(deep_network())
+    x = (torch.rand(T, batch, sizes[0], generator=g) < 0.5).double()
+    y = torch.tensor([3, 7, 0, 9, 1, 5][:batch])
+    golden = GoldenBackend(network(sizes, seed))
     _, cache = golden.network.forward(x)
     rates = [float(s_out.mean()) for _, _, s_out in cache]
     assert min(rates) > 0.1, f"a layer hardly fires ({rates}): the comparison would be weak"
     before = {k: w.clone() for k, w in golden.network.weights.items()}
 
-    with VirtualBoard(CONFIG) as vboard, Board.connect(vboard.url) as board:
-        assert board.identify()["cores"] == CORES
+    with VirtualBoard(config) as vboard, Board.connect(vboard.url) as board:
+        assert board.identify()["cores"] == config.cores
         device = DeviceBackend(board, net, T)
         out_d, loss_d = device.train_step(x, y, 0.5)
         out_g, loss_g = golden.train_step(x, y, 0.5)
         assert torch.equal(out_d, out_g) and loss_d == loss_g
         after = device.read_weights()
         stats = device.stats()
+        raster = device.raster(x[:, 0])
 
     for name, w in golden.network.weights.items():
         assert torch.equal(fp16.bits(after[name]), fp16.bits(w)), name
     changed = [name for name in before if not torch.equal(before[name], after[name])]
-    assert len(changed) == CORES, f"only {changed} trained: errors did not reach every core"
-    assert all(stats["counters"][f"fc{k}"]["fp_events"] > 0 for k in range(CORES))
+    assert len(changed) == len(before), f"only {changed} trained: errors did not reach every core"
+    assert all(k["fp_events"] > 0 for k in stats["counters"].values())
+    _, cache = golden.network.forward(x[:, :1])        # the raster was taken after the step
+    for (name, _), (_, _, s_out) in zip(before.items(), cache, strict=True):
+        assert raster[name] == s_out[:, 0].int().tolist(), name
+    return program, stats
+
+
+def test_twenty_cores_train_a_step_bit_exact():
+    program, _ = train_step_matches(CONFIG, (16,) * CORES + (10,), seed=3)
+    assert [c.core for c in program.cores] == list(range(CORES))
+
+
+def test_layers_split_across_cores_train_a_step_bit_exact():
+    # 24 neurons on three cores, 17 on three (the last holding one), 10 on two.
+    program, stats = train_step_matches(SPLIT, (20, 24, 17, 10), seed=4)
+    assert [c.name for c in program.cores] == [
+        "fc0[16:24]", "fc0[8:16]", "fc0[0:8]", "fc1[16:17]", "fc1[8:16]", "fc1[0:8]",
+        "fc2[8:10]", "fc2[0:8]"]
+    assert program.links[1] & Link.SPLIT and program.links[3] & Link.BP_TO_PREV
+    # The partial sums went from core to core: each split part of fc1 and fc2 multiplied its
+    # own neurons' columns.
+    assert all(stats["counters"][c.name]["bp_neurons"] > 0 for c in program.cores[3:])

@@ -123,15 +123,19 @@ class DeviceBackend:
         self._cycles_seen = 0
 
     def read_weights(self) -> dict:
-        """Every layer's weights as the device holds them (binary16)."""
+        """Every layer's weights as the device holds them (binary16), its cores' rows joined."""
         weights = {}
-        for cp in self.program.cores:
-            rows = []
-            for offset, words in self.program.weight_rows(cp):
-                rows += self.board.read(cp.core, address(Region.WEIGHT, offset), len(words))
-            width = self.config.fan_in if len(self.program.weight_rows(cp)) == 1 else cp.inputs
-            bits = torch.tensor(rows, dtype=torch.int32).reshape(cp.neurons, width)
-            weights[cp.layer] = fp16.from_bits(bits[:, :cp.inputs])
+        for layer, parts in self.program.layers().items():
+            blocks = []
+            for cp in parts:
+                rows = []
+                for offset, words in self.program.weight_rows(cp):
+                    rows += self.board.read(cp.core, address(Region.WEIGHT, offset), len(words))
+                width = (self.config.fan_in if len(self.program.weight_rows(cp)) == 1
+                         else cp.inputs)
+                bits = torch.tensor(rows, dtype=torch.int32).reshape(cp.neurons, width)
+                blocks.append(bits[:, :cp.inputs])
+            weights[layer] = fp16.from_bits(torch.cat(blocks))
         return weights
 
     @property
@@ -147,8 +151,8 @@ class DeviceBackend:
         self.load()
 
     def counters(self) -> dict:
-        """Every placed core's performance counters, by layer."""
-        return {cp.layer: self.board.counters(cp.core) for cp in self.program.cores}
+        """Every placed core's performance counters, by layer (and neurons, where split)."""
+        return {cp.name: self.board.counters(cp.core) for cp in self.program.cores}
 
     def cycles(self) -> int:
         """Device cycles since the program was loaded (the 32-bit counter's wraps undone, if
@@ -165,7 +169,7 @@ class DeviceBackend:
                 "device_cycles_per_sample": cycles / max(self.samples, 1),
                 "device_seconds": self.seconds, "counters": self.counters(),
                 "link": self.board.link_counters(), "accelerator": asdict(self.config),
-                "layers": [{"layer": cp.layer, "core": cp.core, "neurons": cp.neurons,
+                "layers": [{"layer": cp.name, "core": cp.core, "neurons": cp.neurons,
                             "inputs": cp.inputs} for cp in self.program.cores],
                 "batches": self.batches}
 
@@ -204,10 +208,10 @@ class DeviceBackend:
             if not got and time.monotonic() > deadline:
                 raise ConfigError(f"the last core produced {closed} of {self.timesteps} "
                                   f"timesteps of output within a minute")
-        return decode_events(words, self.timesteps, prog.cores[-1].neurons)
+        return decode_events(words, self.timesteps, prog.outputs)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
-        inputs = self.program.cores[0].inputs
+        inputs = self.program.inputs
         if x.dim() != 3 or x.shape[0] != self.timesteps or x.shape[2] != inputs:
             raise ShapeError(f"device input must be spikes [T={self.timesteps}, B, {inputs}], "
                              f"not {tuple(x.shape)}")
@@ -231,8 +235,8 @@ class DeviceBackend:
         x = self._check(x)
         start = time.monotonic()
         prog, b, P = self.program, self.board, self.config.lanes
-        last = prog.cores[-1]
-        beats = -(-last.neurons // P)
+        outputs = prog.outputs
+        beats = -(-outputs // P)
         lr_bits = int(fp16.bits(fp16.to_fp16(torch.tensor(lr / len(y)))))
         if lr_bits != self._lr_bits:
             for cp in prog.cores:
@@ -247,8 +251,8 @@ class DeviceBackend:
             bits = fp16.bits(fp16.to_fp16(grad[:, 0])).tolist()
             words = []
             for t in reversed(range(self.timesteps)):
-                words += bits[t] + [0] * (beats * P - last.neurons)
-            b.errors_in(last.core, beats, words)
+                words += bits[t] + [0] * (beats * P - outputs)
+            b.errors_in(prog.last, beats, words)
             self._wait(prog.first, Status.BP_DONE, "back-propagation")
         self._command_all(Command.UPDATE)
         self._wait_idle()
@@ -268,12 +272,13 @@ class DeviceBackend:
         self._forward_sample(x)
         layers = {"input": x.int().tolist()}
         bits = index_bits(self.config.neurons)
-        for cp in self.program.cores:
-            rows = []
-            for t in range(self.timesteps):
-                rows.append(self.board.read(cp.core, address(Region.SPIKE, t << bits),
-                                            cp.neurons))
-            layers[cp.layer] = rows
+        for layer, parts in self.program.layers().items():
+            rows = [[] for _ in range(self.timesteps)]
+            for cp in parts:
+                for t in range(self.timesteps):
+                    rows[t] += self.board.read(cp.core, address(Region.SPIKE, t << bits),
+                                               cp.neurons)
+            layers[layer] = rows
         return layers
 
 

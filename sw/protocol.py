@@ -56,7 +56,7 @@ import struct
 from typing import NamedTuple
 
 __all__ = [
-    "BROADCAST", "COMMAND_SYNC", "EVENT_INDEX", "EVENT_LAST", "EVENT_SPIKE", "IDENTITY",
+    "BROADCAST", "COMMAND_SYNC", "LINK_BITS", "EVENT_INDEX", "EVENT_LAST", "EVENT_SPIKE", "IDENTITY",
     "MAX_PAYLOAD", "MAX_WORDS", "REPLY_SYNC", "SOC", "VERSION", "Command", "FrameError", "Link",
     "Opcode", "Reply", "ReplyDecoder", "SocReg", "Status", "crc16", "decode_command",
     "encode_command", "encode_reply", "event_word",
@@ -101,6 +101,13 @@ class SocReg(enum.IntEnum):
 class Link(enum.IntFlag):
     FP_TO_NEXT = 1       # core c's output spikes go to core c + 1's input, not to the host
     BP_TO_PREV = 2       # core c's input errors go to core c - 1's output errors, not the host
+    SPLIT = 4            # core c holds the lower neurons of core c - 1's layer: it takes core
+    #                      c - 1's input spikes too, puts core c - 1's output spikes after its
+    #                      own, passes core c - 1's share of the errors on, and its partial
+    #                      sums Wᵀ·δ go to core c - 1 (Reg.PARTIAL_IN), which finishes them
+
+
+LINK_BITS = len(Link)
 
 
 def event_word(index: int, spike: bool = True, last: bool = False) -> int:

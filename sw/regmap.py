@@ -47,6 +47,7 @@ class Reg(enum.IntEnum):
     LR = 9           # (fp16) learning rate of the update
     BP_INPUT_ERROR = 10  # 1: BP streams the error of the inputs (Wᵀ·δ); 0: skip it
     ERRORS = 11      # sticky error flags (ErrorFlag), write 1s to clear
+    PARTIAL_IN = 12  # 1: each timestep's Wᵀ·δ starts from the partial sums on psum_i, not +0
 
 
 class Command(enum.IntEnum):

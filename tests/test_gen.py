@@ -72,11 +72,13 @@ def test_compiler_rows_with_gaps():
 
 
 @pytest.mark.parametrize("network, timesteps, message", [
-    (SpikingMLP([8, 8, 8, 8]), 2, "3 layers on 2 cores (generate with cores=3 or more)"),
+    (SpikingMLP([8, 8, 8, 8]), 2, "the layers need 3 cores of 8 neurons (1 + 1 + 1), the "
+                                  "accelerator has 2 (generate with cores=3 or more, or with "
+                                  "neurons=8 and cores=3)"),
     (SpikingMLP([20, 8]), 2, "layer fc0 has 20 inputs, a core at most 8 (generate with "
                              "fan_in=20)"),
-    (SpikingMLP([8, 10]), 2, "layer fc0 has 10 neurons, a core at most 8 (generate with "
-                             "neurons=12)"),
+    (SpikingMLP([8, 20]), 2, "the layers need 3 cores of 8 neurons (3), the accelerator has 2 "
+                             "(generate with cores=3 or more, or with neurons=20 and cores=1)"),
     (SpikingMLP([8, 8]), 3, "3 timesteps, the cores keep BP state for at most 2"),
     (SpikingMLP([8, 8], lif=LIFParams(surrogate="atan")), 2, "surrogate is atan"),
     (SpikingMLP([8, 8], lif=LIFParams(reset="soft")), 2, "the network uses soft reset"),

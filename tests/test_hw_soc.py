@@ -132,7 +132,7 @@ def test_bad_frames_change_nothing():
                          status=Status.BAD_ADDRESS)
         await host.write(0, address(Region.GRAD, 0), [1], status=Status.BAD_ADDRESS)
         await host.write(p.SOC, SocReg.RX_BYTES, [0], status=Status.BAD_ADDRESS)
-        await host.write(p.SOC, SocReg.LINK, [4], status=Status.BAD_ADDRESS)
+        await host.write(p.SOC, SocReg.LINK, [8], status=Status.BAD_ADDRESS)
         await host.command(Opcode.SPIKES_IN, 0, 0, [p.event_word(2), p.event_word(8)],
                            status=Status.BAD_ADDRESS)
         await host.command(Opcode.ERRORS_IN, 0, 0, [0] * 8, status=Status.BAD_ADDRESS)
