@@ -56,10 +56,10 @@ import struct
 from typing import NamedTuple
 
 __all__ = [
-    "BROADCAST", "COMMAND_SYNC", "LINK_BITS", "EVENT_INDEX", "EVENT_LAST", "EVENT_SPIKE", "IDENTITY",
-    "MAX_PAYLOAD", "MAX_WORDS", "REPLY_SYNC", "SOC", "VERSION", "Command", "FrameError", "Link",
-    "Opcode", "Reply", "ReplyDecoder", "SocReg", "Status", "crc16", "decode_command",
-    "encode_command", "encode_reply", "event_word",
+    "BROADCAST", "COMMAND_SYNC", "EVENT_INDEX", "EVENT_LAST", "EVENT_SPIKE", "IDENTITY",
+    "LINK_BITS", "MAX_PAYLOAD", "MAX_WORDS", "REPLY_SYNC", "SOC", "VERSION", "Command",
+    "FrameError", "Link", "Opcode", "Reply", "ReplyDecoder", "SocReg", "Status", "crc16",
+    "decode_command", "encode_command", "encode_reply", "event_word",
 ]
 
 COMMAND_SYNC = 0xA5
