@@ -197,11 +197,12 @@ class FP16Adder(wiring.Component):
 class FP16Multiplier(wiring.Component):
     """FP16 multiplier, ``o_result = i_a * i_b``.
 
-    Latency 3 cycles, throughput one operation per cycle, no backpressure (see the module).
-    The 11×11 significand product is a plain multiplication, which synthesis maps to one DSP
-    block. The result is rounded once, to nearest with ties to even; results below the smallest
-    subnormal round to a signed zero, overflow gives a signed infinity. ``0 * inf`` and any NaN
-    operand give ``0x7E00``.
+    Latency 4 cycles, throughput one operation per cycle, no backpressure (see the module).
+    The operands are registered first, so that the memory reads and operand multiplexers that
+    feed a multiplier are not on the DSP block's path. The 11×11 significand product is a
+    plain multiplication, which synthesis maps to one DSP block. The result is rounded once, to
+    nearest with ties to even; results below the smallest subnormal round to a signed zero,
+    overflow gives a signed infinity. ``0 * inf`` and any NaN operand give ``0x7E00``.
 
     Members
     -------
@@ -215,7 +216,7 @@ class FP16Multiplier(wiring.Component):
         The product.
     """
 
-    LATENCY = 3
+    LATENCY = 4
 
     def __init__(self):
         super().__init__({
@@ -234,8 +235,11 @@ class FP16Multiplier(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
+        # Stage 0: the operands.
+        a, b, s0_valid = Signal(16), Signal(16), Signal()
+        m.d.sync += [a.eq(self.i_a), b.eq(self.i_b), s0_valid.eq(self.i_valid)]
+
         # Stage 1: significand product, exponent sum, special operands.
-        a, b = self.i_a, self.i_b
         sign = a[15] ^ b[15]
         a_exp, b_exp = a[10:15], b[10:15]
         a_zero, b_zero = a[:15] == 0, b[:15] == 0
@@ -250,7 +254,7 @@ class FP16Multiplier(wiring.Component):
         # Biased exponent of the product if its leading one were bit 21: -12 to 46.
         s1_exp = Signal(range(-12, 47))
         m.d.sync += [
-            s1_valid.eq(self.i_valid),
+            s1_valid.eq(s0_valid),
             s1_special.eq(nan | a_inf | b_inf | a_zero | b_zero),
             s1_special_value.eq(Mux(nan, _NAN,
                                     Cat(Mux(a_inf | b_inf, _INF, 0)[:15], sign))),

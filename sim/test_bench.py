@@ -3,7 +3,7 @@
 
 from harness import BUILD_ROOT
 
-from spikeforge.bench import bench_core
+from spikeforge.bench import bench_core, bench_multicore
 
 
 def test_bench_small_core():
@@ -15,3 +15,13 @@ def test_bench_small_core():
     assert result["sim_cycles_per_second"] > 100
     at_full = result["per_rate"]["1.0"]
     assert at_full["input_spikes"] == 2 * 32 and at_full["wg_ideal"] == 2 * 32 * 16 / 4
+
+
+def test_multicore_bench_small():
+    # The hidden layer on one core and split over two: the runs must agree bit for bit (the
+    # bench raises otherwise) and the split must not cost cycles.
+    result = bench_multicore(cores=(1, 2), hidden=32, inputs=16, outputs=10, lanes=2,
+                             timesteps=2, batch=2, seed=1, gain=10.0)
+    assert set(result["multicore_speedup"]) == {"1", "2"}
+    assert result["runs"]["2"]["cores"] == 3 and result["runs"]["2"]["neurons_per_core"] == 16
+    assert result["multicore_speedup"]["2"] > 1.0

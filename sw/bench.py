@@ -13,6 +13,11 @@ LIF (or BPTT) pass over all neurons divided by ``P``:
 * ``sim_cycles_per_second``: clock cycles simulated per second of wall time, cocotb included.
 * ``link``: the virtual board's host link (:func:`bench_link`): weights and spike events a
   second, round trips a second, and the Verilated SoC's cycles a second.
+* ``multicore_speedup``: one network trained on the virtual board with its wide hidden layer
+  on 1, 4 and 20 cores (split by neurons; one more core for the output layer), device cycles of
+  a training step (FP, BP, WG, update) on one core over those on ``k``
+  (:func:`bench_multicore`). The runs must agree bit for bit, so the speedup is for the same
+  work.
 * ``qk_utilization``: the Q-K attention unit (:func:`bench_qk`), ideal cycles of a forward and
   a backward pass (``T · tokens · channels / P`` each) over the cycles from a pass's first input
   beat to its last output beat, both passes and both attention kinds together.
@@ -22,7 +27,7 @@ import json
 import tempfile
 from pathlib import Path
 
-__all__ = ["bench_core", "bench_link", "bench_qk", "run_bench"]
+__all__ = ["bench_core", "bench_link", "bench_multicore", "bench_qk", "run_bench"]
 
 
 def bench_core(*, neurons: int = 128, fan_in: int = 256, lanes: int = 8, timesteps: int = 4,
@@ -113,6 +118,68 @@ def bench_qk(*, tokens: int = 64, channels: int = 256, lanes: int = 8, timesteps
     }
 
 
+def bench_multicore(*, cores=(1, 4, 20), hidden: int = 320, inputs: int = 64,
+                    outputs: int = 10, lanes: int = 2, timesteps: int = 4, batch: int = 4,
+                    seed: int = 0, gain: float = 8.0) -> dict:
+    """Train a step of ``[inputs, hidden, outputs]`` on accelerators whose cores hold
+    ``hidden / k`` neurons for each ``k`` in ``cores``; return the cycles and the speedups.
+    ``gain`` scales the initial weights so that both layers fire (about 20 % and 14 % at the
+    defaults) and the comparison of the runs means something."""
+    import torch
+
+    from spikeforge.gen.config import AcceleratorConfig
+    from spikeforge.gen.vboard import VirtualBoard
+
+    from .device import DeviceBackend
+    from .driver import Board
+    from .golden import fp16
+    from .golden.arith import FP16
+    from .golden.network import SpikingMLP
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(timesteps, batch, inputs, generator=g) < 0.3).double()
+    y = torch.randint(0, outputs, (batch,), generator=g)
+    runs, reference = {}, None
+    for k in cores:
+        if hidden % k or (hidden // k) % lanes:
+            raise ValueError(f"{hidden} hidden neurons do not split into {k} cores of a "
+                             f"multiple of {lanes} lanes")
+        config = AcceleratorConfig(cores=k + 1, neurons=hidden // k, fan_in=max(hidden, inputs),
+                                   lanes=lanes, timesteps=timesteps)
+        net = SpikingMLP([inputs, hidden, outputs], seed=seed + 1, gain=gain).to(FP16())
+        before = {name: fp16.bits(w) for name, w in net.weights.items()}
+        with VirtualBoard(config) as vboard, Board.connect(vboard.url) as board:
+            device = DeviceBackend(board, net, timesteps)
+            start = device.cycles()
+            device.forward(x)
+            fp = device.cycles() - start
+            out, _ = device.train_step(x, y, 0.5)
+            step = device.cycles() - start - fp
+            weights = {name: fp16.bits(w) for name, w in device.read_weights().items()}
+        if not out.any() or any(torch.equal(w, before[n]) for n, w in weights.items()):
+            raise AssertionError("the output layer did not fire or a layer did not train: "
+                                 "the comparison of the runs would prove nothing")
+        result = (fp16.bits(out), weights)
+        if reference is None:
+            reference = result
+        elif not (torch.equal(result[0], reference[0])
+                  and all(torch.equal(w, reference[1][n]) for n, w in weights.items())):
+            raise AssertionError(f"{k} cores did not compute what {cores[0]} did")
+        runs[str(k)] = {"cores": k + 1, "neurons_per_core": hidden // k,
+                        "forward_cycles_per_sample": fp / batch,
+                        "train_cycles_per_sample": step / batch}
+    base = runs[str(cores[0])]
+    return {
+        "network": [inputs, hidden, outputs], "lanes": lanes, "timesteps": timesteps,
+        "batch": batch, "input_rate": float(x.mean()), "output_rate": float(out.mean()),
+        "runs": runs,
+        "multicore_speedup": {k: base["train_cycles_per_sample"] / r["train_cycles_per_sample"]
+                              for k, r in runs.items()},
+        "forward_speedup": {k: base["forward_cycles_per_sample"] / r["forward_cycles_per_sample"]
+                            for k, r in runs.items()},
+    }
+
+
 def bench_link(config=None, seconds: float = 2.0) -> dict:
     """The host link of a virtual board: weights written and read a second, input spike events
     a second through a core's FP engine (every input firing), round trips a second, and the
@@ -184,6 +251,20 @@ def run_bench(json_path=None, console=None) -> dict:
     console.print(table)
     console.print(f"Q-K attention utilization (forward and backward): "
                   f"{qk['qk_utilization']:.3f}")
+    with console.status("building 2-, 5- and 21-core accelerators and training a step on each"):
+        multi = bench_multicore()
+    result["multicore"] = multi
+    result["multicore_speedup"] = multi["multicore_speedup"]
+    table = Table(title=f"multi-core: network {multi['network']}, the hidden layer split over "
+                        f"k cores, {multi['lanes']} lanes, T = {multi['timesteps']}")
+    for col in ("k", "neurons a core", "forward cycles/sample", "train cycles/sample",
+                "speedup (train)", "speedup (forward)"):
+        table.add_column(col, justify="right")
+    for k, r in multi["runs"].items():
+        table.add_row(k, str(r["neurons_per_core"]), f"{r['forward_cycles_per_sample']:.0f}",
+                      f"{r['train_cycles_per_sample']:.0f}",
+                      f"{multi['multicore_speedup'][k]:.2f}", f"{multi['forward_speedup'][k]:.2f}")
+    console.print(table)
     with console.status("building and measuring the virtual board's host link"):
         link = bench_link()
     result["link"] = link

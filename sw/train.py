@@ -82,10 +82,10 @@ class TrainConfig:
         return build_model("qk", attention=self.attention, **kwargs)
 
 
-def rate_loss(out: torch.Tensor, y: torch.Tensor, classes: int = 10):
+def rate_loss(out: torch.Tensor, y: torch.Tensor):
     """Loss of output spikes ``[T, B, classes]`` and its gradient ``∂L_b/∂S[t]`` per sample."""
     rate = out.float().mean(0)
-    target = torch.nn.functional.one_hot(y, classes).float()
+    target = torch.nn.functional.one_hot(y, out.shape[-1]).float()
     err = rate - target
     loss = (err ** 2).sum(1).mean()
     grad = (2 * err / out.shape[0]).expand(out.shape[0], *err.shape)
