@@ -128,11 +128,10 @@ class DeviceBackend:
         for layer, parts in self.program.layers().items():
             blocks = []
             for cp in parts:
-                rows = []
-                for offset, words in self.program.weight_rows(cp):
+                writes, rows = self.program.weight_rows(cp), []
+                for offset, words in writes:
                     rows += self.board.read(cp.core, address(Region.WEIGHT, offset), len(words))
-                width = (self.config.fan_in if len(self.program.weight_rows(cp)) == 1
-                         else cp.inputs)
+                width = self.config.fan_in if len(writes) == 1 else cp.inputs
                 bits = torch.tensor(rows, dtype=torch.int32).reshape(cp.neurons, width)
                 blocks.append(bits[:, :cp.inputs])
             weights[layer] = fp16.from_bits(torch.cat(blocks))
