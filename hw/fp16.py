@@ -60,7 +60,7 @@ def _round_pack(sign: Value, exponent: Value, significand: Value, guard: Value,
 class FP16Adder(wiring.Component):
     """FP16 adder and subtracter, ``o_result = i_a + i_b`` (``i_a - i_b`` with ``i_sub``).
 
-    Latency 4 cycles, throughput one operation per cycle, no backpressure (see the module).
+    Latency 5 cycles, throughput one operation per cycle, no backpressure (see the module).
     The result is rounded once, to nearest with ties to even. An exact zero result is ``+0``
     unless both addends are ``-0`` (``-0 + -0``, ``-0 - +0``). ``inf - inf`` and any NaN operand
     give ``0x7E00``; overflow gives a signed infinity.
@@ -79,7 +79,7 @@ class FP16Adder(wiring.Component):
         The sum or difference.
     """
 
-    LATENCY = 4
+    LATENCY = 5
 
     def __init__(self):
         super().__init__({
@@ -99,9 +99,14 @@ class FP16Adder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
+        # Stage 0: the operands (they come from memories and lane rotations; registering them
+        # keeps those paths out of stage 1's magnitude compare).
+        a, b_in, sub, s0_valid = Signal(16), Signal(16), Signal(), Signal()
+        m.d.sync += [a.eq(self.i_a), b_in.eq(self.i_b), sub.eq(self.i_sub),
+                     s0_valid.eq(self.i_valid)]
+
         # Stage 1: order the operands by magnitude, catch infinities and NaNs.
-        a = self.i_a
-        b = Cat(self.i_b[:15], self.i_b[15] ^ self.i_sub)
+        b = Cat(b_in[:15], b_in[15] ^ sub)
         swap = b[:15] > a[:15]
         x = Mux(swap, b, a)
         y = Mux(swap, a, b)
@@ -120,7 +125,7 @@ class FP16Adder(wiring.Component):
         s1_shift = Signal(4)
         exp_diff = Mux(x_exp.any(), x_exp, 1) - Mux(y_exp.any(), y_exp, 1)
         m.d.sync += [
-            s1_valid.eq(self.i_valid),
+            s1_valid.eq(s0_valid),
             s1_special.eq(x_exp == 0x1F),
             s1_special_value.eq(Mux(x_nan | inf_minus_inf, _NAN, Cat(Const(_INF, 15), x[15]))),
             s1_sign.eq(x[15]),

@@ -273,6 +273,8 @@ class HostLink(wiring.Component):
         The routing bits (:class:`~spikeforge.protocol.Link`) of every core.
     busy : Out(1)
         A frame is being received, executed or answered.
+    active : In(1)
+        A core is working (busy, and not waiting for input): counted in ``ACTIVE_CYCLES``.
 
     A ``WRITE`` is first checked word by word with ``bus_probe`` set on every target core and
     written only if every word passed, so that a bad frame changes nothing.
@@ -310,6 +312,7 @@ class HostLink(wiring.Component):
             "errors_level": In(32),
             "link": Out(LINK_BITS * cores),
             "busy": Out(1),
+            "active": In(1),
         })
 
     def elaborate(self, platform):
@@ -341,12 +344,13 @@ class HostLink(wiring.Component):
         L = LINK_BITS
         link = Signal(L * n)
         counters = [Signal(32, name=name) for name in ("rx_bytes", "tx_bytes", "frames",
-                                                       "bad_frames")]
+                                                       "bad_frames", "active_cycles")]
         m.d.comb += [self.link.eq(link), rx.rd_addr.eq(index),
                      self.out_sel.eq(core), self.bus_core.eq(target)]
         word = rx.rd_data
         m.d.sync += [counters[0].eq(counters[0] + (self.i.valid & self.i.ready)),
-                     counters[1].eq(counters[1] + (self.o.valid & self.o.ready))]
+                     counters[1].eq(counters[1] + (self.o.valid & self.o.ready)),
+                     counters[4].eq(counters[4] + self.active)]
 
         is_core = core < n
         links = Array(link[L * c:L * c + L] for c in range(n))
@@ -361,8 +365,8 @@ class HostLink(wiring.Component):
         identity = Array(Const(w, 16) for w in self._identity)
 
         soc_offset = cmd.address + index
-        soc_counter = Array(counters)[soc_offset[1:3]]
-        soc_counter_ok = soc_offset < 8
+        soc_counter = Array(counters)[soc_offset[1:4]]
+        soc_counter_ok = soc_offset < 2 * len(counters)
         soc_link_c = soc_offset - SocReg.LINK
         soc_link_ok = (soc_offset >= SocReg.LINK) & (soc_offset < SocReg.LINK + n)
 

@@ -158,7 +158,8 @@ class SoC(wiring.Component):
             link.errors_out.valid.eq(Array(f.r_rdy for f in error_fifos)[link.out_sel]),
             link.errors_out.payload.eq(Array(f.r_data for f in error_fifos)[link.out_sel]),
             link.errors_level.eq(Array(f.r_level for f in error_fifos)[link.out_sel]),
-            self.busy.eq(link.busy | Cat(core.busy & ~core.waiting for core in cores).any()),
+            link.active.eq(Cat(core.busy & ~core.waiting for core in cores).any()),
+            self.busy.eq(link.busy | link.active),
         ]
         for k, (sf, ef) in enumerate(zip(spike_fifos, error_fifos, strict=True)):
             m.d.comb += [sf.r_en.eq(link.spikes_out.ready & (link.out_sel == k)),

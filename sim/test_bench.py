@@ -19,9 +19,13 @@ def test_bench_small_core():
 
 def test_multicore_bench_small():
     # The hidden layer on one core and split over two: the runs must agree bit for bit (the
-    # bench raises otherwise) and the split must not cost cycles.
+    # bench raises otherwise) and the split must save cycles. The cycles are the cores' working
+    # cycles, which do not depend on the host's speed (1.26 here); all cycles, the host link's
+    # included, do, and are fewer than those.
     result = bench_multicore(cores=(1, 2), hidden=32, inputs=16, outputs=10, lanes=2,
                              timesteps=2, batch=2, seed=1, gain=10.0)
     assert set(result["multicore_speedup"]) == {"1", "2"}
     assert result["runs"]["2"]["cores"] == 3 and result["runs"]["2"]["neurons_per_core"] == 16
-    assert result["multicore_speedup"]["2"] > 1.0
+    assert result["multicore_speedup"]["2"] > 1.15 and result["forward_speedup"]["2"] > 1.15
+    for run in result["runs"].values():
+        assert 0 < run["train_cycles_per_sample"] < run["train_link_cycles_per_sample"]

@@ -98,6 +98,8 @@ class DeviceBackend:
         self._lr_bits = None
         self._cycles = 0
         self._cycles_seen = 0
+        self._active = 0
+        self._active_seen = 0
         self.batches = []
         self.load()
 
@@ -121,6 +123,7 @@ class DeviceBackend:
             b.set_link(core, 0)
         self._lr_bits = None
         self._cycles_seen = 0
+        self._active_seen = b.link_counters()["active_cycles"]
 
     def read_weights(self) -> dict:
         """Every layer's weights as the device holds them (binary16), its cores' rows joined."""
@@ -161,11 +164,20 @@ class DeviceBackend:
         self._cycles_seen = now
         return self._cycles
 
+    def active_cycles(self) -> int:
+        """Device cycles since the program was loaded in which a core worked: :meth:`cycles`
+        without those in which every core waited for the host (wraps undone as there)."""
+        now = self.board.link_counters()["active_cycles"]
+        self._active += (now - self._active_seen) % (1 << 32)
+        self._active_seen = now
+        return self._active
+
     def stats(self) -> dict:
         """What a run's report needs from the device."""
         cycles = self.cycles()
         return {"device_cycles": cycles, "device_samples": self.samples,
                 "device_cycles_per_sample": cycles / max(self.samples, 1),
+                "device_active_cycles": self.active_cycles(),
                 "device_seconds": self.seconds, "counters": self.counters(),
                 "link": self.board.link_counters(), "accelerator": asdict(self.config),
                 "layers": [{"layer": cp.name, "core": cp.core, "neurons": cp.neurons,

@@ -95,6 +95,7 @@ class SocReg(enum.IntEnum):
     TX_BYTES = 2         # bytes sent (2 words)
     FRAMES = 4           # frames executed (2 words)
     BAD_FRAMES = 6       # frames answered with an error status (2 words)
+    ACTIVE_CYCLES = 8    # cycles in which a core worked: busy, not waiting for input (2 words)
     LINK = 0x100         # LINK + c: core c's routing, :class:`Link` bits (read and write)
 
 

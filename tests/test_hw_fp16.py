@@ -120,7 +120,7 @@ def _check_compare(a, b, seed=0):
 
 
 @pytest.mark.parametrize("unit, latency", [
-    (FP16Adder, 4), (FP16Multiplier, 4), (FP16Compare, 1),
+    (FP16Adder, 5), (FP16Multiplier, 4), (FP16Compare, 1),
 ])
 def test_latency_is_read_only(unit, latency):
     dut = unit()

@@ -14,7 +14,7 @@ from spikeforge.golden.linear import linear_backward, linear_forward, linear_wei
 from spikeforge.hw.hostlink import FrameReceiver, HostLink
 from spikeforge.hw.soc import SoC
 from spikeforge.protocol import Opcode, SocReg, Status
-from spikeforge.regmap import Command, Reg, Region, address
+from spikeforge.regmap import Command, Counter, Reg, Region, address
 from spikeforge.testing import LayerCase
 
 CONFIG = AcceleratorConfig(cores=2, neurons=8, fan_in=8, lanes=4, timesteps=3)
@@ -103,8 +103,10 @@ def test_identify_and_registers():
             assert await host.read(core, address(Region.REG, Reg.V_TH)) == [0x3800]
         await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
         assert await host.read(p.SOC, SocReg.LINK, 2) == [1, 2]
-        counters = await host.read(p.SOC, SocReg.RX_BYTES, 8)
+        counters = await host.read(p.SOC, SocReg.RX_BYTES, 10)
         assert counters[0] > 0 and counters[2] > 0 and counters[4] == 9 and counters[6] == 0
+        assert counters[8:] == [0, 0]    # no core has run
+        await host.command(Opcode.READ, p.SOC, SocReg.RX_BYTES, [11], status=Status.BAD_ADDRESS)
 
     run(body)
 
@@ -263,9 +265,20 @@ def test_two_layers_chained_on_the_chip():
     lr = 0.125
 
     async def body(host, dut):
+        async def counter(core, which):
+            low, high = await host.read(core, address(Region.COUNTER, 2 * which), 2)
+            return low | high << 16
+
+        async def active_cycles():
+            low, high = await host.read(p.SOC, SocReg.ACTIVE_CYCLES, 2)
+            return low | high << 16
+
         for core, (w, inputs) in enumerate(((w0, 8), (w1, 8))):
             case = LayerCase(w, torch.zeros(T, inputs), torch.zeros(T, w.shape[0]), lif, lr)
             await _configure(host, core, case, core)
+        active, cycles = await active_cycles(), await counter(0, Counter.CYCLES)
+        busy = [await counter(c, Counter.FP_BUSY) + await counter(c, Counter.UPDATE_BUSY)
+                for c in (0, 1)]
         await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
         await host.command(Opcode.SPIKES_IN, 1, 0, [p.event_word(0)], status=Status.BAD_CORE)
         await host.command(Opcode.ERRORS_IN, 0, 2, [0] * 8, status=Status.BAD_CORE)
@@ -287,6 +300,13 @@ def test_two_layers_chained_on_the_chip():
             fp16.bits(sgd_update(w0, dw0, lr, a)).tolist()
         assert await host.weights(1, Region.WEIGHT, 5, 8) == \
             fp16.bits(sgd_update(w1, dw1, lr, a)).tolist()
+        # The cores' working cycles: at least each core's FP and update cycles, and fewer than
+        # all cycles, which include the waits for the host's spikes and errors.
+        worked = await active_cycles() - active
+        for c in (0, 1):
+            assert worked >= (await counter(c, Counter.FP_BUSY)
+                              + await counter(c, Counter.UPDATE_BUSY) - busy[c]) > 0
+        assert worked < await counter(0, Counter.CYCLES) - cycles
 
     run(body)
 
