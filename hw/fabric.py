@@ -111,7 +111,7 @@ class Router(wiring.Component):
             _route(m, self.host_spk, src)
         # A fork: the core and (for a split partner) the east link each take every element
         # once; an output that took it waits (``sent``) until the other has.
-        sent_core, sent_east = Signal(), Signal()
+        sent_core, sent_east = Signal(name="sent_core"), Signal(name="sent_east")
         want_east = east_split
         core_done = sent_core | self.core_fp_i.ready
         east_done = ~want_east | sent_east | self.east_share.ready

@@ -125,8 +125,9 @@ def bench_multicore(*, cores=(1, 4, 20), hidden: int = 320, inputs: int = 64,
     ``hidden / k`` neurons for each ``k`` in ``cores``; return the cycles and the speedups.
     Cycles are the device's active cycles (a core working; see ``SocReg.ACTIVE_CYCLES``), which
     do not depend on how fast the host answers; the ``link_`` cycles are all the device's
-    cycles, the host link's transfers and the waits for the host's loss included. ``gain`` scales the initial weights so that both layers fire (about 20 % and 14 % at the
-    defaults) and the comparison of the runs means something."""
+    cycles, the host link's transfers and the waits for the host's loss included. ``gain``
+    scales the initial weights so that both layers fire (about 20 % and 14 % at the defaults)
+    and the comparison of the runs means something."""
     import torch
 
     from spikeforge.gen.config import AcceleratorConfig
