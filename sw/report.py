@@ -120,6 +120,9 @@ def analyse(run: dict) -> dict:
         "offchip_bytes_per_sample": 0,
         "program_load_bytes": 2 * weights,
         "device_cycles_per_sample": cycles_per_sample,
+        # cycles in which a core worked: the rest waited for the host's spikes or errors
+        "device_active_cycles_per_sample": (run["device_active_cycles"] / max(samples, 1)
+                                            if "device_active_cycles" in run else None),
         "samples_per_second": {f"{mhz} MHz": mhz * 1e6 / cycles_per_sample
                                for mhz in CLOCKS_MHZ},
         "energy_model": {"source": "Horowitz, ISSCC 2014 (45 nm), scaled 28/45 to 28 nm",
@@ -157,6 +160,11 @@ def _table(result: dict) -> list[tuple[str, str]]:
     rows += [
         ("operations a sample (FP16 add + mul)", f"{result['operations_per_sample']:,.0f}"),
         ("device cycles a sample", f"{result['device_cycles_per_sample']:,.0f}"),
+    ]
+    if result.get("device_active_cycles_per_sample") is not None:
+        rows.append(("of those, a core working (not waiting for the host)",
+                     f"{result['device_active_cycles_per_sample']:,.0f}"))
+    rows += [
         ("samples/s at " + ", ".join(result["samples_per_second"]),
          ", ".join(f"{v:,.0f}" for v in result["samples_per_second"].values())),
         ("host-link bytes a sample", f"{result['host_link_bytes_per_sample']:,.0f}"),

@@ -35,6 +35,7 @@ def device_run():
         },
         "link": {"rx_bytes": 5000, "tx_bytes": 3000, "frames": 100, "bad_frames": 0},
         "device_samples": SAMPLES, "device_cycles_per_sample": 1000.0,
+        "device_active_cycles": 4200,
         "batches": [{"samples": 3, "input_rate": 0.2, "output_rate": 0.1, "cycles": 3000},
                     {"samples": 3, "input_rate": 0.3, "output_rate": 0.1, "cycles": 3600}],
         "raster": {"input": [[1, 0] * 4] * T, "fc0": [[0, 1] * 8] * T, "fc1": [[1, 0, 0, 1]] * T},
@@ -65,6 +66,7 @@ def test_numbers_follow_from_the_counters():
     assert result["operations_per_sample"] == (adds + muls) / SAMPLES
     assert result["host_link_bytes_per_sample"] == 800
     assert result["samples_per_second"]["100 MHz"] == 100_000
+    assert result["device_active_cycles_per_sample"] == 4200 / SAMPLES
     assert ENERGY_PJ["fp16_add"] == pytest.approx(0.4 * 28 / 45)
 
 
@@ -73,7 +75,10 @@ def test_report_writes_a_table_and_plots(tmp_path):
 
     (tmp_path / "train.json").write_text(json.dumps(device_run()))
     assert main(["report", str(tmp_path)]) == 0
-    assert "| modelled energy a sample, 28 nm |" in (tmp_path / "report.md").read_text()
+    table = (tmp_path / "report.md").read_text()
+    assert "| modelled energy a sample, 28 nm |" in table
+    assert f"| of those, a core working (not waiting for the host) | {4200 // SAMPLES:,} |" \
+        in table
     assert json.loads((tmp_path / "report.json").read_text())["device"]
     for name in ("curves", "raster", "cycles_vs_rate"):
         image = matplotlib.image.imread(tmp_path / "plots" / f"{name}.png")
