@@ -40,6 +40,7 @@ from pathlib import Path
 from .errors import ConfigError, SpikeforgeError
 from .protocol import (
     IDENTITY,
+    LINK_BITS,
     MAX_WORDS,
     SOC,
     VERSION,
@@ -556,6 +557,20 @@ class Board:
         return Link(self.read(SOC, SocReg.LINK + core, 1)[0])
 
     def set_link(self, core: int, link: Link) -> None:
+        """Route core ``core``'s streams (:class:`~spikeforge.protocol.Link`). A route to a
+        core that does not exist is refused: core 0 has no core before it to take errors from
+        or share a layer with, the last core none after it to send spikes to."""
+        cores = self._identity()["cores"]
+        if not 0 <= core < cores:
+            raise ValueError(f"core must be between 0 and {cores - 1}, not {core!r}")
+        if not 0 <= int(link) < 1 << LINK_BITS:
+            raise ValueError(f"link must be Link bits (0 to {(1 << LINK_BITS) - 1}), "
+                             f"not {link!r}")
+        link = Link(link)
+        if core == 0 and link & (Link.BP_TO_PREV | Link.SPLIT):
+            raise ValueError(f"core 0 has no core before it: {link!r} cannot route it")
+        if core == cores - 1 and link & Link.FP_TO_NEXT:
+            raise ValueError(f"core {core} is the last: {link!r} cannot route it")
         self.write(SOC, SocReg.LINK + core, [int(link)])
 
 

@@ -68,7 +68,7 @@ MAX_PAYLOAD = 1024
 MAX_WORDS = MAX_PAYLOAD // 2
 BROADCAST = 0xFF
 SOC = 0xFE
-VERSION = 1
+VERSION = 2          # 2: Link.SPLIT (3 link bits) and SocReg.ACTIVE_CYCLES
 IDENTITY = ("version", "cores", "lanes", "neurons", "fan_in", "timesteps", "reset",
             "detach_reset", "surrogate", "out_fifo", "max_words")
 EVENT_SPIKE = 1 << 14

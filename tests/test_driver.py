@@ -37,6 +37,7 @@ class PtyDevice:
         self.path = os.ttyname(slave)
         self._slave = slave
         self.memory = {c: [0] * 256 for c in range(2)}
+        self.memory[p.SOC] = [0] * (p.SocReg.LINK + 2)     # the link's counters and routing
         self.executed = 0
         self.drop = set(drop_first_reply_of)
         self.corrupt = set(corrupt_first_reply_of)
@@ -55,11 +56,11 @@ class PtyDevice:
         offset = cmd.address & 0xFFFFFFF
         if cmd.opcode == Opcode.READ:
             count = cmd.payload[0]
-            if offset + count > 256:
+            if offset + count > len(self.memory[cmd.core]):
                 return Status.BAD_ADDRESS, ()
             return Status.OK, tuple(self.memory[cmd.core][offset:offset + count])
         if cmd.opcode == Opcode.WRITE:
-            if offset + len(cmd.payload) > 256:
+            if offset + len(cmd.payload) > len(self.memory[cmd.core]):
                 return Status.BAD_ADDRESS, ()
             self.memory[cmd.core][offset:offset + len(cmd.payload)] = cmd.payload
             return Status.OK, ()
@@ -230,3 +231,23 @@ def test_a_session_recorded_from_the_virtual_board_replays():
         board.write(1, address(Region.WEIGHT, 16 << 4), [1])
     assert board.counters(1)["cycles"] > 0
     assert replay.done
+
+
+@pytest.mark.parametrize("core, link, message", [
+    (2, 0, r"core must be between 0 and 1, not 2"),
+    (-1, 0, r"core must be between 0 and 1, not -1"),
+    (0, p.Link.SPLIT, r"core 0 has no core before it"),
+    (0, p.Link.BP_TO_PREV, r"core 0 has no core before it"),
+    (1, p.Link.FP_TO_NEXT, r"core 1 is the last"),
+    (1, 8, r"link must be Link bits \(0 to 7\), not 8"),
+])
+def test_a_route_to_a_missing_core_is_refused(device, core, link, message):
+    board = Board(SerialTransport(device.path), timeout=0.5)
+    board.sync()
+    executed = device.executed
+    with pytest.raises(ValueError, match=message):
+        board.set_link(core, link)
+    assert device.executed == executed      # nothing was sent
+    board.set_link(1, p.Link.BP_TO_PREV | p.Link.SPLIT)
+    assert device.executed == executed + 1
+    assert board.link(1) == p.Link.BP_TO_PREV | p.Link.SPLIT
