@@ -262,7 +262,7 @@ def report(run_dir: str | Path, console=None) -> dict:
         table.add_row(*row)
     (console or Console()).print(table)
     lines = ["| quantity | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
-    lines += ["", "Energy is modelled: " + __doc__.split("Energy is a **model**")[1].split(
+    lines += ["", "Energy is a model" + __doc__.split("Energy is a **model**")[1].split(
         "\n\n")[0].replace("\n", " ").strip(), ""]
     lines += [f"![{Path(p).stem}](plots/{Path(p).name})" for p in result["plots"]]
     (run_dir / "report.md").write_text("# Run report\n\n" + "\n".join(lines) + "\n")
