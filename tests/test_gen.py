@@ -12,7 +12,7 @@ from spikeforge.gen.generate import TOP, generate
 from spikeforge.golden import fp16
 from spikeforge.golden.lif import LIFParams
 from spikeforge.golden.network import QKNet, SpikingMLP
-from spikeforge.protocol import Link
+from spikeforge.protocol import VERSION, Link
 from spikeforge.regmap import Reg
 
 SMALL = AcceleratorConfig(cores=2, neurons=8, fan_in=8, lanes=4, timesteps=2)
@@ -26,7 +26,7 @@ def test_generation_is_reproducible(tmp_path):
     assert text == (tmp_path / "b" / f"{TOP}.v").read_bytes()
     assert f"module {TOP}(" in text.decode()
     assert AcceleratorConfig.load(tmp_path / "a" / "config.json") == SMALL
-    assert first["identity"][:6] == [1, 2, 4, 8, 8, 2]
+    assert first["identity"][:6] == [VERSION, 2, 4, 8, 8, 2]
     other = generate(SMALL.replace(cores=3), tmp_path / "c")
     assert other["files"][f"{TOP}.v"] != first["files"][f"{TOP}.v"]
 
