@@ -15,7 +15,7 @@ Each output FIFO holds one whole sample: ``timesteps · (neurons + 1)`` event wo
 """
 
 from amaranth.hdl import Array, Cat, Module
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.gen.config import AcceleratorConfig
@@ -98,11 +98,25 @@ class SoC(wiring.Component):
             link.bus_rdata.eq(Array(core.bus_rdata for core in cores)[link.bus_core]),
         ]
 
+        # The host's spikes and errors pass a register stage on their way to the routers: the
+        # link reads them out of its frame buffer, and the routes from there to every core's
+        # event checks are the longest on the chip. Three entries keep one word a cycle flowing.
+        host_in = {}
+        for name in ("spikes", "errors"):
+            port = getattr(link, name)
+            layout = data.Layout.cast(port.payload.shape())
+            m.submodules[f"host_{name}"] = buf = fifo.SyncFIFOBuffered(width=layout.size,
+                                                                       depth=3)
+            m.d.comb += [buf.w_data.eq(port.payload), buf.w_en.eq(port.valid),
+                         port.ready.eq(buf.w_rdy)]
+            host_in[name] = (buf, data.View(layout, buf.r_data))
+        (spike_buf, spikes_in), (error_buf, errors_in) = host_in["spikes"], host_in["errors"]
+
         L = LINK_BITS
         links = [link.link[L * k:L * k + L] for k in range(n)]
         routers = [Router(neurons=c.neurons, fan_in=F, lanes=P) for _ in range(n)]
         spike_fifos, error_fifos = [], []
-        host_word = link.spikes.payload.word
+        host_word = spikes_in.word
         for k, (core, router) in enumerate(zip(cores, routers, strict=True)):
             m.submodules[f"router{k}"] = router
             m.submodules[f"spikes{k}"] = sf = fifo.SyncFIFOBuffered(width=16,
@@ -127,8 +141,8 @@ class SoC(wiring.Component):
                 wiring.connect(m, router.west_psum, west.east_psum)
 
             out = router.host_spk_o
-            host_spike = link.spikes.valid & (link.spikes.payload.core == k)
-            host_error = link.errors.valid & (link.errors.payload.core == k)
+            host_spike = spike_buf.r_rdy & (spikes_in.core == k)
+            host_error = error_buf.r_rdy & (errors_in.core == k)
             m.d.comb += [
                 sf.w_en.eq(out.valid), out.ready.eq(sf.w_rdy),
                 sf.w_data.eq(Cat(out.payload.index, out.payload.spike, out.payload.last)),
@@ -139,8 +153,8 @@ class SoC(wiring.Component):
                 router.host_spk.payload.spike.eq(host_word[14]),
                 router.host_spk.payload.last.eq(host_word[15]),
                 router.host_err.valid.eq(host_error),
-                router.host_err.payload.value.eq(link.errors.payload.value),
-                router.host_err.payload.last.eq(link.errors.payload.last),
+                router.host_err.payload.value.eq(errors_in.value),
+                router.host_err.payload.last.eq(errors_in.last),
             ]
         # The ends of the line: nothing comes in from beyond them.
         for port in (routers[0].west_spk, routers[0].west_share, routers[-1].east_err,
@@ -148,10 +162,8 @@ class SoC(wiring.Component):
             m.d.comb += port.valid.eq(0)
 
         m.d.comb += [
-            link.spikes.ready.eq(Array(r.host_spk.ready
-                                       for r in routers)[link.spikes.payload.core]),
-            link.errors.ready.eq(Array(r.host_err.ready
-                                       for r in routers)[link.errors.payload.core]),
+            spike_buf.r_en.eq(Array(r.host_spk.ready for r in routers)[spikes_in.core]),
+            error_buf.r_en.eq(Array(r.host_err.ready for r in routers)[errors_in.core]),
             link.spikes_out.valid.eq(Array(f.r_rdy for f in spike_fifos)[link.out_sel]),
             link.spikes_out.payload.eq(Array(f.r_data for f in spike_fifos)[link.out_sel]),
             link.spikes_level.eq(Array(f.r_level for f in spike_fifos)[link.out_sel]),
@@ -159,7 +171,8 @@ class SoC(wiring.Component):
             link.errors_out.payload.eq(Array(f.r_data for f in error_fifos)[link.out_sel]),
             link.errors_level.eq(Array(f.r_level for f in error_fifos)[link.out_sel]),
             link.active.eq(Cat(core.busy & ~core.waiting for core in cores).any()),
-            self.busy.eq(link.busy | link.active),
+            self.busy.eq(link.busy | link.active | (spike_buf.level != 0)
+                         | (error_buf.level != 0)),
         ]
         for k, (sf, ef) in enumerate(zip(spike_fifos, error_fifos, strict=True)):
             m.d.comb += [sf.r_en.eq(link.spikes_out.ready & (link.out_sel == k)),

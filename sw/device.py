@@ -63,6 +63,25 @@ def decode_events(words, timesteps: int, neurons: int) -> torch.Tensor:
     return out
 
 
+class _Counter32:
+    """The running total of a 32-bit device counter read now and then: its wraps are undone if it
+    is read at least once a wrap.
+
+    >>> c = _Counter32()
+    >>> c.update(0xFFFF_FFF0), c.update(0x10)
+    (4294967280, 4294967312)
+    """
+
+    def __init__(self):
+        self.total = 0
+        self.seen = 0
+
+    def update(self, now: int) -> int:
+        self.total += (now - self.seen) % (1 << 32)
+        self.seen = now
+        return self.total
+
+
 class DeviceBackend:
     """Trains and runs a :class:`~spikeforge.golden.network.SpikingMLP` on a board.
 
@@ -96,10 +115,8 @@ class DeviceBackend:
         self.samples = 0
         self.seconds = 0.0
         self._lr_bits = None
-        self._cycles = 0
-        self._cycles_seen = 0
-        self._active = 0
-        self._active_seen = 0
+        self._cycles = _Counter32()
+        self._active = _Counter32()
         self.batches = []
         self.load()
 
@@ -122,8 +139,8 @@ class DeviceBackend:
         for core in range(len(prog.cores), self.config.cores):
             b.set_link(core, 0)
         self._lr_bits = None
-        self._cycles_seen = 0
-        self._active_seen = b.link_counters()["active_cycles"]
+        self._cycles.seen = 0                   # CLEAR_COUNTERS zeroed the cores' counters
+        self._active.seen = b.link_counters()["active_cycles"]
 
     def read_weights(self) -> dict:
         """Every layer's weights as the device holds them (binary16), its cores' rows joined."""
@@ -159,27 +176,21 @@ class DeviceBackend:
     def cycles(self) -> int:
         """Device cycles since the program was loaded (the 32-bit counter's wraps undone, if
         read at least once a wrap)."""
-        now = self.board.counters(self.program.first)["cycles"]
-        self._cycles += (now - self._cycles_seen) % (1 << 32)
-        self._cycles_seen = now
-        return self._cycles
+        return self._cycles.update(self.board.counters(self.program.first)["cycles"])
 
     def active_cycles(self) -> int:
         """Device cycles since the program was loaded in which a core worked: :meth:`cycles`
         without those in which every core waited for the host (wraps undone as there)."""
-        now = self.board.link_counters()["active_cycles"]
-        self._active += (now - self._active_seen) % (1 << 32)
-        self._active_seen = now
-        return self._active
+        return self._active.update(self.board.link_counters()["active_cycles"])
 
     def stats(self) -> dict:
         """What a run's report needs from the device."""
-        cycles = self.cycles()
+        cycles, link = self.cycles(), self.board.link_counters()
         return {"device_cycles": cycles, "device_samples": self.samples,
                 "device_cycles_per_sample": cycles / max(self.samples, 1),
-                "device_active_cycles": self.active_cycles(),
+                "device_active_cycles": self._active.update(link["active_cycles"]),
                 "device_seconds": self.seconds, "counters": self.counters(),
-                "link": self.board.link_counters(), "accelerator": asdict(self.config),
+                "link": link, "accelerator": asdict(self.config),
                 "layers": [{"layer": cp.name, "core": cp.core, "neurons": cp.neurons,
                             "inputs": cp.inputs} for cp in self.program.cores],
                 "batches": self.batches}
