@@ -23,6 +23,11 @@ Streams (``amaranth.lib.stream``):
     layer split by neurons across cores adds its products in the golden model's order, neuron
     after neuron, so the split is bit for bit the same as one core.
 
+Tokens (``Reg.TOKENS`` = ``n``, for the token-wise layers of an attention block): each timestep
+is ``n`` steps of the streams, one per token, token after token, and the core keeps a membrane
+(and a BPTT carry) per token. ``Reg.TIMESTEPS`` counts steps, ``n`` per timestep, so the state
+memories hold ``timesteps`` steps in all; step ``k`` is token ``k mod n`` of timestep ``k div n``.
+
 The word bus (``bus_*``) reaches registers, weights, gradients, the saved state and the
 counters (:mod:`spikeforge.regmap`); every access is acknowledged two cycles after ``bus_en``.
 A write with ``bus_probe`` set is checked (``bus_err`` as for the write) but changes nothing, so
@@ -151,6 +156,7 @@ class Core(wiring.Component):
         inv_tau = Signal(16, init=0x3800)
         decay = Signal(16, init=0x3800)
         lr = Signal(16, init=0x2000)
+        tokens = Signal(range(T + 1), init=1)
         bp_input_error = Signal(init=1)
         partial_in = Signal()
         errors = Signal(3)
@@ -161,10 +167,10 @@ class Core(wiring.Component):
         m.submodules.wmem = wmem = SkewedMemory(lanes=P, neurons=N, inputs=F)
         m.submodules.gmem = gmem = SkewedMemory(lanes=P, neurons=N, inputs=F)
         m.submodules.imem = imem = memory.Memory(shape=16 * P, depth=CH, init=[])
-        m.submodules.vmem = vmem = memory.Memory(shape=16 * P, depth=CH, init=[])
+        m.submodules.vmem = vmem = memory.Memory(shape=16 * P, depth=T * CH, init=[])
         m.submodules.hmem = hmem = memory.Memory(shape=16 * P, depth=T * CH, init=[])
         m.submodules.smem = smem = memory.Memory(shape=P, depth=T * CH, init=[])
-        m.submodules.emem = emem = memory.Memory(shape=16 * P, depth=CH, init=[])
+        m.submodules.emem = emem = memory.Memory(shape=16 * P, depth=T * CH, init=[])
         m.submodules.dmem = dmem = memory.Memory(shape=16 * P, depth=CH, init=[])
         m.submodules.nzmem = nzmem = memory.Memory(shape=P, depth=CH, init=[])
         m.submodules.amem = amem = memory.Memory(shape=16 * P, depth=FCH, init=[])
@@ -209,10 +215,14 @@ class Core(wiring.Component):
                 m.d.sync += counters[c].eq(counters[c] + 1)
         m.d.comb += bump[Counter.CYCLES].eq(1)
 
-        t = Signal(range(T + 1))
+        t = Signal(range(T + 1))                # the step
+        r = Signal(range(T))                    # its token: t mod tokens
         t_base_ch = Signal(range(T * CH + 1))   # t · CH
         t_base_f = Signal(range(T * F + 1))     # t · F
-        m.d.comb += [t_base_ch.eq(t * CH), t_base_f.eq(t * F)]
+        r_base_ch = Signal(range(T * CH + 1))   # r · CH: the token's membranes and carries
+        r_prev = Signal(range(T))               # the token of step t - 1
+        m.d.comb += [t_base_ch.eq(t * CH), t_base_f.eq(t * F), r_base_ch.eq(r * CH),
+                     r_prev.eq(Mux(r == 0, tokens - 1, r - 1))]
 
         def active_mask(chunk):
             base = chunk * P
@@ -273,8 +283,8 @@ class Core(wiring.Component):
         with m.FSM(name="core") as fsm:
             with m.State("IDLE"):
                 with m.If(command_valid & (command == Command.BEGIN)):
-                    m.d.sync += [t.eq(0), fp_done.eq(0), bp_done.eq(0), ev_count.eq(0),
-                                 ev_any.eq(0)]
+                    m.d.sync += [t.eq(0), r.eq(0), fp_done.eq(0), bp_done.eq(0),
+                                 ev_count.eq(0), ev_any.eq(0)]
                     m.next = "FP_ACC"
                 with m.Elif(command_valid & (command == Command.UPDATE)):
                     m.d.sync += [up_row.eq(0), up_chunk.eq(0)]
@@ -283,7 +293,7 @@ class Core(wiring.Component):
                     m.d.sync += [up_row.eq(0), up_chunk.eq(0)]
                     m.next = "CLEAR"
                 with m.Elif(self.bp_i.valid & fp_done & ~bp_done):
-                    m.d.sync += [t.eq(t_act - 1), rc.eq(0)]
+                    m.d.sync += [t.eq(t_act - 1), r.eq(r_prev), rc.eq(0)]
                     m.next = "BP_RECV"
 
             # ---- FP: accumulate ----
@@ -345,7 +355,7 @@ class Core(wiring.Component):
                 m.d.comb += bump[Counter.FP_BUSY].eq(1)
                 m.d.comb += [self.fp_o.valid.eq(1), self.fp_o.payload.last.eq(1)]
                 with m.If(self.fp_o.ready):
-                    m.d.sync += t.eq(t + 1)
+                    m.d.sync += [t.eq(t + 1), r.eq(Mux(r + 1 == tokens, 0, r + 1))]
                     with m.If(t + 1 == t_act):
                         m.d.sync += fp_done.eq(1)
                         m.next = "IDLE"
@@ -403,7 +413,7 @@ class Core(wiring.Component):
                         m.d.sync += bp_done.eq(1)
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += t.eq(t - 1)
+                        m.d.sync += [t.eq(t - 1), r.eq(r_prev)]
                         m.next = "BP_RECV"
                 with m.Elif((out_j < in_chunks) & (out_fifo.level + out_inflight < 4)):
                     m.d.comb += out_issue.eq(1)
@@ -451,7 +461,7 @@ class Core(wiring.Component):
         # ---- FP LIF pass datapath ----
         lif_issue_d = delay(m, lif_issue, 1, "lif_issue")
         lif_chunk_d = delay(m, lif_chunk, 1, "lif_chunk")
-        first_step = t == 0
+        first_step = t < tokens
         m.d.comb += [
             lif.i_valid.eq(lif_issue_d),
             lif.i_x.eq(i_rd.data),
@@ -463,7 +473,7 @@ class Core(wiring.Component):
         m.d.comb += lif_mask.eq(lif.o_s & active_mask(lif_out_chunk))
         with m.If(lif.o_valid):
             m.d.comb += [
-                v_wr.en.eq(1), v_wr.addr.eq(lif_out_chunk), v_wr.data.eq(lif.o_v),
+                v_wr.en.eq(1), v_wr.addr.eq(r_base_ch + lif_out_chunk), v_wr.data.eq(lif.o_v),
                 h_wr.en.eq(1), h_wr.addr.eq(t_base_ch + lif_out_chunk), h_wr.data.eq(lif.o_h),
                 s_wr.en.eq(1), s_wr.addr.eq(t_base_ch + lif_out_chunk), s_wr.data.eq(lif_mask),
                 spk_fifo.w_en.eq(lif_mask.any()),
@@ -503,7 +513,7 @@ class Core(wiring.Component):
         bp_chunk = Signal(range(CH))
         bp_valid = Signal()
         m.d.sync += [bp_valid.eq(bp_take), bp_g.eq(self.bp_i.payload.value), bp_chunk.eq(rc)]
-        last_step = t == t_act - 1
+        last_step = t + tokens >= t_act
         m.d.comb += [
             bptt.i_valid.eq(bp_valid),
             bptt.i_g.eq(bp_g),
@@ -516,7 +526,7 @@ class Core(wiring.Component):
         nz = Cat(*((lane(bptt.o_dx, k)[:15] != 0) for k in range(P)))
         with m.If(bptt.o_valid):
             m.d.comb += [
-                e_wr.en.eq(1), e_wr.addr.eq(bptt_chunk), e_wr.data.eq(bptt.o_eps),
+                e_wr.en.eq(1), e_wr.addr.eq(r_base_ch + bptt_chunk), e_wr.data.eq(bptt.o_eps),
                 d_wr.en.eq(1), d_wr.addr.eq(bptt_chunk), d_wr.data.eq(bptt.o_dx),
                 nz_wr.en.eq(1), nz_wr.addr.eq(bptt_chunk),
                 nz_wr.data.eq(nz & active_mask(bptt_chunk)),
@@ -698,7 +708,7 @@ class Core(wiring.Component):
                          i_wr.en.eq(1), i_wr.addr.eq(lif_chunk), i_wr.data.eq(0)]
         with m.If(acc_add.o_valid & acc_fp):
             m.d.comb += [i_wr.en.eq(1), i_wr.addr.eq(acc_chunk_d), i_wr.data.eq(acc_add.o_result)]
-        m.d.comb += [v_rd.en.eq(1), v_rd.addr.eq(lif_chunk)]
+        m.d.comb += [v_rd.en.eq(1), v_rd.addr.eq(r_base_ch + lif_chunk)]
 
         # Wᵀδ accumulator memory
         with m.If(wt_a_read):
@@ -734,7 +744,7 @@ class Core(wiring.Component):
         with m.If(bp_take):
             m.d.comb += [h_rd.en.eq(1), h_rd.addr.eq(t_base_ch + rc),
                          s_rd.en.eq(1), s_rd.addr.eq(t_base_ch + rc),
-                         e_rd.en.eq(1), e_rd.addr.eq(rc)]
+                         e_rd.en.eq(1), e_rd.addr.eq(r_base_ch + rc)]
 
         # =====================================================================================
         # Word bus
@@ -783,11 +793,12 @@ class Core(wiring.Component):
                                 with m.If(ok & ~self.bus_probe):
                                     m.d.sync += [f_act.eq(value),
                                                  in_chunks.eq((value + P - 1) >> lane_bits)]
-                            with m.Case(Reg.TIMESTEPS):
-                                m.d.comb += ok.eq(idle & (value >= 1) & (value <= T))
-                                with m.If(ok & ~self.bus_probe):
-                                    m.d.sync += [t_act.eq(value), fp_done.eq(0),
-                                                 bp_done.eq(0)]
+                            for reg, sig in ((Reg.TIMESTEPS, t_act), (Reg.TOKENS, tokens)):
+                                with m.Case(reg):
+                                    m.d.comb += ok.eq(idle & (value >= 1) & (value <= T))
+                                    with m.If(ok & ~self.bus_probe):
+                                        m.d.sync += [sig.eq(value), fp_done.eq(0),
+                                                     bp_done.eq(0)]
                             for reg, sig in ((Reg.V_TH, v_th), (Reg.V_RESET, v_reset),
                                              (Reg.INV_TAU, inv_tau), (Reg.DECAY, decay),
                                              (Reg.LR, lr)):
@@ -819,7 +830,8 @@ class Core(wiring.Component):
                             for reg, sig in ((Reg.V_TH, v_th), (Reg.V_RESET, v_reset),
                                              (Reg.INV_TAU, inv_tau), (Reg.DECAY, decay),
                                              (Reg.LR, lr), (Reg.BP_INPUT_ERROR, bp_input_error),
-                                             (Reg.PARTIAL_IN, partial_in), (Reg.ERRORS, errors)):
+                                             (Reg.PARTIAL_IN, partial_in), (Reg.ERRORS, errors),
+                                             (Reg.TOKENS, tokens)):
                                 with m.Case(reg):
                                     m.d.sync += bus_reg.eq(sig)
                             with m.Case(Reg.COMMAND):

@@ -36,9 +36,10 @@ async def core_cases(dut):
     await tb.reset()
     lif = LIFParams(reset=spec["reset"], surrogate=Surrogate(spec["surrogate"]),
                     v_reset=spec["v_reset"], tau=spec["tau"])
-    compared = 0
+    compared, tokens = 0, spec["tokens"]
     for k, (neurons, fan_in, rate) in enumerate(spec["cases"]):
-        case = LayerCase.random(neurons=neurons, fan_in=fan_in, timesteps=spec["timesteps"],
+        case = LayerCase.random(neurons=neurons, fan_in=fan_in,
+                                timesteps=spec["timesteps"] // tokens, tokens=tokens,
                                 rate=rate, seed=spec["seed"] * 100 + k, lif=lif)
         await tb.load(case)
         got = await tb.run_case(case)
@@ -79,13 +80,13 @@ async def core_batch(dut):
 
 
 def _run(name, *, lanes=4, neurons=16, fan_in=16, timesteps=3, reset="hard",
-         surrogate="sigmoid", v_reset=0.0, tau=2.0, cases=SWEEP, seed=1,
+         surrogate="sigmoid", v_reset=0.0, tau=2.0, cases=SWEEP, seed=1, tokens=1,
          testcases=("core_cases",)):
     core = Core(neurons=neurons, fan_in=fan_in, lanes=lanes, timesteps=timesteps, reset=reset,
                 surrogate=Surrogate(surrogate))
     spec = {"lanes": lanes, "neuron_bits": core.neuron_bits, "input_bits": core.input_bits,
             "timesteps": timesteps, "reset": reset, "surrogate": surrogate,
-            "v_reset": v_reset, "tau": tau, "cases": cases, "seed": seed}
+            "v_reset": v_reset, "tau": tau, "cases": cases, "seed": seed, "tokens": tokens}
     run(core, name=name, test_module="test_core", testcases=testcases,
         extra_env={"CORE_SPEC": json.dumps(spec)})
 
@@ -102,3 +103,10 @@ def test_core_surrogates_and_resets(reset, surrogate):
     _run(f"core_{reset}_{surrogate}", lanes=2, neurons=8, fan_in=8, reset=reset,
          surrogate=surrogate, v_reset=-0.25 if reset == "hard" else 0.0, tau=3.0 if
          reset == "soft" else 2.0, cases=[(8, 8, 0.3), (5, 3, 1.0)], seed=7)
+
+
+def test_core_tokens():
+    """Token-wise layers, sample after sample: every token's membrane restarts and its BPTT
+    carry starts from zero at the ends of the sample, whatever the last sample left."""
+    _run("core_tokens", lanes=2, neurons=8, fan_in=8, timesteps=6, tokens=3,
+         cases=[(8, 8, 0.4), (7, 5, 1.0), (8, 3, 0.3)], seed=4)

@@ -39,7 +39,7 @@ class Reg(enum.IntEnum):
     STATUS = 1       # Status bits (read only)
     NEURONS = 2      # active neurons, 1 .. configured maximum
     INPUTS = 3       # active inputs (fan-in), 1 .. configured maximum
-    TIMESTEPS = 4    # timesteps per sample, 1 .. configured maximum
+    TIMESTEPS = 4    # steps per sample (timesteps × TOKENS), 1 .. configured maximum
     V_TH = 5         # (fp16) threshold
     V_RESET = 6      # (fp16) reset potential
     INV_TAU = 7      # (fp16) 1/τ
@@ -48,6 +48,7 @@ class Reg(enum.IntEnum):
     BP_INPUT_ERROR = 10  # 1: BP streams the error of the inputs (Wᵀ·δ); 0: skip it
     ERRORS = 11      # sticky error flags (ErrorFlag), write 1s to clear
     PARTIAL_IN = 12  # 1: each timestep's Wᵀ·δ starts from the partial sums on psum_i, not +0
+    TOKENS = 13      # steps per timestep, one per token, each with its own membranes (1 .. T)
 
 
 class Command(enum.IntEnum):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import ShapeError
 from .golden import fp16
 from .golden.arith import FP16
 from .golden.lif import LIFParams, lif_backward, lif_forward
@@ -23,37 +24,55 @@ __all__ = ["LayerCase", "check_case"]
 
 @dataclass
 class LayerCase:
-    """One sample through one layer: forward, backward, weight gradient and update."""
+    """One sample through one layer: forward, backward, weight gradient and update.
+
+    The streams' steps are timesteps, or with ``tokens > 1`` the tokens of each timestep one
+    after another (the core's ``Reg.TOKENS``): step ``k`` is token ``k mod tokens`` of timestep
+    ``k div tokens``, and every token has its own membranes.
+    """
 
     weights: torch.Tensor            # [N, F] fp16
-    spikes_in: torch.Tensor          # [T, F] 0/1
-    grad_out: torch.Tensor           # [T, N] fp16, ∂L/∂S
+    spikes_in: torch.Tensor          # [steps, F] 0/1
+    grad_out: torch.Tensor           # [steps, N] fp16, ∂L/∂S
     lif: LIFParams = field(default_factory=LIFParams)
     lr: float = 0.125
+    tokens: int = 1
 
     @classmethod
     def random(cls, *, neurons: int, fan_in: int, timesteps: int, rate: float, seed: int,
-               lif: LIFParams | None = None, lr: float = 0.125) -> "LayerCase":
-        """Weights and errors drawn so that some neurons fire and some errors are zero."""
+               lif: LIFParams | None = None, lr: float = 0.125,
+               tokens: int = 1) -> "LayerCase":
+        """Weights and errors drawn so that some neurons fire and some errors are zero;
+        ``timesteps · tokens`` steps."""
         gen = torch.Generator().manual_seed(seed)
         lif = lif or LIFParams()
         active = max(1.0, rate * fan_in)
         scale = 2.5 / active ** 0.5
         w = torch.randn(neurons, fan_in, generator=gen) * scale + 0.3 * scale / active ** 0.5
-        spikes = (torch.rand(timesteps, fan_in, generator=gen) < rate).float()
-        g = torch.randn(timesteps, neurons, generator=gen) * 0.25
-        g[torch.rand(timesteps, neurons, generator=gen) < 0.2] = 0
-        return cls(fp16.to_fp16(w), spikes, fp16.to_fp16(g), lif, lr)
+        steps = timesteps * tokens
+        spikes = (torch.rand(steps, fan_in, generator=gen) < rate).float()
+        g = torch.randn(steps, neurons, generator=gen) * 0.25
+        g[torch.rand(steps, neurons, generator=gen) < 0.2] = 0
+        return cls(fp16.to_fp16(w), spikes, fp16.to_fp16(g), lif, lr, tokens)
 
     def __post_init__(self):
-        a = FP16()
-        x = self.spikes_in[:, None, :]
-        self.currents = linear_forward(x, self.weights, a)
-        s, h = lif_forward(self.currents, self.lif, a)
-        self.expected_spikes, self.expected_charges = s[:, 0], h[:, 0]
-        dx = lif_backward(self.grad_out[:, None, :], h, s, self.lif, a)
-        self.expected_dx = dx[:, 0]
-        self.expected_grad_in = linear_backward(dx, self.weights, a)[:, 0]
+        a, steps = FP16(), self.spikes_in.shape[0]
+        if self.tokens < 1 or steps % self.tokens:
+            raise ShapeError(f"{steps} steps are not whole timesteps of {self.tokens} tokens")
+
+        def tokenwise(x):       # [steps, features] -> [T, 1, tokens, features]
+            return x.reshape(steps // self.tokens, 1, self.tokens, x.shape[-1])
+
+        def stepwise(x):        # and back
+            return x.reshape(steps, x.shape[-1])
+
+        x = tokenwise(self.spikes_in)
+        currents = linear_forward(x, self.weights, a)
+        s, h = lif_forward(currents, self.lif, a)
+        self.expected_spikes, self.expected_charges = stepwise(s), stepwise(h)
+        dx = lif_backward(tokenwise(self.grad_out), h, s, self.lif, a)
+        self.expected_dx = stepwise(dx)
+        self.expected_grad_in = stepwise(linear_backward(dx, self.weights, a))
         self.expected_dw = linear_weight_grad(dx, x, a)
         self.expected_weights = sgd_update(self.weights, self.expected_dw, self.lr, a)
 
@@ -67,6 +86,7 @@ class LayerCase:
 
     @property
     def timesteps(self) -> int:
+        """Steps of the streams: timesteps × tokens."""
         return self.spikes_in.shape[0]
 
     def registers(self) -> dict:
@@ -76,6 +96,7 @@ class LayerCase:
         c = self.lif.constants(FP16())
         return {
             Reg.NEURONS: self.neurons, Reg.INPUTS: self.fan_in, Reg.TIMESTEPS: self.timesteps,
+            Reg.TOKENS: self.tokens,
             Reg.V_TH: int(fp16.bits(c["v_th"])), Reg.V_RESET: int(fp16.bits(c["v_reset"])),
             Reg.INV_TAU: int(fp16.bits(c["inv_tau"])), Reg.DECAY: int(fp16.bits(c["decay"])),
             Reg.LR: int(fp16.bits(fp16.to_fp16(torch.tensor(self.lr)))),

@@ -201,6 +201,26 @@ def test_core_without_detached_reset(reset):
     check(case, simulate(case, core, seed=8))
 
 
+@pytest.mark.parametrize("tokens, timesteps, reset, detach", [
+    (3, 2, "hard", True),
+    (4, 2, "soft", False),
+])
+def test_core_with_tokens_matches_golden(tokens, timesteps, reset, detach):
+    """Token-wise layers: a membrane and a BPTT carry per token, the weight gradient summed
+    over tokens and timesteps in the golden model's order."""
+    lif = LIFParams(reset=reset, detach_reset=detach, surrogate=Surrogate("atan"), tau=3.0)
+    case = LayerCase.random(neurons=8, fan_in=8, timesteps=timesteps, tokens=tokens, rate=0.4,
+                            seed=tokens, lif=lif)
+    core = Core(neurons=8, fan_in=8, lanes=4, timesteps=tokens * timesteps + 1, reset=reset,
+                detach_reset=detach, surrogate=Surrogate("atan"))
+    got = simulate(case, core, seed=tokens)
+    check(case, got)
+    # The tokens are not one neuron's timesteps: the same stream without them differs.
+    flat = LayerCase(case.weights, case.spikes_in, case.grad_out, lif, case.lr)
+    assert fp16.bits(flat.expected_charges).tolist() != got["charges"][:case.timesteps]
+    assert fp16.bits(flat.expected_dw).tolist() != got["dw"]
+
+
 def test_core_with_smaller_active_layer():
     case = LayerCase.random(neurons=5, fan_in=6, timesteps=2, rate=0.5, seed=2)
     core = Core(neurons=8, fan_in=8, lanes=4, timesteps=3)
