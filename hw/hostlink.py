@@ -20,6 +20,7 @@ from spikeforge.protocol import (
     MAX_WORDS,
     REPLY_SYNC,
     SOC,
+    Link,
     Opcode,
     SocReg,
     Status,
@@ -355,7 +356,8 @@ class HostLink(wiring.Component):
         is_core = core < n
         links = Array(link[L * c:L * c + L] for c in range(n))
         fp_to_next, bp_to_prev, split = (
-            [link[L * c + k] for c in range(n)] for k in range(3))
+            [link[L * c + bit.bit_length() - 1] for c in range(n)]
+            for bit in (Link.FP_TO_NEXT, Link.BP_TO_PREV, Link.SPLIT))
         # A core's input spikes come from another core (or are shared with it), or its input
         # errors do: the host may not send them too.
         fp_linked = is_core & Array(
