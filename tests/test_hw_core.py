@@ -266,6 +266,8 @@ def test_core_refuses_bad_input_and_changes_nothing():
             (address(Region.REG, Reg.NEURONS), 0),                 # neurons 1..8
             (address(Region.REG, Reg.NEURONS), 9),
             (address(Region.REG, Reg.TIMESTEPS), 3),               # timesteps 1..2
+            (address(Region.REG, Reg.TOKENS), 0),                  # tokens 1..2
+            (address(Region.REG, Reg.TOKENS), 3),
             (address(Region.REG, Reg.COMMAND), 7),                 # no such command
             (address(Region.REG, 99), 0),                          # no such register
             (9 << 28, 0),                                          # no such region
@@ -274,6 +276,7 @@ def test_core_refuses_bad_input_and_changes_nothing():
         assert await bus_read(ctx, core, w) == 0x3C00
         assert await bus_read(ctx, core, reg(Reg.NEURONS)) == 8
         assert await bus_read(ctx, core, reg(Reg.TIMESTEPS)) == 2
+        assert await bus_read(ctx, core, reg(Reg.TOKENS)) == 1
         assert not await bus_write(ctx, core, reg(Reg.COMMAND), Command.BEGIN)
         assert await bus_write(ctx, core, w, 0x4000)                  # busy: refused
         assert await bus_write(ctx, core, reg(Reg.COMMAND), Command.UPDATE)
