@@ -101,16 +101,15 @@ class SoC(wiring.Component):
         # The host's spikes and errors pass a register stage on their way to the routers: the
         # link reads them out of its frame buffer, and the routes from there to every core's
         # event checks are the longest on the chip. Three entries keep one word a cycle flowing.
-        host_in = {}
-        for name in ("spikes", "errors"):
-            port = getattr(link, name)
+        def registered(name, port):
             layout = data.Layout.cast(port.payload.shape())
-            m.submodules[f"host_{name}"] = buf = fifo.SyncFIFOBuffered(width=layout.size,
-                                                                       depth=3)
+            m.submodules[name] = buf = fifo.SyncFIFOBuffered(width=layout.size, depth=3)
             m.d.comb += [buf.w_data.eq(port.payload), buf.w_en.eq(port.valid),
                          port.ready.eq(buf.w_rdy)]
-            host_in[name] = (buf, data.View(layout, buf.r_data))
-        (spike_buf, spikes_in), (error_buf, errors_in) = host_in["spikes"], host_in["errors"]
+            return buf, data.View(layout, buf.r_data)
+
+        spike_buf, spikes_in = registered("host_spikes", link.spikes)
+        error_buf, errors_in = registered("host_errors", link.errors)
 
         L = LINK_BITS
         links = [link.link[L * k:L * k + L] for k in range(n)]

@@ -213,6 +213,7 @@ def test_core_with_tokens_matches_golden(tokens, timesteps, reset, detach):
                             seed=tokens, lif=lif)
     core = Core(neurons=8, fan_in=8, lanes=4, timesteps=tokens * timesteps + 1, reset=reset,
                 detach_reset=detach, surrogate=Surrogate("atan"))
+    assert case.expected_spikes.any() and (case.expected_dw != 0).any()
     got = simulate(case, core, seed=tokens)
     check(case, got)
     # The tokens are not one neuron's timesteps: the same stream without them differs.
