@@ -207,7 +207,12 @@ class Core(wiring.Component):
         # ---- counters ----------------------------------------------------------------------
         counters = Array(Signal(32, name=f"cnt_{name}") for name in COUNTERS)
         bump = {c: Signal(name=f"bump_{c.name.lower()}") for c in Counter}
+        # A clear command is registered before it resets the counters: the reset fans out to
+        # every counter bit, so it starts from a flip-flop rather than from the bus decode. The
+        # counters are zero when the command's write is acknowledged, as before.
+        clear_request = Signal()
         clear_counters = Signal()
+        m.d.sync += clear_counters.eq(clear_request)
         for c in Counter:
             with m.If(clear_counters):
                 m.d.sync += counters[c].eq(0)
@@ -781,7 +786,7 @@ class Core(wiring.Component):
                                 with m.If(ok & ~self.bus_probe):
                                     m.d.comb += [command_valid.eq(value != 0),
                                                  command.eq(value),
-                                                 clear_counters.eq(
+                                                 clear_request.eq(
                                                      value == Command.CLEAR_COUNTERS)]
                             with m.Case(Reg.NEURONS):
                                 m.d.comb += ok.eq(idle & (value >= 1) & (value <= N))

@@ -87,11 +87,15 @@ class SoC(wiring.Component):
         # The bus is a one-cycle request that the host link waits to see acknowledged, so a
         # register each way between the link and the cores costs two cycles an access and
         # keeps the long routes from the link's frame buffer to every core off the clock's path.
+        # Each core's request registers load only when the request is its own: their enables
+        # differ, so synthesis keeps one set beside each core rather than merging them into one
+        # set that would drive every core's decode across the die.
         for k, core in enumerate(cores):
-            selected = link.bus_core == k
-            m.d.sync += [core.bus_en.eq(link.bus_en & selected), core.bus_we.eq(link.bus_we),
-                         core.bus_probe.eq(link.bus_probe), core.bus_addr.eq(link.bus_addr),
-                         core.bus_wdata.eq(link.bus_wdata)]
+            selected = link.bus_en & (link.bus_core == k)
+            m.d.sync += core.bus_en.eq(selected)
+            with m.If(selected):
+                m.d.sync += [core.bus_we.eq(link.bus_we), core.bus_probe.eq(link.bus_probe),
+                             core.bus_addr.eq(link.bus_addr), core.bus_wdata.eq(link.bus_wdata)]
         m.d.sync += [
             link.bus_ack.eq(Array(core.bus_ack for core in cores)[link.bus_core]),
             link.bus_err.eq(Array(core.bus_err for core in cores)[link.bus_core]),
