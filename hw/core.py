@@ -27,6 +27,14 @@ Tokens (``Reg.TOKENS`` = ``n``, for the token-wise layers of an attention block)
 is ``n`` steps of the streams, one per token, token after token, and the core keeps a membrane
 (and a BPTT carry) per token. ``Reg.TIMESTEPS`` counts steps, ``n`` per timestep, so the state
 memories hold ``timesteps`` steps in all; step ``k`` is token ``k mod n`` of timestep ``k div n``.
+Back-propagation takes the timesteps from the last and, within one, its tokens from the first,
+so that a consumer over all tokens (below) streams their errors in the order they are needed.
+
+Input tokens (``Reg.IN_TOKENS`` = ``m``, ``Reg.IN_STRIDE`` = ``d``, for a layer over all tokens
+of a token-wise producer, such as a classifier head over the flattened tokens): ``m`` steps of
+``fp_i`` make one timestep, and an event of the ``r``-th of them is input ``r·d + index``
+(``index < d``). The layer's ``Wᵀ·δX`` on ``bp_o`` is then, per timestep, token after token the
+errors of the producer's steps in its back-propagation order.
 
 The word bus (``bus_*``) reaches registers, weights, gradients, the saved state and the
 counters (:mod:`spikeforge.regmap`); every access is acknowledged two cycles after ``bus_en``.
@@ -157,6 +165,8 @@ class Core(wiring.Component):
         decay = Signal(16, init=0x3800)
         lr = Signal(16, init=0x2000)
         tokens = Signal(range(T + 1), init=1)
+        in_tokens = Signal(range(F + 1), init=1)
+        in_stride = Signal(range(F + 1), init=F)
         bp_input_error = Signal(init=1)
         partial_in = Signal()
         errors = Signal(3)
@@ -226,6 +236,7 @@ class Core(wiring.Component):
         t_base_f = Signal(range(T * F + 1))     # t · F
         r_base_ch = Signal(range(T * CH + 1))   # r · CH: the token's membranes and carries
         r_prev = Signal(range(T))               # the token of step t - 1
+        bt = Signal(range(T + 1))               # BP: the first step of t's timestep
         m.d.comb += [t_base_ch.eq(t * CH), t_base_f.eq(t * F), r_base_ch.eq(r * CH),
                      r_prev.eq(Mux(r == 0, tokens - 1, r - 1))]
 
@@ -247,6 +258,10 @@ class Core(wiring.Component):
         ev_count = Signal(range(F + 1))
         ev_prev = Signal(range(F))
         ev_any = Signal()
+        in_r = Signal(range(F + 1))             # the input token of this timestep
+        in_base = Signal(range(F * F + F + 1))  # its first input, in_r · in_stride
+        in_final = Signal()                     # the input token is the timestep's last
+        m.d.comb += in_final.eq(in_r + 1 >= in_tokens)
         m.d.comb += iss_last_slot.eq(iss_active & (iss_slot == fp_slots - 1))
 
         acc_valid = Signal()
@@ -289,7 +304,7 @@ class Core(wiring.Component):
             with m.State("IDLE"):
                 with m.If(command_valid & (command == Command.BEGIN)):
                     m.d.sync += [t.eq(0), r.eq(0), fp_done.eq(0), bp_done.eq(0),
-                                 ev_count.eq(0), ev_any.eq(0)]
+                                 ev_count.eq(0), ev_any.eq(0), in_r.eq(0), in_base.eq(0)]
                     m.next = "FP_ACC"
                 with m.Elif(command_valid & (command == Command.UPDATE)):
                     m.d.sync += [up_row.eq(0), up_chunk.eq(0)]
@@ -298,7 +313,9 @@ class Core(wiring.Component):
                     m.d.sync += [up_row.eq(0), up_chunk.eq(0)]
                     m.next = "CLEAR"
                 with m.Elif(self.bp_i.valid & fp_done & ~bp_done):
-                    m.d.sync += [t.eq(t_act - 1), r.eq(r_prev), rc.eq(0)]
+                    # the last timestep's first token (r_prev is the token of step t_act - 1)
+                    m.d.sync += [t.eq(t_act - 1 - r_prev), bt.eq(t_act - 1 - r_prev), r.eq(0),
+                                 rc.eq(0)]
                     m.next = "BP_RECV"
 
             # ---- FP: accumulate ----
@@ -315,23 +332,28 @@ class Core(wiring.Component):
                             m.next = "FP_DRAIN"
                 with m.If(self.fp_i.valid & self.fp_i.ready):
                     ev = self.fp_i.payload
-                    ok_range = ev.index < f_act
-                    ok_order = ~ev_any | (ev.index > ev_prev)
+                    index = Signal(range(F * F + 2 * F + 1))
+                    m.d.comb += index.eq(in_base + ev.index)
+                    ok_range = (index < f_act) & (ev.index < in_stride)
+                    ok_order = ~ev_any | (index > ev_prev)
+                    with m.If(ev.last):     # the input token ends, and with the last the step
+                        m.d.sync += [in_r.eq(Mux(in_final, 0, in_r + 1)),
+                                     in_base.eq(Mux(in_final, 0, in_base + in_stride))]
                     with m.If(ev.spike & ok_range & ok_order):
                         m.d.comb += [
                             log_wr.en.eq(1), log_wr.addr.eq(t_base_f + ev_count),
-                            log_wr.data.eq(ev.index),
+                            log_wr.data.eq(index),
                             bump[Counter.FP_EVENTS].eq(1),
                         ]
-                        m.d.sync += [ev_count.eq(ev_count + 1), ev_prev.eq(ev.index),
+                        m.d.sync += [ev_count.eq(ev_count + 1), ev_prev.eq(index),
                                      ev_any.eq(1), iss_active.eq(1), iss_slot.eq(0),
-                                     iss_row.eq(ev.index), iss_close.eq(ev.last)]
+                                     iss_row.eq(index), iss_close.eq(ev.last & in_final)]
                     with m.Else():
                         with m.If(ev.spike & ~ok_range):
                             m.d.sync += errors.eq(errors | ErrorFlag.EVENT_RANGE)
                         with m.If(ev.spike & ok_range & ~ok_order):
                             m.d.sync += errors.eq(errors | ErrorFlag.EVENT_ORDER)
-                        with m.If(ev.last):
+                        with m.If(ev.last & in_final):
                             m.d.sync += drain.eq(la + 2)
                             m.next = "FP_DRAIN"
 
@@ -414,11 +436,14 @@ class Core(wiring.Component):
                 with m.If(~bp_input_error | ((out_j == in_chunks) & (out_inflight == 0)
                                               & (out_fifo.level == 0))):
                     m.d.sync += rc.eq(0)
-                    with m.If(t == 0):
+                    with m.If((r + 1 != tokens) & (t + 1 != t_act)):
+                        m.d.sync += [t.eq(t + 1), r.eq(r + 1)]    # the next token
+                        m.next = "BP_RECV"
+                    with m.Elif(bt == 0):
                         m.d.sync += bp_done.eq(1)
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [t.eq(t - 1), r.eq(r_prev)]
+                        m.d.sync += [t.eq(bt - tokens), bt.eq(bt - tokens), r.eq(0)]
                         m.next = "BP_RECV"
                 with m.Elif((out_j < in_chunks) & (out_fifo.level + out_inflight < 4)):
                     m.d.comb += out_issue.eq(1)
@@ -518,7 +543,7 @@ class Core(wiring.Component):
         bp_chunk = Signal(range(CH))
         bp_valid = Signal()
         m.d.sync += [bp_valid.eq(bp_take), bp_g.eq(self.bp_i.payload.value), bp_chunk.eq(rc)]
-        last_step = t + tokens >= t_act
+        last_step = bt + tokens >= t_act      # t is in the last timestep: no carry from later
         m.d.comb += [
             bptt.i_valid.eq(bp_valid),
             bptt.i_g.eq(bp_g),
@@ -804,6 +829,11 @@ class Core(wiring.Component):
                                     with m.If(ok & ~self.bus_probe):
                                         m.d.sync += [sig.eq(value), fp_done.eq(0),
                                                      bp_done.eq(0)]
+                            for reg, sig in ((Reg.IN_TOKENS, in_tokens), (Reg.IN_STRIDE, in_stride)):
+                                with m.Case(reg):
+                                    m.d.comb += ok.eq(idle & (value >= 1) & (value <= F))
+                                    with m.If(ok & ~self.bus_probe):
+                                        m.d.sync += sig.eq(value)
                             for reg, sig in ((Reg.V_TH, v_th), (Reg.V_RESET, v_reset),
                                              (Reg.INV_TAU, inv_tau), (Reg.DECAY, decay),
                                              (Reg.LR, lr)):
@@ -836,7 +866,8 @@ class Core(wiring.Component):
                                              (Reg.INV_TAU, inv_tau), (Reg.DECAY, decay),
                                              (Reg.LR, lr), (Reg.BP_INPUT_ERROR, bp_input_error),
                                              (Reg.PARTIAL_IN, partial_in), (Reg.ERRORS, errors),
-                                             (Reg.TOKENS, tokens)):
+                                             (Reg.TOKENS, tokens), (Reg.IN_TOKENS, in_tokens),
+                                             (Reg.IN_STRIDE, in_stride)):
                                 with m.Case(reg):
                                     m.d.sync += bus_reg.eq(sig)
                             with m.Case(Reg.COMMAND):

@@ -49,6 +49,8 @@ class Reg(enum.IntEnum):
     ERRORS = 11      # sticky error flags (ErrorFlag), write 1s to clear
     PARTIAL_IN = 12  # 1: each timestep's Wᵀ·δ starts from the partial sums on psum_i, not +0
     TOKENS = 13      # steps per timestep, one per token, each with its own membranes (1 .. T)
+    IN_TOKENS = 14   # input steps per timestep: the input tokens of a layer over all of them
+    IN_STRIDE = 15   # inputs per input token: token r's event i is input r·IN_STRIDE + i
 
 
 class Command(enum.IntEnum):

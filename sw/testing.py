@@ -89,6 +89,16 @@ class LayerCase:
         """Steps of the streams: timesteps × tokens."""
         return self.spikes_in.shape[0]
 
+    def bp_steps(self) -> list[int]:
+        """The steps in the order of back-propagation (of ``bp_i`` and ``bp_o``): timesteps from
+        the last and, within one, its tokens from the first.
+
+        >>> LayerCase.random(neurons=2, fan_in=2, timesteps=2, tokens=3, rate=0.5, seed=0).bp_steps()
+        [3, 4, 5, 0, 1, 2]
+        """
+        n = self.tokens
+        return [t * n + r for t in reversed(range(self.timesteps // n)) for r in range(n)]
+
     def registers(self) -> dict:
         """Register values (bit patterns) that configure a core for this case."""
         from .regmap import Reg

@@ -94,7 +94,7 @@ def simulate(case: LayerCase, core: Core, seed: int, idle: float = 0.3, stall: f
     async def bp_source(ctx):
         while not bp_go:
             await ctx.tick()
-        for t in reversed(range(T)):
+        for t in case.bp_steps():
             g = case.grad_out[t].tolist() + [0.0] * (chunks * P - N)
             for c in range(chunks):
                 while rng.random() < idle:
@@ -108,7 +108,7 @@ def simulate(case: LayerCase, core: Core, seed: int, idle: float = 0.3, stall: f
     async def bp_sink(ctx):
         if not bp_input_error:
             return
-        for t in reversed(range(T)):
+        for t in case.bp_steps():
             beats = 0
             while beats < in_chunks:
                 ready = rng.random() >= stall
@@ -269,6 +269,10 @@ def test_core_refuses_bad_input_and_changes_nothing():
             (address(Region.REG, Reg.TIMESTEPS), 3),               # timesteps 1..2
             (address(Region.REG, Reg.TOKENS), 0),                  # tokens 1..2
             (address(Region.REG, Reg.TOKENS), 3),
+            (address(Region.REG, Reg.IN_TOKENS), 0),               # input tokens 1..8
+            (address(Region.REG, Reg.IN_TOKENS), 9),
+            (address(Region.REG, Reg.IN_STRIDE), 0),               # inputs a token 1..8
+            (address(Region.REG, Reg.IN_STRIDE), 9),
             (address(Region.REG, Reg.COMMAND), 7),                 # no such command
             (address(Region.REG, 99), 0),                          # no such register
             (9 << 28, 0),                                          # no such region
@@ -278,6 +282,8 @@ def test_core_refuses_bad_input_and_changes_nothing():
         assert await bus_read(ctx, core, reg(Reg.NEURONS)) == 8
         assert await bus_read(ctx, core, reg(Reg.TIMESTEPS)) == 2
         assert await bus_read(ctx, core, reg(Reg.TOKENS)) == 1
+        assert await bus_read(ctx, core, reg(Reg.IN_TOKENS)) == 1
+        assert await bus_read(ctx, core, reg(Reg.IN_STRIDE)) == 8
         assert not await bus_write(ctx, core, reg(Reg.COMMAND), Command.BEGIN)
         assert await bus_write(ctx, core, w, 0x4000)                  # busy: refused
         assert await bus_write(ctx, core, reg(Reg.COMMAND), Command.UPDATE)
@@ -295,6 +301,22 @@ def test_core_refuses_bad_input_and_changes_nothing():
         assert not await bus_write(ctx, core, reg(Reg.ERRORS), int(errors))
         assert await bus_read(ctx, core, reg(Reg.ERRORS)) == 0
         assert await bus_read(ctx, core, w) == 0x3C00
+
+        # Two input tokens of three inputs a timestep: an index past its token's three is
+        # out of range, the next token's indices follow the first's.
+        assert not await bus_write(ctx, core, reg(Reg.IN_TOKENS), 2)
+        assert not await bus_write(ctx, core, reg(Reg.IN_STRIDE), 3)
+        assert not await bus_write(ctx, core, reg(Reg.COMMAND), Command.BEGIN)
+        for index, spike, last in [(1, 1, 0), (3, 1, 0), (2, 1, 1), (0, 1, 0), (2, 1, 1),
+                                   (0, 0, 1), (1, 1, 1)]:
+            ctx.set(core.fp_i.valid, 1)
+            ctx.set(core.fp_i.payload, {"index": index, "spike": spike, "last": last})
+            await ctx.tick().until(core.fp_i.ready)
+        ctx.set(core.fp_i.valid, 0)
+        await wait_status(ctx, core, Status.FP_DONE)
+        assert await bus_read(ctx, core, reg(Reg.ERRORS)) == ErrorFlag.EVENT_RANGE
+        lo = await bus_read(ctx, core, address(Region.COUNTER, 2 * Counter.FP_EVENTS))
+        assert lo == 2 + 5                  # inputs 1, 2, 3 and 5, then 4 in timestep 1
 
     sim.add_testbench(testbench)
     sim.run()

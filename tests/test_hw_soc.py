@@ -311,6 +311,72 @@ def test_two_layers_chained_on_the_chip():
     run(body)
 
 
+def test_token_wise_layer_and_a_head_over_all_its_tokens_on_the_chip():
+    """QKFormer's classifier: a token-wise layer (one set of weights, a membrane per token) and
+    a head over the flattened tokens, chained core to core. The head counts the producer's
+    token steps of a timestep as one input vector, and its input errors come out per timestep
+    token after token, the order in which the producer takes them."""
+    a, lif, lr = FP16(), LIFParams(), 0.125
+    gen = torch.Generator().manual_seed(11)
+    T, n, d, f, classes = 3, 2, 8, 6, 5
+    config = AcceleratorConfig(cores=2, neurons=8, fan_in=16, lanes=4, timesteps=T * n)
+    x = (torch.rand(T, 1, n, f, generator=gen) < 0.6).float()
+    w0 = fp16.to_fp16(torch.randn(d, f, generator=gen) * 0.9 + 0.3)
+    w1 = fp16.to_fp16(torch.randn(classes, n * d, generator=gen) * 0.6 + 0.2)
+    s1, h1 = lif_forward(linear_forward(x, w0, a), lif, a)
+    flat = s1.flatten(2)
+    s2, h2 = lif_forward(linear_forward(flat, w1, a), lif, a)
+    g2 = fp16.to_fp16(torch.randn(T, 1, classes, generator=gen) * 0.25)
+    dx2 = lif_backward(g2, h2, s2, lif, a)
+    g1 = linear_backward(dx2, w1, a).unflatten(2, (n, d))
+    dx1 = lif_backward(g1, h1, s1, lif, a)
+    dw0, dw1 = linear_weight_grad(dx1, x, a), linear_weight_grad(dx2, flat, a)
+    assert s1.any() and s2.any() and (dw0 != 0).any() and (dw1 != 0).any()
+    # every token of a timestep differs somewhere, so a head that mixed them up would fail
+    assert all(not torch.equal(s1[t, 0, 0], s1[t, 0, 1]) for t in range(T))
+
+    async def body(host, dut):
+        async def weights(core, region, rows, cols):
+            return [await host.read(core, address(region, i << 4), cols) for i in range(rows)]
+
+        producer = LayerCase(w0, torch.zeros(T * n, f), torch.zeros(T * n, d), lif, lr, tokens=n)
+        head = LayerCase(w1, torch.zeros(T, n * d), torch.zeros(T, classes), lif, lr)
+        for core, case in enumerate((producer, head)):
+            for reg, value in case.registers().items():
+                await host.write(core, address(Region.REG, reg), [value])
+            await host.write(core, address(Region.REG, Reg.BP_INPUT_ERROR), [core])
+            for i, row in enumerate(fp16.bits(case.weights).tolist()):
+                await host.write(core, address(Region.WEIGHT, i << 4), row)
+        await host.write(1, address(Region.REG, Reg.IN_TOKENS), [n])
+        await host.write(1, address(Region.REG, Reg.IN_STRIDE), [d])
+        # an input token longer than the producer's fan-in is refused and changes nothing
+        await host.write(1, address(Region.REG, Reg.IN_STRIDE), [17], status=Status.BAD_ADDRESS)
+        assert await host.read(1, address(Region.REG, Reg.IN_TOKENS), 2) == [n, d]
+        await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
+        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
+        await host.command(Opcode.SPIKES_IN, 0, 0, _events(x[:, 0].flatten(0, 1)))
+        words = await _collect(host, 1, Opcode.SPIKES_OUT,
+                               lambda w: sum(v >> 15 for v in w) == T)
+        assert _decode_events(words, T) == [
+            [int(i) for i in torch.nonzero(s2[t, 0]).flatten()] for t in range(T)]
+        await host.command(Opcode.ERRORS_IN, 1, 2, _beats(g2[:, 0], 4))
+        await host.wait(0, 4)
+        assert await weights(1, Region.GRAD, classes, n * d) == fp16.bits(dw1).tolist()
+        assert await weights(0, Region.GRAD, d, f) == fp16.bits(dw0).tolist()
+        assert (await host.read(0, address(Region.REG, Reg.ERRORS)))[0] == 0
+        assert (await host.read(1, address(Region.REG, Reg.ERRORS)))[0] == 0
+        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.UPDATE])
+        for core in (0, 1):
+            while (await host.read(core, address(Region.REG, Reg.STATUS)))[0] & 1:
+                pass
+        assert await weights(0, Region.WEIGHT, d, f) == \
+            fp16.bits(sgd_update(w0, dw0, lr, a)).tolist()
+        assert await weights(1, Region.WEIGHT, classes, n * d) == \
+            fp16.bits(sgd_update(w1, dw1, lr, a)).tolist()
+
+    run(body, config, timeout=4000)
+
+
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_parameters_are_checked():
     with pytest.raises(ValueError, match=r"^Frame time-out must be at least 16 cycles, not 3$"):

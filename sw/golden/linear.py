@@ -89,7 +89,7 @@ def linear_weight_grad(dx: torch.Tensor, s_in: torch.Tensor, arith: Arith = FLOA
     ``dx`` is ``[T, B, ..., out]`` and ``s_in`` is ``[T, B, ..., in]`` (the middle axes, e.g.
     tokens, alike); ``dw`` (``[out, in]``, zeros if not given) is the gradient so far. The sum
     runs as a core's BP does: sample by sample, timesteps from the last and, within one, tokens
-    from the last.
+    from the first.
     """
     for name, x in (("layer input", s_in), ("current gradient", dx)):
         if not isinstance(x, torch.Tensor) or x.dim() < 3 or x.shape[0] == 0:
@@ -114,7 +114,7 @@ def linear_weight_grad(dx: torch.Tensor, s_in: torch.Tensor, arith: Arith = FLOA
     spiked = s_in.reshape(t_steps, batch, -1, n_in).bool()
     for b in range(batch):      # the hardware's order: steps from the last, token by token
         for t in reversed(range(t_steps)):
-            for r in reversed(range(dx.shape[2])):
+            for r in range(dx.shape[2]):
                 dw = torch.where(spiked[t, b, r], arith.add(dw, dx[t, b, r, :, None]), dw)
     return dw
 

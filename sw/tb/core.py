@@ -142,14 +142,14 @@ class CoreTB(StreamDriver):
                               for n in range(N)] for t in range(T)]
 
         async def bp_source():
-            for t in reversed(range(T)):
+            for t in case.bp_steps():
                 g = fp16.bits(case.grad_out[t]).tolist() + [0] * (chunks * P - N)
                 for c in range(chunks):
                     value = sum(v << 16 * k for k, v in enumerate(g[c * P:(c + 1) * P]))
                     await self._put("bp_i", value | int(c == chunks - 1) << 16 * P)
 
         async def bp_sink():
-            for t in reversed(range(T)):
+            for t in case.bp_steps():
                 for beat in range(in_chunks):
                     word = await self._get("bp_o")
                     got["grad_in"][t] += [word >> 16 * k & 0xFFFF for k in range(P)]
