@@ -829,7 +829,8 @@ class Core(wiring.Component):
                                     with m.If(ok & ~self.bus_probe):
                                         m.d.sync += [sig.eq(value), fp_done.eq(0),
                                                      bp_done.eq(0)]
-                            for reg, sig in ((Reg.IN_TOKENS, in_tokens), (Reg.IN_STRIDE, in_stride)):
+                            for reg, sig in ((Reg.IN_TOKENS, in_tokens),
+                                             (Reg.IN_STRIDE, in_stride)):
                                 with m.Case(reg):
                                     m.d.comb += ok.eq(idle & (value >= 1) & (value <= F))
                                     with m.If(ok & ~self.bus_probe):

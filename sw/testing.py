@@ -93,7 +93,8 @@ class LayerCase:
         """The steps in the order of back-propagation (of ``bp_i`` and ``bp_o``): timesteps from
         the last and, within one, its tokens from the first.
 
-        >>> LayerCase.random(neurons=2, fan_in=2, timesteps=2, tokens=3, rate=0.5, seed=0).bp_steps()
+        >>> case = LayerCase.random(neurons=2, fan_in=2, timesteps=2, tokens=3, rate=0.5, seed=0)
+        >>> case.bp_steps()
         [3, 4, 5, 0, 1, 2]
         """
         n = self.tokens

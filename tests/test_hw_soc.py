@@ -218,6 +218,19 @@ async def _collect(host, core, opcode, until):
     raise AssertionError(f"core {core} output stopped at {words}")
 
 
+async def _sample_through_two_cores(host, spikes, spikes_out, errors):
+    """One sample into core 0, its output spikes out of core 1 (checked), the output errors
+    into core 1, until core 0's back-propagation is done."""
+    T = spikes_out.shape[0]
+    await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
+    await host.command(Opcode.SPIKES_IN, 0, 0, _events(spikes))
+    words = await _collect(host, 1, Opcode.SPIKES_OUT, lambda w: sum(v >> 15 for v in w) == T)
+    assert _decode_events(words, T) == [
+        [int(i) for i in torch.nonzero(spikes_out[t]).flatten()] for t in range(T)]
+    await host.command(Opcode.ERRORS_IN, 1, 2, _beats(errors, 4))
+    await host.wait(0, 4)
+
+
 def test_one_layer_through_the_link():
     case = LayerCase.random(neurons=7, fan_in=6, timesteps=3, rate=0.5, seed=3)
     T = case.timesteps
@@ -282,14 +295,7 @@ def test_two_layers_chained_on_the_chip():
         await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
         await host.command(Opcode.SPIKES_IN, 1, 0, [p.event_word(0)], status=Status.BAD_CORE)
         await host.command(Opcode.ERRORS_IN, 0, 2, [0] * 8, status=Status.BAD_CORE)
-        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
-        await host.command(Opcode.SPIKES_IN, 0, 0, _events(x[:, 0]))
-        words = await _collect(host, 1, Opcode.SPIKES_OUT,
-                               lambda w: sum(v >> 15 for v in w) == T)
-        assert _decode_events(words, T) == [
-            [int(i) for i in torch.nonzero(s2[t, 0]).flatten()] for t in range(T)]
-        await host.command(Opcode.ERRORS_IN, 1, 2, _beats(g2[:, 0], 4))
-        await host.wait(0, 4)
+        await _sample_through_two_cores(host, x[:, 0], s2[:, 0], g2[:, 0])
         assert await host.weights(1, Region.GRAD, 5, 8) == fp16.bits(dw1).tolist()
         assert await host.weights(0, Region.GRAD, 8, 8) == fp16.bits(dw0).tolist()
         await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.UPDATE])
@@ -353,14 +359,7 @@ def test_token_wise_layer_and_a_head_over_all_its_tokens_on_the_chip():
         await host.write(1, address(Region.REG, Reg.IN_STRIDE), [17], status=Status.BAD_ADDRESS)
         assert await host.read(1, address(Region.REG, Reg.IN_TOKENS), 2) == [n, d]
         await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
-        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
-        await host.command(Opcode.SPIKES_IN, 0, 0, _events(x[:, 0].flatten(0, 1)))
-        words = await _collect(host, 1, Opcode.SPIKES_OUT,
-                               lambda w: sum(v >> 15 for v in w) == T)
-        assert _decode_events(words, T) == [
-            [int(i) for i in torch.nonzero(s2[t, 0]).flatten()] for t in range(T)]
-        await host.command(Opcode.ERRORS_IN, 1, 2, _beats(g2[:, 0], 4))
-        await host.wait(0, 4)
+        await _sample_through_two_cores(host, x[:, 0].flatten(0, 1), s2[:, 0], g2[:, 0])
         assert await weights(1, Region.GRAD, classes, n * d) == fp16.bits(dw1).tolist()
         assert await weights(0, Region.GRAD, d, f) == fp16.bits(dw0).tolist()
         assert (await host.read(0, address(Region.REG, Reg.ERRORS)))[0] == 0

@@ -1,0 +1,184 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The attention block on a token-wise core's streams, bit for bit against the golden model."""
+import random
+
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from spikeforge.golden import fp16
+from spikeforge.hw.attention import AttentionBlock
+from spikeforge.tb.qk import QKCase
+
+
+def _pack(values, lanes):
+    return sum(int(v) << 16 * k for k, v in enumerate(values))
+
+
+def simulate(block: AttentionBlock, cases: list[QKCase], seed: int, idle=0.3, stall=0.3,
+             max_cycles: int = 40_000):
+    """Run ``cases`` back to back; per case, the events of each step and the [δQ; δK] beats."""
+    P = block.lanes
+    rng = random.Random(seed)
+    got = []
+    sim = Simulator(block)
+    sim.add_clock(1e-8)
+
+    def events(case, t, r):
+        D = case.channels
+        q = [int(i) for i in torch.nonzero(case.q[t, r]).flatten()]
+        k = [D + int(i) for i in torch.nonzero(case.k[t, r]).flatten()]
+        return [(i, 1, 0) for i in q + k] + [(0, 0, 1)]
+
+    def bp_order(case):
+        return [(t, r) for t in reversed(range(case.timesteps)) for r in range(case.tokens)]
+
+    done = [0]          # cases whose backward pass has been taken whole
+
+    async def fp_source(ctx):
+        for n, case in enumerate(cases):
+            while done[0] < n:
+                await ctx.tick()
+            for name, value in case.config().items():
+                ctx.set(getattr(block, name), value)
+            got.append({"events": {}, "bp": {}})
+            for t in range(case.timesteps):
+                for r in range(case.tokens):
+                    for index, spike, last in events(case, t, r):
+                        while rng.random() < idle:
+                            await ctx.tick()
+                        ctx.set(block.fp_i.valid, 1)
+                        ctx.set(block.fp_i.payload,
+                                {"index": index, "spike": spike, "last": last})
+                        await ctx.tick().until(block.fp_i.ready)
+                        ctx.set(block.fp_i.valid, 0)
+
+    async def fp_sink(ctx):
+        for n, case in enumerate(cases):
+            for t in range(case.timesteps):
+                for r in range(case.tokens):
+                    step = []
+                    while True:
+                        ready = rng.random() >= stall
+                        ctx.set(block.fp_o.ready, ready)
+                        _, _, valid, payload = await ctx.tick().sample(
+                            block.fp_o.valid, block.fp_o.payload)
+                        if ready and valid:
+                            if payload.spike:
+                                step.append(int(payload.index))
+                            if payload.last:
+                                break
+                    got[n]["events"][t, r] = step
+            ctx.set(block.fp_o.ready, 0)
+
+    async def bp_source(ctx):
+        for n, case in enumerate(cases):
+            while len(got) <= n or len(got[n]["events"]) < case.timesteps * case.tokens:
+                await ctx.tick()
+            D = case.channels
+            for t, r in bp_order(case):
+                g = fp16.bits(case.g[t, r]).tolist()
+                for c in range(D // P):
+                    while rng.random() < idle:
+                        await ctx.tick()
+                    ctx.set(block.bp_i.valid, 1)
+                    ctx.set(block.bp_i.payload, {"value": _pack(g[c * P:(c + 1) * P], P),
+                                                 "last": int(c == D // P - 1)})
+                    await ctx.tick().until(block.bp_i.ready)
+                    ctx.set(block.bp_i.valid, 0)
+
+    async def bp_sink(ctx):
+        for n, case in enumerate(cases):
+            D = case.channels
+            for t, r in bp_order(case):
+                beats = []
+                while len(beats) < 2 * D // P:
+                    ready = rng.random() >= stall
+                    ctx.set(block.bp_o.ready, ready)
+                    _, _, valid, payload = await ctx.tick().sample(block.bp_o.valid,
+                                                                   block.bp_o.payload)
+                    if ready and valid:
+                        beats.append(int(payload.value))
+                        assert bool(payload.last) == (len(beats) == 2 * D // P)
+                got[n]["bp"][t, r] = [b >> 16 * k & 0xFFFF for b in beats for k in range(P)]
+            ctx.set(block.bp_o.ready, 0)
+            for _ in range(3):
+                await ctx.tick()
+            got[n]["error"] = ctx.get(block.error)
+            done[0] = n + 1
+
+    for bench in (fp_source, fp_sink, bp_source, bp_sink):
+        sim.add_testbench(bench)
+    for chunk in range(1, max_cycles // 500 + 1):        # until done, or a deadlock shows
+        sim.run_until(5e-6 * chunk)
+        if done[0] == len(cases):
+            break
+    assert done[0] == len(cases), f"{done[0]} of {len(cases)} samples through"
+    return got
+
+
+def check(case: QKCase, got: dict) -> None:
+    """The block's events and [δQ; δK] are the golden model's bits."""
+    for t in range(case.timesteps):
+        for r in range(case.tokens):
+            expected = [int(i) for i in torch.nonzero(case.expected_x[t, r]).flatten()]
+            assert got["events"][t, r] == expected, f"X′ of token {r}, timestep {t}"
+            dq = fp16.bits(case.expected_dq[t, r]).tolist()
+            dk = fp16.bits(case.expected_dk[t, r]).tolist()
+            assert got["bp"][t, r] == dq + dk, f"[δQ; δK] of token {r}, timestep {t}"
+    assert got["error"] == 0
+
+
+@pytest.mark.parametrize("kind", ["token", "channel"])
+@pytest.mark.parametrize("lanes, tokens, channels, timesteps", [
+    (4, 7, 8, 3),
+    (2, 5, 6, 2),
+    (4, 1, 4, 2),
+])
+def test_attention_block_matches_golden(kind, lanes, tokens, channels, timesteps):
+    block = AttentionBlock(lanes=lanes, tokens=8, channels=8, timesteps=3)
+    cases = [QKCase.random(tokens=tokens, channels=channels, timesteps=timesteps, rate=rate,
+                           kind=kind, seed=seed)
+             for seed, rate in ((1, 0.5), (2, 0.3))]
+    results = simulate(block, cases, seed=tokens * channels)
+    for case, got in zip(cases, results, strict=True):
+        check(case, got)
+    assert any(case.expected_x.any() and (case.expected_dq != 0).any()
+               and (case.expected_dk != 0).any() for case in cases)
+
+
+@pytest.mark.parametrize("kind", ["token", "channel"])
+def test_attention_block_silent_and_saturated_samples(kind):
+    """Spike rates 0 and 1 back to back, after a sample of rate 0.5: nothing left behind."""
+    block = AttentionBlock(lanes=4, tokens=8, channels=8, timesteps=3)
+    cases = [QKCase.random(tokens=6, channels=8, timesteps=2, rate=rate, kind=kind, seed=seed)
+             for seed, rate in ((3, 0.5), (4, 0.0), (5, 1.0))]
+    results = simulate(block, cases, seed=7)
+    for case, got in zip(cases, results, strict=True):
+        check(case, got)
+    assert not cases[1].expected_x.any() and cases[2].expected_x.any()
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_attention_block_flags_an_event_out_of_range_and_refuses_odd_channels():
+    block = AttentionBlock(lanes=1, tokens=2, channels=2, timesteps=1)
+    sim = Simulator(block)
+    sim.add_clock(1e-8)
+
+    async def bench(ctx):
+        ctx.set(block.c_tokens, 1)
+        ctx.set(block.c_channels, 1)        # events 0 (Q) and 1 (K)
+        ctx.set(block.c_timesteps, 1)
+        for index, spike, last, error in [(1, 1, 0, 0), (2, 1, 0, 1), (0, 0, 1, 1)]:
+            ctx.set(block.fp_i.valid, 1)
+            ctx.set(block.fp_i.payload, {"index": index, "spike": spike, "last": last})
+            await ctx.tick().until(block.fp_i.ready)
+            ctx.set(block.fp_i.valid, 0)
+            await ctx.tick()
+            assert ctx.get(block.error) == error, (index, spike, last)
+
+    sim.add_testbench(bench)
+    sim.run()
+    with pytest.raises(ValueError, match=r"^Attention block channels must be a multiple of the "
+                                         r"lane count 4, not 6$"):
+        AttentionBlock(lanes=4, tokens=8, channels=6, timesteps=2)
