@@ -8,7 +8,7 @@ from amaranth.sim import Simulator
 
 from spikeforge.golden import fp16
 from spikeforge.hw.attention import AttentionBlock
-from spikeforge.tb.qk import QKCase
+from spikeforge.tb.qk import QKCase, check_block
 
 
 def _pack(values, lanes):
@@ -117,18 +117,6 @@ def simulate(block: AttentionBlock, cases: list[QKCase], seed: int, idle=0.3, st
     return got
 
 
-def check(case: QKCase, got: dict) -> None:
-    """The block's events and [δQ; δK] are the golden model's bits."""
-    for t in range(case.timesteps):
-        for r in range(case.tokens):
-            expected = [int(i) for i in torch.nonzero(case.expected_x[t, r]).flatten()]
-            assert got["events"][t, r] == expected, f"X′ of token {r}, timestep {t}"
-            dq = fp16.bits(case.expected_dq[t, r]).tolist()
-            dk = fp16.bits(case.expected_dk[t, r]).tolist()
-            assert got["bp"][t, r] == dq + dk, f"[δQ; δK] of token {r}, timestep {t}"
-    assert got["error"] == 0
-
-
 @pytest.mark.parametrize("kind", ["token", "channel"])
 @pytest.mark.parametrize("lanes, tokens, channels, timesteps", [
     (4, 7, 8, 3),
@@ -142,7 +130,7 @@ def test_attention_block_matches_golden(kind, lanes, tokens, channels, timesteps
              for seed, rate in ((1, 0.5), (2, 0.3))]
     results = simulate(block, cases, seed=tokens * channels)
     for case, got in zip(cases, results, strict=True):
-        check(case, got)
+        check_block(case, got)
     assert any(case.expected_x.any() and (case.expected_dq != 0).any()
                and (case.expected_dk != 0).any() for case in cases)
 
@@ -155,7 +143,7 @@ def test_attention_block_silent_and_saturated_samples(kind):
              for seed, rate in ((3, 0.5), (4, 0.0), (5, 1.0))]
     results = simulate(block, cases, seed=7)
     for case, got in zip(cases, results, strict=True):
-        check(case, got)
+        check_block(case, got)
     assert not cases[1].expected_x.any() and cases[2].expected_x.any()
 
 

@@ -31,7 +31,7 @@ from ..golden.qk import (
 )
 from .streams import StreamDriver
 
-__all__ = ["QKTB", "QKCase", "check"]
+__all__ = ["BlockTB", "QKTB", "QKCase", "check", "check_block"]
 
 PERIOD_NS = 10
 
@@ -203,6 +203,85 @@ class QKTB(StreamDriver):
                 await RisingEdge(d.clk)
         got["error"] = int(d.error.value)
         return got
+
+
+class BlockTB(QKTB):
+    """Clock, reset, configuration and streams of a Verilated
+    :class:`~spikeforge.hw.attention.AttentionBlock`: a ``[Q; K]`` core's events in, ``X′``
+    events out, ``δX′`` per token in and ``[δQ; δK]`` per token out."""
+
+    async def reset(self):
+        d = self.dut
+        for name in ("fp_i__valid", "fp_o__ready", "bp_i__valid", "bp_o__ready"):
+            getattr(d, name).value = 0
+        d.rst.value = 1
+        await ClockCycles(d.clk, 3)
+        d.rst.value = 0
+        await RisingEdge(d.clk)
+
+    async def run_case(self, case: QKCase) -> dict:
+        """Run ``case`` through the block; the output events of each step ``(t, token)``, the
+        ``[δQ; δK]`` bit patterns of each step, and the cycles of each direction."""
+        d, P = self.dut, self.lanes
+        T, N, D = case.timesteps, case.tokens, case.channels
+        for name, value in case.config().items():
+            getattr(d, name).value = value
+        in_bits, out_bits = len(d.fp_i__payload) - 2, len(d.fp_o__payload) - 2
+        words = []
+        for t in range(T):
+            for r in range(N):
+                spikes = [int(i) for i in torch.nonzero(case.q[t, r]).flatten()]
+                spikes += [D + int(i) for i in torch.nonzero(case.k[t, r]).flatten()]
+                words += [i | 1 << in_bits for i in spikes] + [1 << in_bits + 1]
+        got = {"events": {}, "bp": {}}
+        t_in, t_out = [], []
+        source = cocotb.start_soon(self._source("fp_i", words, t_in))
+        for t in range(T):
+            for r in range(N):
+                step = got["events"][t, r] = []
+                while True:
+                    word = await self._get("fp_o")
+                    if word >> out_bits & 1:
+                        step.append(word & ((1 << out_bits) - 1))
+                    if word >> out_bits + 1 & 1:
+                        break
+        t_out.append(self.cycle())
+        await source
+        got["fp_cycles"] = t_out[-1] - t_in[0] + 1
+        order = [(t, r) for t in reversed(range(T)) for r in range(N)]
+        beats = []
+        for t, r in order:
+            g = fp16.bits(case.g[t, r]).tolist()
+            for c in range(D // P):
+                value = sum(v << 16 * k for k, v in enumerate(g[c * P:(c + 1) * P]))
+                beats.append(value | int(c == D // P - 1) << 16 * P)
+        b_in = []
+        source = cocotb.start_soon(self._source("bp_i", beats, b_in))
+        for t, r in order:
+            values = []
+            for beat in range(2 * D // P):
+                word = await self._get("bp_o")
+                assert bool(word >> 16 * P & 1) == (beat == 2 * D // P - 1), (t, r, beat)
+                values += [word >> 16 * k & 0xFFFF for k in range(P)]
+            got["bp"][t, r] = values
+        await source
+        got["bp_cycles"] = self.cycle() - b_in[0] + 1
+        for _ in range(3):
+            await RisingEdge(d.clk)
+        got["error"] = int(d.error.value)
+        return got
+
+
+def check_block(case: QKCase, got: dict) -> None:
+    """Assert that an attention block's events and ``[δQ; δK]`` are the golden model's bits."""
+    for t in range(case.timesteps):
+        for r in range(case.tokens):
+            expected = [int(i) for i in torch.nonzero(case.expected_x[t, r]).flatten()]
+            assert got["events"][t, r] == expected, f"X′ of token {r}, timestep {t}"
+            dq = fp16.bits(case.expected_dq[t, r]).tolist()
+            dk = fp16.bits(case.expected_dk[t, r]).tolist()
+            assert got["bp"][t, r] == dq + dk, f"[δQ; δK] of token {r}, timestep {t}"
+    assert got["error"] == 0, "error flag"
 
 
 def check(case: QKCase, got: dict, lanes: int, backward: bool = True) -> None:
