@@ -35,6 +35,7 @@ from amaranth.lib.wiring import In, Out
 from spikeforge.golden.surrogate import Surrogate
 
 from .core import error_layout, event_layout
+from .lanes import lowest_set
 from .qk import Attention, QKAttention
 from .skewmem import SkewedMemory
 
@@ -159,10 +160,7 @@ class AttentionBlock(wiring.Component):
         fresh = Signal(init=1)                  # no event of this sample taken yet
         with m.If(self.fp_i.valid & self.fp_i.ready & fresh):
             m.d.sync += [error.eq(0), fresh.eq(0)]
-        lowest = Signal(range(P))
-        for k in reversed(range(P)):
-            with m.If(ser_mask[k]):
-                m.d.comb += lowest.eq(k)
+        lowest = lowest_set(m, ser_mask, "lowest")
 
         with m.FSM(name="attention") as fsm:
             with m.State("COLLECT"):
@@ -281,11 +279,7 @@ class AttentionBlock(wiring.Component):
             for k in range(P):
                 by_token = xi * DP + xc * P + k
                 by_channel = (xc * P + k) * DP + xi
-                with m.If(token_kind):
-                    with m.If(xc * P + k < DP):
-                        m.d.sync += x_bits.bit_select(by_token, 1).eq(beat[k])
-                with m.Elif(xc * P + k < NP):
-                    m.d.sync += x_bits.bit_select(by_channel, 1).eq(beat[k])
+                m.d.sync += x_bits.bit_select(Mux(token_kind, by_token, by_channel), 1).eq(beat[k])
             m.d.sync += xc.eq(xc + 1)
             with m.If(xc + 1 == row_chunks):
                 m.d.sync += [xc.eq(0), xi.eq(xi + 1)]

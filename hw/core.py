@@ -60,7 +60,7 @@ from spikeforge.golden.surrogate import Surrogate
 from spikeforge.regmap import COUNTERS, Command, Counter, ErrorFlag, Reg, Region
 
 from .fp16 import FP16Adder, FP16Multiplier
-from .lanes import FP16Lanes, delay, lane
+from .lanes import FP16Lanes, delay, lane, lowest_set
 from .neuron import BPTTUpdate, LIFUpdate
 from .skewmem import SkewedMemory
 
@@ -512,10 +512,7 @@ class Core(wiring.Component):
         m.d.sync += lif_inflight.eq(lif_inflight + lif_issue - lif.o_valid)
 
         # Serializer: one output spike event a cycle, lowest neuron first.
-        lowest = Signal(range(P))
-        for k in reversed(range(P)):
-            with m.If(ser_mask[k]):
-                m.d.comb += lowest.eq(k)
+        lowest = lowest_set(m, ser_mask, "lowest")
         ser_next_mask = Signal(P)
         m.d.comb += ser_next_mask.eq(ser_mask & (ser_mask - 1))
         with m.If(fsm.ongoing("FP_LIF")):
@@ -584,10 +581,7 @@ class Core(wiring.Component):
         cand_take = cand_valid & (~wt_active | wt_last)
 
         m.d.comb += [nz_rd.addr.eq(sc), d_rd_wt.addr.eq(sc), nz_rd.en.eq(1), d_rd_wt.en.eq(1)]
-        s_lowest = Signal(range(P))
-        for k in reversed(range(P)):
-            with m.If(sm[k]):
-                m.d.comb += s_lowest.eq(k)
+        s_lowest = lowest_set(m, sm, "s_lowest")
         with m.If(cand_take):
             m.d.comb += bump[Counter.BP_NEURONS].eq(1)
             m.d.sync += [wt_active.eq(1), wt_slot.eq(0), wt_n.eq(cand_n), wt_d.eq(cand_d)]

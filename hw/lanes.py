@@ -8,12 +8,22 @@ from amaranth.hdl import Cat, Module, Signal, Value
 
 from .fp16 import FP16Compare
 
-__all__ = ["FP16Lanes", "delay", "delay_chain", "lane"]
+__all__ = ["FP16Lanes", "delay", "delay_chain", "lane", "lowest_set"]
 
 
 def lane(vector: Value, k: int) -> Value:
     """Lane ``k`` of a lane vector."""
     return vector[16 * k:16 * k + 16]
+
+
+def lowest_set(m: Module, mask: Value, name: str) -> Signal:
+    """The index of the lowest set bit of ``mask`` (0 when none is set), combinational: the
+    lane a serializer takes next."""
+    lowest = Signal(range(len(mask)), name=name)
+    for k in reversed(range(len(mask))):
+        with m.If(mask[k]):
+            m.d.comb += lowest.eq(k)
+    return lowest
 
 
 def delay_chain(m: Module, value: Value, cycles: int, name: str) -> list[Value]:

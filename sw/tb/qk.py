@@ -234,7 +234,7 @@ class BlockTB(QKTB):
                 spikes += [D + int(i) for i in torch.nonzero(case.k[t, r]).flatten()]
                 words += [i | 1 << in_bits for i in spikes] + [1 << in_bits + 1]
         got = {"events": {}, "bp": {}}
-        t_in, t_out = [], []
+        t_in = []
         source = cocotb.start_soon(self._source("fp_i", words, t_in))
         for t in range(T):
             for r in range(N):
@@ -245,9 +245,9 @@ class BlockTB(QKTB):
                         step.append(word & ((1 << out_bits) - 1))
                     if word >> out_bits + 1 & 1:
                         break
-        t_out.append(self.cycle())
+        fp_end = self.cycle()
         await source
-        got["fp_cycles"] = t_out[-1] - t_in[0] + 1
+        got["fp_cycles"] = fp_end - t_in[0] + 1
         order = [(t, r) for t in reversed(range(T)) for r in range(N)]
         beats = []
         for t, r in order:
