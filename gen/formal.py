@@ -120,7 +120,10 @@ class RouterProperties(Elaboratable):
             m.d.comb += [getattr(r, name).eq(free[name]),
                          Assume(~started | (free[name] == past(name, free[name])))]
         m.d.comb += [Assume((r.n_active > 0) & (r.n_active <= self._params["neurons"])),
-                     Assume(~ResetSignal())]    # the reset state is the initial state
+                     Assume(~ResetSignal()),    # the reset state is the initial state
+                     # the router has registered the neuron count before the first error beat
+                     # (in the chip, errors come long after the bus writes of a layer)
+                     Assume(started | ~(r.east_err.valid | r.host_err.valid))]
         for name in INPUTS:
             s = getattr(r, name)
             m.d.comb += [s.valid.eq(free[f"{name}_valid"]),
@@ -240,7 +243,9 @@ class RouterProperties(Elaboratable):
         # ---- input errors: the demux ----
         ports, taken = select([from_next, 1], ["east_err", "host_err"])
         _, _, err, err_fire = chosen_stream(ports, taken)
-        chunks = (r.n_active + P - 1) // P
+        # The router registers its beat count from the neuron count: a cycle behind it.
+        chunks = (past("n_active_seen", r.n_active) + P - 1) // P
+        check(state["chunks"] == chunks, "the demux's beat count is not the neuron count's")
         beats = Signal(range(self._params["neurons"] + 2))
         with m.If(err_fire):
             with m.If(err.last):

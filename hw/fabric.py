@@ -168,8 +168,10 @@ class Router(wiring.Component):
             _route(m, self.east_err, err)
         with m.Else():
             _route(m, self.host_err, err)
+        # Registered: the layer size changes only by a bus write while the core is idle, and
+        # the adder would otherwise sit in the error stream's ready path through every router.
         chunks = Signal(range(self._neurons // P + 1))
-        m.d.comb += chunks.eq((self.n_active + P - 1) >> lane_bits)
+        m.d.sync += chunks.eq((self.n_active + P - 1) >> lane_bits)
         beat = Signal(range(self._neurons // P + 1))      # this core's beats taken this step
         mine = ~split | (beat < chunks)
         passed = stream.Signature(error_layout(P)).create()
