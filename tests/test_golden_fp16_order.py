@@ -237,3 +237,29 @@ def test_qk_backward_accumulates_da_in_ascending_order(kind):
         dq_ref[order] = fp16.bits(dsum.unsqueeze(axis).expand_as(g))
     assert torch.equal(fp16.bits(dq), dq_ref[_ascending])
     assert not torch.equal(fp16.bits(dq), dq_ref[_descending])
+
+
+def test_qknet_error_of_the_embedding_is_one_sum_over_q_then_k():
+    from spikeforge.golden.network import QKNet
+
+    net = QKNet(tokens=3, features=5, dim=6, classes=4, arith=A, seed=1, gain=4.0)
+    x = _spikes((4, 2, 3, 5), 0.5, 21)
+    out, c = net.forward(x)
+    g_out = _mixed(tuple(out.shape), 22)
+    grads = net.backward(c, g_out)
+    w, p = net.weights, net.lif
+    dxo = lif_backward(g_out, c["hout"], c["out"], p, A)
+    g1 = linear_backward(dxo, w["head"], A).unflatten(2, (3, 6))
+    dx1 = lif_backward(g1, c["h1"], c["s1"], p, A)
+    dq, dk = qk_attention_backward(linear_backward(dx1, w["proj"], A), c["qk"], A)
+    dxq, dxk = lif_backward(dq, c["hq"], c["q"], p, A), lif_backward(dk, c["hk"], c["k"], p, A)
+    assert bool((dxq != 0).any()) and bool((dxk != 0).any())
+
+    def embed_grad(g0):
+        dx0 = A.add(lif_backward(g0, c["h0"], c["s0"], p, A), dx1)
+        return fp16.bits(linear_weight_grad(dx0, x, A))
+
+    stacked = linear_backward(torch.cat([dxq, dxk], -1), torch.cat([w["q"], w["k"]]), A)
+    split = A.add(linear_backward(dxq, w["q"], A), linear_backward(dxk, w["k"], A))
+    assert torch.equal(fp16.bits(grads["embed"]), embed_grad(stacked))
+    assert not torch.equal(embed_grad(stacked), embed_grad(split))

@@ -176,7 +176,9 @@ class QKNet(Network):
         dxk = lif_backward(dk, c["hk"], c["k"], lif, a)
         grads["q"] = linear_weight_grad(dxq, c["s0"], a)
         grads["k"] = linear_weight_grad(dxk, c["s0"], a)
-        g0 = a.add(linear_backward(dxq, w["q"], a), linear_backward(dxk, w["k"], a))
+        # Q and K are one layer of 2·dim neurons on the device ([Wq; Wk] on one core), so the
+        # error of s0 is one sum over both, Q's neurons first.
+        g0 = linear_backward(torch.cat([dxq, dxk], -1), torch.cat([w["q"], w["k"]]), a)
         dx0 = a.add(lif_backward(g0, c["h0"], c["s0"], lif, a), dx1)
         grads["embed"] = linear_weight_grad(dx0, c["x"], a)
         return grads
