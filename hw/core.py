@@ -18,6 +18,13 @@ Streams (``amaranth.lib.stream``):
     from the last to the first, ``last`` on a timestep's final beat.
 ``bp_o`` — the error of the inputs ``(Wᵀ·δX)[t]``, ``lanes`` inputs a beat, in the same order
     (only when ``Reg.BP_INPUT_ERROR`` is set).
+``sc_o``, ``sc_i`` — the two ends of a membrane shortcut ``x_b = x_a + W_b·s`` between a layer
+    ``a`` (``Reg.SHORTCUT`` = ``SOURCE``) and a later layer ``b`` (``TARGET``), ``lanes`` values
+    a beat, ``last`` on a step's final beat. Forward, after each step's accumulation, ``a``
+    sends its currents on ``sc_o`` and ``b`` adds the ones on its ``sc_i`` to its own before the
+    LIF pass (``x_b = x_a + I_b``). Backward, after each step's BPTT pass, ``b`` sends its
+    ``δX`` on ``sc_o`` and ``a`` adds the ones on its ``sc_i`` to its own before WG and
+    ``Wᵀ·δX`` (``δX_a = δX_a + δX_b``: the current gradient flows through the shortcut).
 ``psum_i`` — with ``Reg.PARTIAL_IN`` set, the partial sums ``Wᵀ·δX`` of the layer's lower
     neurons (another core's ``bp_o``), which this timestep's sum starts from instead of +0: a
     layer split by neurons across cores adds its products in the golden model's order, neuron
@@ -57,7 +64,7 @@ from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.golden.surrogate import Surrogate
-from spikeforge.regmap import COUNTERS, Command, Counter, ErrorFlag, Reg, Region
+from spikeforge.regmap import COUNTERS, Command, Counter, ErrorFlag, Reg, Region, Shortcut
 
 from .fp16 import FP16Adder, FP16Multiplier
 from .lanes import FP16Lanes, delay, lane, lowest_set
@@ -119,6 +126,8 @@ class Core(wiring.Component):
             "bp_i": In(stream.Signature(error_layout(lanes))),
             "bp_o": Out(stream.Signature(error_layout(lanes))),
             "psum_i": In(stream.Signature(error_layout(lanes))),
+            "sc_o": Out(stream.Signature(error_layout(lanes))),
+            "sc_i": In(stream.Signature(error_layout(lanes))),
             "n_active": Out(range(neurons + 1)),
             "bus_en": In(1),
             "bus_we": In(1),
@@ -169,6 +178,7 @@ class Core(wiring.Component):
         in_stride = Signal(range(F + 1), init=F)
         bp_input_error = Signal(init=1)
         partial_in = Signal()
+        shortcut = Signal(2)
         errors = Signal(3)
         fp_done = Signal()
         bp_done = Signal()
@@ -300,6 +310,52 @@ class Core(wiring.Component):
         command = Signal(range(8))
         command_valid = Signal()
 
+        # The membrane shortcut's phases: a step's CH beats out of the currents (forward) or
+        # the δX (backward), or added into them from ``sc_i``.
+        sc_j = Signal(range(CH + 1))            # beats issued or taken
+        sc_issue = Signal()                     # read beat sc_j for sc_o
+        sc_take = Signal()                      # take sc_i's beat for chunk sc_j
+        m.submodules.sc_fifo = sc_fifo = fifo.SyncFIFOBuffered(width=16 * P + 1, depth=4)
+        sc_inflight = Signal(range(3))
+        sc_tail = Signal(range(la + 4))         # cycles until the last sum is written
+
+        def start_wt():
+            m.d.comb += wg_start.eq(1)
+            with m.If(bp_input_error & partial_in):
+                m.d.sync += pj.eq(0)
+                m.next = "BP_PSUM"
+            with m.Else():
+                m.d.comb += wt_start.eq(bp_input_error)
+                m.next = "BP_WT"
+
+        def then(state):
+            """Go on to ``state`` (None: back-propagation's WG and ``Wᵀ·δX``)."""
+            if state is None:
+                start_wt()
+            else:
+                m.next = state
+
+        def sc_send(state):
+            stall = Counter.FP_STALL if state else Counter.BP_STALL
+            with m.If((sc_j == chunks) & (sc_inflight == 0)):
+                then(state)
+            with m.Elif((sc_j < chunks) & (sc_fifo.level + sc_inflight < 4)):
+                m.d.comb += sc_issue.eq(1)
+                m.d.sync += sc_j.eq(sc_j + 1)
+            with m.Elif(sc_j < chunks):
+                m.d.comb += bump[stall].eq(1)
+
+        def sc_add(state):
+            stall = Counter.FP_STALL if state else Counter.BP_STALL
+            m.d.comb += self.sc_i.ready.eq(sc_j < chunks)
+            with m.If((sc_j == chunks) & (sc_tail == 0)):
+                then(state)
+            with m.Elif(self.sc_i.valid & (sc_j < chunks)):
+                m.d.comb += sc_take.eq(1)
+                m.d.sync += sc_j.eq(sc_j + 1)
+            with m.Elif(sc_j < chunks):
+                m.d.comb += bump[stall].eq(1)
+
         with m.FSM(name="core") as fsm:
             with m.State("IDLE"):
                 with m.If(command_valid & (command == Command.BEGIN)):
@@ -362,8 +418,22 @@ class Core(wiring.Component):
                 m.d.sync += drain.eq(drain - 1)
                 with m.If(drain == 0):
                     m.d.comb += [cnt_wr.en.eq(1), cnt_wr.addr.eq(t), cnt_wr.data.eq(ev_count)]
-                    m.d.sync += [lif_chunk.eq(0), ev_count.eq(0), ev_any.eq(0)]
-                    m.next = "FP_LIF"
+                    m.d.sync += [lif_chunk.eq(0), ev_count.eq(0), ev_any.eq(0), sc_j.eq(0)]
+                    with m.If(shortcut == Shortcut.SOURCE):
+                        m.next = "FP_SC_OUT"
+                    with m.Elif(shortcut == Shortcut.TARGET):
+                        m.next = "FP_SC_ADD"
+                    with m.Else():
+                        m.next = "FP_LIF"
+
+            # ---- FP: a membrane shortcut's currents, out (source) or added in (target) ----
+            with m.State("FP_SC_OUT"):
+                m.d.comb += bump[Counter.FP_BUSY].eq(1)
+                sc_send("FP_LIF")
+
+            with m.State("FP_SC_ADD"):
+                m.d.comb += bump[Counter.FP_BUSY].eq(1)
+                sc_add("FP_LIF")
 
             # ---- FP: LIF pass and output events ----
             with m.State("FP_LIF"):
@@ -405,13 +475,22 @@ class Core(wiring.Component):
                 m.d.comb += bump[Counter.BP_BUSY].eq(1)
                 m.d.sync += drain.eq(drain - 1)
                 with m.If(drain == 0):
-                    m.d.comb += wg_start.eq(1)
-                    with m.If(bp_input_error & partial_in):
-                        m.d.sync += pj.eq(0)
-                        m.next = "BP_PSUM"
+                    m.d.sync += sc_j.eq(0)
+                    with m.If(shortcut == Shortcut.SOURCE):
+                        m.next = "BP_SC_ADD"
+                    with m.Elif(shortcut == Shortcut.TARGET):
+                        m.next = "BP_SC_OUT"
                     with m.Else():
-                        m.d.comb += wt_start.eq(bp_input_error)
-                        m.next = "BP_WT"
+                        start_wt()
+
+            # ---- BP: a membrane shortcut's current gradients, added in (source) or out ----
+            with m.State("BP_SC_ADD"):
+                m.d.comb += bump[Counter.BP_BUSY].eq(1)
+                sc_add(None)
+
+            with m.State("BP_SC_OUT"):
+                m.d.comb += bump[Counter.BP_BUSY].eq(1)
+                sc_send(None)
 
             # ---- BP: the partial sums of the lower neurons of a split layer, into A ----
             with m.State("BP_PSUM"):
@@ -481,7 +560,35 @@ class Core(wiring.Component):
         m.d.comb += [self.busy.eq(~idle), self.n_active.eq(n_act)]
         m.d.comb += self.waiting.eq(
             (fsm.ongoing("FP_ACC") & ~iss_active & ~self.fp_i.valid) |
-            (fsm.ongoing("BP_RECV") & (rc < chunks) & ~self.bp_i.valid))
+            (fsm.ongoing("BP_RECV") & (rc < chunks) & ~self.bp_i.valid) |
+            ((fsm.ongoing("FP_SC_ADD") | fsm.ongoing("BP_SC_ADD")) & (sc_j < chunks)
+             & ~self.sc_i.valid))
+
+        # ---- membrane shortcut: a step's currents (FP) or δX (BP), out or added in ----
+        sc_fp = fsm.ongoing("FP_SC_OUT") | fsm.ongoing("FP_SC_ADD")
+        sc_bp = fsm.ongoing("BP_SC_OUT") | fsm.ongoing("BP_SC_ADD")
+        sc_rd = Signal(16 * P)
+        m.d.comb += sc_rd.eq(Mux(sc_fp, i_rd.data, d_rd_wt.data))
+        sc_issue_d = delay(m, sc_issue, 1, "sc_issue")
+        sc_last_d = delay(m, sc_j + 1 == chunks, 1, "sc_last")
+        m.d.comb += [
+            sc_fifo.w_en.eq(sc_issue_d),
+            sc_fifo.w_data.eq(Cat(sc_rd, sc_last_d)),
+            self.sc_o.valid.eq(sc_fifo.r_rdy),
+            self.sc_o.payload.value.eq(sc_fifo.r_data[:16 * P]),
+            self.sc_o.payload.last.eq(sc_fifo.r_data[16 * P]),
+            sc_fifo.r_en.eq(self.sc_o.ready),
+        ]
+        m.d.sync += sc_inflight.eq(sc_inflight + sc_issue - sc_issue_d)
+        sc_take_d = delay(m, sc_take, 1, "sc_take")
+        sc_beat_d = delay(m, self.sc_i.payload.value, 1, "sc_beat")
+        sc_j_out = delay(m, sc_j, 1 + la, "sc_jout")
+        with m.If(sc_take):
+            m.d.sync += sc_tail.eq(la + 3)
+        with m.Elif(sc_tail != 0):
+            m.d.sync += sc_tail.eq(sc_tail - 1)
+        sc_sum = acc_add.o_valid & (fsm.ongoing("FP_SC_ADD") | fsm.ongoing("BP_SC_ADD"))
+        sc_nz = Cat(*((lane(acc_add.o_result, k)[:15] != 0) for k in range(P)))
 
         # ---- FP accumulate datapath: I[c] += W[i, c] ----
         acc_fp = fsm.ongoing("FP_ACC") | fsm.ongoing("FP_DRAIN")
@@ -558,6 +665,12 @@ class Core(wiring.Component):
                 nz_wr.en.eq(1), nz_wr.addr.eq(bptt_chunk),
                 nz_wr.data.eq(nz & active_mask(bptt_chunk)),
             ]
+        with m.Elif(sc_sum & sc_bp):
+            m.d.comb += [
+                d_wr.en.eq(1), d_wr.addr.eq(sc_j_out), d_wr.data.eq(acc_add.o_result),
+                nz_wr.en.eq(1), nz_wr.addr.eq(sc_j_out),
+                nz_wr.data.eq(sc_nz & active_mask(sc_j_out)),
+            ]
 
         # ---- Wᵀ·δX: scanner of the neurons with δX != 0, and the column issuer ----
         sc = Signal(range(CH + 1))
@@ -580,7 +693,8 @@ class Core(wiring.Component):
         wt_last = wt_active & (wt_slot == wt_slots - 1)
         cand_take = cand_valid & (~wt_active | wt_last)
 
-        m.d.comb += [nz_rd.addr.eq(sc), d_rd_wt.addr.eq(sc), nz_rd.en.eq(1), d_rd_wt.en.eq(1)]
+        m.d.comb += [nz_rd.addr.eq(sc), d_rd_wt.addr.eq(Mux(sc_bp, sc_j, sc)), nz_rd.en.eq(1),
+                     d_rd_wt.en.eq(1)]
         s_lowest = lowest_set(m, sm, "s_lowest")
         with m.If(cand_take):
             m.d.comb += bump[Counter.BP_NEURONS].eq(1)
@@ -706,6 +820,8 @@ class Core(wiring.Component):
         with m.If(fsm.ongoing("UPDATE") | fsm.ongoing("DRAIN_IDLE")):
             mul.issue(m, up_valid_d, Cat(*([lr] * P)), gmem.rd_data)
             acc_add.issue(m, up_mul_valid, up_w_d, mul.o_result, sub=1)
+        with m.Elif(fsm.ongoing("FP_SC_ADD") | fsm.ongoing("BP_SC_ADD")):
+            acc_add.issue(m, sc_take_d, sc_rd, sc_beat_d)
         with m.Elif(fsm.ongoing("BP_WT") | fsm.ongoing("BP_OUT")):
             m.d.comb += mul_b.eq(Cat(*([wt_d_d1] * P)))
             mul.issue(m, wt_valid_d, wmem.rd_data, mul_b)
@@ -730,8 +846,12 @@ class Core(wiring.Component):
         with m.Elif(lif_issue):
             m.d.comb += [i_rd.en.eq(1), i_rd.addr.eq(lif_chunk),
                          i_wr.en.eq(1), i_wr.addr.eq(lif_chunk), i_wr.data.eq(0)]
+        with m.Elif((sc_issue | sc_take) & sc_fp):
+            m.d.comb += [i_rd.en.eq(1), i_rd.addr.eq(sc_j)]
         with m.If(acc_add.o_valid & acc_fp):
             m.d.comb += [i_wr.en.eq(1), i_wr.addr.eq(acc_chunk_d), i_wr.data.eq(acc_add.o_result)]
+        with m.Elif(sc_sum & sc_fp):
+            m.d.comb += [i_wr.en.eq(1), i_wr.addr.eq(sc_j_out), i_wr.data.eq(acc_add.o_result)]
         m.d.comb += [v_rd.en.eq(1), v_rd.addr.eq(r_base_ch + lif_chunk)]
 
         # Wᵀδ accumulator memory
@@ -823,6 +943,10 @@ class Core(wiring.Component):
                                     with m.If(ok & ~self.bus_probe):
                                         m.d.sync += [sig.eq(value), fp_done.eq(0),
                                                      bp_done.eq(0)]
+                            with m.Case(Reg.SHORTCUT):
+                                m.d.comb += ok.eq(idle & (value < 3))
+                                with m.If(ok & ~self.bus_probe):
+                                    m.d.sync += shortcut.eq(value)
                             for reg, sig in ((Reg.IN_TOKENS, in_tokens),
                                              (Reg.IN_STRIDE, in_stride)):
                                 with m.Case(reg):
@@ -862,7 +986,7 @@ class Core(wiring.Component):
                                              (Reg.LR, lr), (Reg.BP_INPUT_ERROR, bp_input_error),
                                              (Reg.PARTIAL_IN, partial_in), (Reg.ERRORS, errors),
                                              (Reg.TOKENS, tokens), (Reg.IN_TOKENS, in_tokens),
-                                             (Reg.IN_STRIDE, in_stride)):
+                                             (Reg.IN_STRIDE, in_stride), (Reg.SHORTCUT, shortcut)):
                                 with m.Case(reg):
                                     m.d.sync += bus_reg.eq(sig)
                             with m.Case(Reg.COMMAND):

@@ -22,7 +22,8 @@ changes nothing. Registers holding binary16 values are marked ``(fp16)``.
 
 import enum
 
-__all__ = ["COUNTERS", "Command", "Counter", "ErrorFlag", "Reg", "Region", "Status", "address"]
+__all__ = ["COUNTERS", "Command", "Counter", "ErrorFlag", "Reg", "Region", "Shortcut", "Status",
+           "address"]
 
 
 class Region(enum.IntEnum):
@@ -51,6 +52,15 @@ class Reg(enum.IntEnum):
     TOKENS = 13      # steps per timestep, one per token, each with its own membranes (1 .. T)
     IN_TOKENS = 14   # input steps per timestep: the input tokens of a layer over all of them
     IN_STRIDE = 15   # inputs per input token: token r's event i is input r·IN_STRIDE + i
+    SHORTCUT = 16    # a Shortcut: this layer's end of a membrane shortcut (sc_o, sc_i)
+
+
+class Shortcut(enum.IntEnum):
+    """A membrane shortcut ``x_b = x_a + W_b·s``: layer b's current starts from layer a's."""
+
+    NONE = 0
+    SOURCE = 1       # a: its currents out on sc_o after each step; δX_b in on sc_i, added to δX
+    TARGET = 2       # b: a's currents in on sc_i, added before the LIF; its δX out on sc_o
 
 
 class Command(enum.IntEnum):

@@ -3,13 +3,26 @@ import random
 
 import pytest
 import torch
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import fifo
 from amaranth.sim import Simulator
 
 from spikeforge.golden import fp16
-from spikeforge.golden.lif import LIFParams
+from spikeforge.golden.arith import FP16
+from spikeforge.golden.lif import LIFParams, lif_backward, lif_forward
+from spikeforge.golden.linear import linear_backward, linear_forward, linear_weight_grad, sgd_update
 from spikeforge.golden.surrogate import Surrogate
 from spikeforge.hw.core import Core
-from spikeforge.regmap import Command, Counter, ErrorFlag, Reg, Region, Status, address
+from spikeforge.regmap import (
+    Command,
+    Counter,
+    ErrorFlag,
+    Reg,
+    Region,
+    Shortcut,
+    Status,
+    address,
+)
 from spikeforge.testing import LayerCase, check_case
 
 
@@ -273,6 +286,7 @@ def test_core_refuses_bad_input_and_changes_nothing():
             (address(Region.REG, Reg.IN_TOKENS), 9),
             (address(Region.REG, Reg.IN_STRIDE), 0),               # inputs a token 1..8
             (address(Region.REG, Reg.IN_STRIDE), 9),
+            (address(Region.REG, Reg.SHORTCUT), 3),                # none, source or target
             (address(Region.REG, Reg.COMMAND), 7),                 # no such command
             (address(Region.REG, 99), 0),                          # no such register
             (9 << 28, 0),                                          # no such region
@@ -284,6 +298,7 @@ def test_core_refuses_bad_input_and_changes_nothing():
         assert await bus_read(ctx, core, reg(Reg.TOKENS)) == 1
         assert await bus_read(ctx, core, reg(Reg.IN_TOKENS)) == 1
         assert await bus_read(ctx, core, reg(Reg.IN_STRIDE)) == 8
+        assert await bus_read(ctx, core, reg(Reg.SHORTCUT)) == Shortcut.NONE
         assert not await bus_write(ctx, core, reg(Reg.COMMAND), Command.BEGIN)
         assert await bus_write(ctx, core, w, 0x4000)                  # busy: refused
         assert await bus_write(ctx, core, reg(Reg.COMMAND), Command.UPDATE)
@@ -320,3 +335,138 @@ def test_core_refuses_bad_input_and_changes_nothing():
 
     sim.add_testbench(testbench)
     sim.run()
+
+
+class _ShortcutPair(Elaboratable):
+    """Core ``a`` feeding core ``b``, with the membrane shortcut from ``a`` to ``b`` through a
+    FIFO each way (as the SoC joins them)."""
+
+    def __init__(self, a: Core, b: Core, depth: int):
+        self.a, self.b, self.depth = a, b, depth
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.a, m.submodules.b = a, b = self.a, self.b
+        for name, src, dst in (("fwd", a.sc_o, b.sc_i), ("bwd", b.sc_o, a.sc_i)):
+            m.submodules[name] = q = fifo.SyncFIFOBuffered(width=16 * a.lanes + 1,
+                                                           depth=self.depth)
+            m.d.comb += [q.w_en.eq(src.valid), q.w_data.eq(src.payload), src.ready.eq(q.w_rdy),
+                         dst.valid.eq(q.r_rdy), dst.payload.eq(q.r_data), q.r_en.eq(dst.ready)]
+        m.d.comb += [b.fp_i.valid.eq(a.fp_o.valid), b.fp_i.payload.eq(a.fp_o.payload),
+                     a.fp_o.ready.eq(b.fp_i.ready),
+                     a.bp_i.valid.eq(b.bp_o.valid), a.bp_i.payload.eq(b.bp_o.payload),
+                     b.bp_o.ready.eq(a.bp_i.ready)]
+        return m
+
+
+@pytest.mark.parametrize("tokens, timesteps, lanes, seed", [(3, 2, 2, 1), (1, 3, 4, 2)])
+def test_membrane_shortcut_between_two_cores(tokens, timesteps, lanes, seed):
+    """``x1 = x0 + W_b·s0``: b's current starts from a's, and a's δX gets b's. Forward spikes,
+    b's charges, both gradients and both updated weights bit-exact."""
+    a16, lif, lr = FP16(), LIFParams(), 0.125
+    D, F, T, R = 8, 6, timesteps, tokens
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(T, 1, R, F, generator=gen) < 0.5).float()
+    wa = fp16.to_fp16(torch.randn(D, F, generator=gen) * 0.6 + 0.1)
+    wb = fp16.to_fp16(torch.randn(D, D, generator=gen) * 0.5)
+    x0 = linear_forward(x, wa, a16)
+    s0, h0 = lif_forward(x0, lif, a16)
+    s1, h1 = lif_forward(a16.add(x0, linear_forward(s0, wb, a16)), lif, a16)
+    g1 = fp16.to_fp16(torch.randn(T, 1, R, D, generator=gen) * 0.25)
+    dx1 = lif_backward(g1, h1, s1, lif, a16)
+    dx0_own = lif_backward(linear_backward(dx1, wb, a16), h0, s0, lif, a16)
+    dx0 = a16.add(dx0_own, dx1)
+    dwa, dwb = linear_weight_grad(dx0, x, a16), linear_weight_grad(dx1, s0, a16)
+    # stimulus under which the shortcut shows, both ways
+    assert s0.any() and s1.any() and (dx1 != 0).any() and (dx0_own != 0).any()
+    assert not torch.equal(s1, lif_forward(linear_forward(s0, wb, a16), lif, a16)[0])
+    assert not torch.equal(fp16.bits(dwa), fp16.bits(linear_weight_grad(dx0_own, x, a16)))
+    steps = T * R
+
+    def stepwise(v):
+        return v.reshape(steps, v.shape[-1])
+
+    a = Core(neurons=D, fan_in=8, lanes=lanes, timesteps=steps)     # 6 of 8 inputs active
+    b = Core(neurons=D, fan_in=D, lanes=lanes, timesteps=steps)
+    dut = _ShortcutPair(a, b, depth=R * D // lanes)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    rng = random.Random(seed)
+    got = [[] for _ in range(steps)]
+    go = []
+
+    async def fp_source(ctx):
+        while not go:
+            await ctx.tick()
+        for t in range(steps):
+            events = [int(i) for i in torch.nonzero(stepwise(x)[t]).flatten()]
+            for index, spike, last in [(i, 1, 0) for i in events] + [(0, 0, 1)]:
+                while rng.random() < 0.3:
+                    await ctx.tick()
+                ctx.set(a.fp_i.valid, 1)
+                ctx.set(a.fp_i.payload, {"index": index, "spike": spike, "last": last})
+                await ctx.tick().until(a.fp_i.ready)
+                ctx.set(a.fp_i.valid, 0)
+
+    async def fp_sink(ctx):
+        t = 0
+        while t < steps:
+            ready = rng.random() >= 0.3
+            ctx.set(b.fp_o.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(b.fp_o.valid, b.fp_o.payload)
+            if ready and valid:
+                if payload.spike:
+                    got[t].append(int(payload.index))
+                if payload.last:
+                    t += 1
+        ctx.set(b.fp_o.ready, 0)
+
+    async def main(ctx):
+        for core, w, fan_in, role in ((a, wa, F, Shortcut.SOURCE), (b, wb, D, Shortcut.TARGET)):
+            case = LayerCase(w, torch.zeros(steps, fan_in), torch.zeros(steps, D), lif, lr, R)
+            regs = {**case.registers(), Reg.SHORTCUT: role, Reg.BP_INPUT_ERROR: int(core is b)}
+            for reg, value in regs.items():
+                assert not await bus_write(ctx, core, address(Region.REG, reg), value)
+            assert await bus_read(ctx, core, address(Region.REG, Reg.SHORTCUT)) == role
+            for (n, i), value in zip(torch.cartesian_prod(torch.arange(D), torch.arange(fan_in))
+                                     .tolist(), fp16.bits(w).flatten().tolist(), strict=True):
+                assert not await bus_write(ctx, core, address(
+                    Region.WEIGHT, n << core.input_bits | i), value)
+            assert not await bus_write(ctx, core, address(Region.REG, Reg.COMMAND),
+                                       Command.BEGIN)
+        go.append(1)
+        await wait_status(ctx, a, Status.FP_DONE)
+        await wait_status(ctx, b, Status.FP_DONE)
+        charges = [[await bus_read(ctx, b, address(Region.CHARGE, t << b.neuron_bits | n))
+                    for n in range(D)] for t in range(steps)]
+        assert charges == fp16.bits(stepwise(h1)).tolist()
+        for t in case.bp_steps():
+            g = stepwise(g1)[t]
+            for c in range(D // lanes):
+                while rng.random() < 0.3:
+                    await ctx.tick()
+                value = lanes_pack(fp16.bits(g[c * lanes:(c + 1) * lanes]).tolist(), lanes)
+                ctx.set(b.bp_i.valid, 1)
+                ctx.set(b.bp_i.payload, {"value": value, "last": int(c == D // lanes - 1)})
+                await ctx.tick().until(b.bp_i.ready)
+                ctx.set(b.bp_i.valid, 0)
+        await wait_status(ctx, a, Status.BP_DONE)
+        for core, dw, w, fan_in in ((a, dwa, wa, F), (b, dwb, wb, D)):
+            grads = [[await bus_read(ctx, core, address(Region.GRAD, n << core.input_bits | i))
+                      for i in range(fan_in)] for n in range(D)]
+            assert grads == fp16.bits(dw).tolist()
+            assert not await bus_write(ctx, core, address(Region.REG, Reg.COMMAND),
+                                       Command.UPDATE)
+            while await bus_read(ctx, core, address(Region.REG, Reg.STATUS)) & Status.BUSY:
+                pass
+            weights = [[await bus_read(ctx, core, address(Region.WEIGHT,
+                                                          n << core.input_bits | i))
+                        for i in range(fan_in)] for n in range(D)]
+            assert weights == fp16.bits(sgd_update(w, dw, lr, a16)).tolist()
+            assert await bus_read(ctx, core, address(Region.REG, Reg.ERRORS)) == 0
+
+    sim.add_testbench(fp_source, background=True)
+    sim.add_testbench(fp_sink, background=True)
+    sim.add_testbench(main)
+    sim.run()
+    assert got == [[int(n) for n in torch.nonzero(s).flatten()] for s in stepwise(s1)]
