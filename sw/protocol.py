@@ -68,7 +68,7 @@ MAX_PAYLOAD = 1024
 MAX_WORDS = MAX_PAYLOAD // 2
 BROADCAST = 0xFF
 SOC = 0xFE
-VERSION = 3          # 2: Link.SPLIT and SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, Reg.IN_STRIDE
+VERSION = 4          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN_STRIDE; 4: SHORTCUT
 IDENTITY = ("version", "cores", "lanes", "neurons", "fan_in", "timesteps", "reset",
             "detach_reset", "surrogate", "out_fifo", "max_words")
 EVENT_SPIKE = 1 << 14
