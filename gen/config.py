@@ -38,6 +38,12 @@ class AcceleratorConfig:
         Largest number of timesteps per sample (sizes the BP state and the output FIFOs).
     reset, detach_reset, surrogate
         The LIF reset, whether BP detaches it, and the surrogate of every core.
+    qk_units : int
+        Q-K attention units (:class:`~spikeforge.hw.attention.AttentionBlock`). Unit ``u``
+        makes cores ``4u .. 4u + 3`` a QKFormer block: it sits between core ``4u + 1`` (the
+        ``[Wq; Wk]`` layer, ``2·D`` neurons) and core ``4u + 2`` (the projection), and a
+        membrane shortcut joins core ``4u`` (the embedding) to core ``4u + 2``. Each unit
+        takes up to ``timesteps`` tokens of up to ``neurons / 2`` channels.
     """
 
     cores: int = 2
@@ -48,6 +54,7 @@ class AcceleratorConfig:
     reset: str = "hard"
     detach_reset: bool = True
     surrogate: str = "sigmoid"
+    qk_units: int = 0
 
     def __post_init__(self):
         def integer(name, low, high):
@@ -70,6 +77,15 @@ class AcceleratorConfig:
             raise ConfigError(f"reset must be 'hard' or 'soft', not {self.reset!r}")
         if not isinstance(self.detach_reset, bool):
             raise ConfigError(f"detach_reset must be true or false, not {self.detach_reset!r}")
+        integer("qk_units", 0, 16)
+        if 4 * self.qk_units > self.cores:
+            raise ConfigError(f"{self.qk_units} Q-K units need {4 * self.qk_units} cores (four "
+                              f"a unit: embedding, [Wq; Wk], projection, next layer), not "
+                              f"{self.cores}")
+        if self.qk_units and (self.neurons // 2) % self.lanes:
+            raise ConfigError(f"a Q-K unit's channels (neurons / 2 = {self.neurons // 2}) must be "
+                              f"a multiple of lanes ({self.lanes}): set neurons to a multiple "
+                              f"of {2 * self.lanes}")
         if self.surrogate not in SURROGATES:
             raise ConfigError(f"surrogate must be one of {', '.join(SURROGATES)}, not "
                               f"{self.surrogate!r}")
@@ -77,6 +93,12 @@ class AcceleratorConfig:
     def core_args(self) -> dict:
         """Keyword arguments of :class:`~spikeforge.hw.core.Core` for every core."""
         return {"neurons": self.neurons, "fan_in": self.fan_in, "lanes": self.lanes,
+                "timesteps": self.timesteps, "reset": self.reset,
+                "detach_reset": self.detach_reset, "surrogate": Surrogate(self.surrogate)}
+
+    def qk_args(self) -> dict:
+        """Keyword arguments of :class:`~spikeforge.hw.attention.AttentionBlock`."""
+        return {"lanes": self.lanes, "tokens": self.timesteps, "channels": self.neurons // 2,
                 "timesteps": self.timesteps, "reset": self.reset,
                 "detach_reset": self.detach_reset, "surrogate": Surrogate(self.surrogate)}
 

@@ -63,6 +63,8 @@ class AttentionBlock(wiring.Component):
         The unit's configuration (:class:`~spikeforge.hw.qk.QKAttention`); ``c_timesteps``
         counts timesteps, not token steps.
     busy : Out(1)
+    waiting : Out(1)
+        Busy, but only waiting for the next input event or error beat.
     error : Out(1)
         An input event out of range, or the unit's error; cleared by the next sample.
     """
@@ -85,6 +87,7 @@ class AttentionBlock(wiring.Component):
             "bp_o": Out(stream.Signature(error_layout(lanes))),
             **{name: self._unit.signature.members[name] for name in _CONFIG},
             "busy": Out(1),
+            "waiting": Out(1),
             "error": Out(1),
         })
 
@@ -314,5 +317,9 @@ class AttentionBlock(wiring.Component):
             self.bp_o.payload.last.eq(send.r_data[16 * P]),
             send.r_en.eq(self.bp_o.ready),
         ]
-        m.d.comb += self.busy.eq(~fsm.ongoing("COLLECT") | (r != 0) | unit.busy)
+        m.d.comb += [
+            self.busy.eq(~fsm.ongoing("COLLECT") | (r != 0) | unit.busy),
+            self.waiting.eq((fsm.ongoing("COLLECT") & ~self.fp_i.valid & ~unit.busy)
+                            | (fsm.ongoing("BP_RECV") & ~self.bp_i.valid)),
+        ]
         return m

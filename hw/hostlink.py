@@ -18,10 +18,12 @@ from spikeforge.protocol import (
     LINK_BITS,
     MAX_PAYLOAD,
     MAX_WORDS,
+    QK_REGS,
     REPLY_SYNC,
     SOC,
     Link,
     Opcode,
+    QkReg,
     SocReg,
     Status,
 )
@@ -276,13 +278,17 @@ class HostLink(wiring.Component):
         A frame is being received, executed or answered.
     active : In(1)
         A core is working (busy, and not waiting for input): counted in ``ACTIVE_CYCLES``.
+    qk : Out(16 · QK_REGS · qk_units)
+        The Q-K units' registers (:class:`~spikeforge.protocol.QkReg`), ``SocReg.QK`` on.
+    qk_busy : In(qk_units)
+        A Q-K unit is in a sample: its registers refuse writes.
 
     A ``WRITE`` is first checked word by word with ``bus_probe`` set on every target core and
     written only if every word passed, so that a bad frame changes nothing.
     """
 
     def __init__(self, *, cores: int, lanes: int, fan_in: int, identity: tuple,
-                 timeout: int = 1 << 20):
+                 timeout: int = 1 << 20, qk_units: int = 0, qk_limits: tuple = (1, 1, 1)):
         if not isinstance(cores, int) or not 1 <= cores < SOC:
             raise ValueError(f"Host link core count must be between 1 and {SOC - 1}, "
                              f"not {cores!r}")
@@ -291,7 +297,11 @@ class HostLink(wiring.Component):
         self._cores, self._lanes, self._fan_in = cores, lanes, fan_in
         self._identity = tuple(identity)
         self._timeout = timeout
+        self._qk_units, self._qk_limits = qk_units, tuple(qk_limits)   # tokens, channels, T
+        qk_ports = {"qk": Out(16 * QK_REGS * qk_units), "qk_busy": In(qk_units)} \
+            if qk_units else {}
         super().__init__({
+            **qk_ports,
             "i": In(stream.Signature(8)),
             "o": Out(stream.Signature(8)),
             "bus_en": Out(1),
@@ -371,6 +381,34 @@ class HostLink(wiring.Component):
         soc_counter_ok = soc_offset < 2 * len(counters)
         soc_link_c = soc_offset - SocReg.LINK
         soc_link_ok = (soc_offset >= SocReg.LINK) & (soc_offset < SocReg.LINK + n)
+
+        # The Q-K units' registers: SocReg.QK + 8·u + r.
+        U = self._qk_units
+        max_tokens, max_channels, max_steps = self._qk_limits
+        qk_init = {QkReg.KIND: 0, QkReg.TOKENS: max_tokens, QkReg.CHANNELS: max_channels,
+                   QkReg.TIMESTEPS: max_steps, QkReg.V_TH: 0x3800, QkReg.V_RESET: 0,
+                   QkReg.INV_TAU: 0x3800, QkReg.DECAY: 0x3800}
+        qk_regs = [Signal(16, init=qk_init[r], name=f"qk{u}_{r.name.lower()}")
+                   for u in range(U) for r in QkReg]
+        if U:
+            m.d.comb += self.qk.eq(Cat(*qk_regs))
+        soc_qk = soc_offset - SocReg.QK
+        soc_qk_ok = (soc_offset >= SocReg.QK) & (soc_offset < SocReg.QK + QK_REGS * U)
+        qk_field = soc_qk[:3]
+        qk_value_ok = Signal()
+        with m.Switch(qk_field):
+            with m.Case(QkReg.KIND):
+                m.d.comb += qk_value_ok.eq(word < 2)
+            with m.Case(QkReg.TOKENS):
+                m.d.comb += qk_value_ok.eq((word >= 1) & (word <= max_tokens))
+            with m.Case(QkReg.CHANNELS):
+                m.d.comb += qk_value_ok.eq((word >= 1) & (word <= max_channels)
+                                           & (word[:lane_bits] == 0 if lane_bits else 1))
+            with m.Case(QkReg.TIMESTEPS):
+                m.d.comb += qk_value_ok.eq((word >= 1) & (word <= max_steps))
+            with m.Default():
+                m.d.comb += qk_value_ok.eq(1)
+        qk_idle = ~self.qk_busy.bit_select(soc_qk[3:8], 1) if U else Const(1)
 
         def reply(m, value, words=0):
             m.d.sync += [status.eq(value), count.eq(words)]
@@ -461,9 +499,11 @@ class HostLink(wiring.Component):
                         put(m, index, Mux(soc_offset[0], soc_counter[16:], soc_counter[:16]))
                     with m.Elif(soc_link_ok):
                         put(m, index, links[soc_link_c[:8]])
+                    with m.Elif(soc_qk_ok):
+                        put(m, index, Array(qk_regs)[soc_qk[:8]] if U else 0)
                     with m.Else():
                         reply(m, Status.BAD_ADDRESS)
-                    with m.If(soc_counter_ok | soc_link_ok):
+                    with m.If(soc_counter_ok | soc_link_ok | soc_qk_ok):
                         m.d.sync += index.eq(index + 1)
                         with m.If(index == count - 1):
                             reply(m, Status.OK, count)
@@ -499,13 +539,18 @@ class HostLink(wiring.Component):
             with m.State("WRITE"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(core == SOC):
-                    with m.If(~soc_link_ok | (word >> L != 0)):
+                    with m.If(~(soc_link_ok & (word >> L == 0))
+                              & ~(soc_qk_ok & qk_value_ok & qk_idle)):
                         reply(m, Status.BAD_ADDRESS)
                     with m.Else():
-                        with m.If(~probe):
+                        with m.If(~probe & soc_link_ok):
                             for c in range(n):
                                 with m.If(soc_link_c == c):
                                     m.d.sync += link[L * c:L * c + L].eq(word)
+                        with m.If(~probe & soc_qk_ok):
+                            for k, reg in enumerate(qk_regs):
+                                with m.If(soc_qk == k):
+                                    m.d.sync += reg.eq(word)
                         m.d.sync += index.eq(index + 1)
                         m.next = "WRITE_FETCH"
                 with m.Else():

@@ -12,6 +12,13 @@ outputs.
 
 Each output FIFO holds one whole sample: ``timesteps · (neurons + 1)`` event words, and
 ``timesteps · fan_in / lanes`` error beats.
+
+With Q-K units (``AcceleratorConfig.qk_units``), unit ``u``'s
+:class:`~spikeforge.hw.attention.AttentionBlock` sits on the link from core ``4u + 1`` (the
+``[Wq; Wk]`` layer) to core ``4u + 2`` (the projection): the spikes and errors between them pass
+through the attention. A FIFO each way joins the membrane-shortcut streams of core ``4u`` (the
+embedding) and core ``4u + 2``, deep enough for every token of a timestep. The units'
+registers are the host link's (``SocReg.QK``).
 """
 
 from amaranth.hdl import Array, Cat, Module
@@ -20,8 +27,9 @@ from amaranth.lib.wiring import In, Out
 
 from spikeforge.gen.config import AcceleratorConfig
 from spikeforge.golden.surrogate import SURROGATES
-from spikeforge.protocol import EVENT_INDEX, LINK_BITS, MAX_WORDS, VERSION
+from spikeforge.protocol import EVENT_INDEX, LINK_BITS, MAX_WORDS, QK_REGS, VERSION, QkReg
 
+from .attention import AttentionBlock
 from .core import Core
 from .fabric import Router
 from .hostlink import HostLink
@@ -69,7 +77,7 @@ class SoC(wiring.Component):
         c = self._config
         return (VERSION, c.cores, c.lanes, c.neurons, c.fan_in, c.timesteps,
                 int(c.reset == "soft"), int(c.detach_reset), list(SURROGATES).index(c.surrogate),
-                min(self.spike_fifo_depth, 0xFFFF), MAX_WORDS)
+                min(self.spike_fifo_depth, 0xFFFF), MAX_WORDS, c.qk_units)
 
     def elaborate(self, platform):
         m = Module()
@@ -78,9 +86,43 @@ class SoC(wiring.Component):
         cores = [Core(**c.core_args()) for _ in range(n)]
         for k, core in enumerate(cores):
             m.submodules[f"core{k}"] = core
+        U = c.qk_units
         m.submodules.link = link = HostLink(cores=n, lanes=P, fan_in=F,
                                             identity=self.identity(),
-                                            timeout=self._link_timeout)
+                                            timeout=self._link_timeout, qk_units=U,
+                                            qk_limits=(c.timesteps, c.neurons // 2,
+                                                       c.timesteps))
+        blocks = {}         # the core each unit follows
+        for u in range(U):
+            m.submodules[f"qk{u}"] = blocks[4 * u + 1] = block = AttentionBlock(**c.qk_args())
+            regs = link.qk[16 * QK_REGS * u:16 * QK_REGS * (u + 1)]
+            for r, name in ((QkReg.KIND, "c_kind"), (QkReg.TOKENS, "c_tokens"),
+                            (QkReg.CHANNELS, "c_channels"), (QkReg.TIMESTEPS, "c_timesteps"),
+                            (QkReg.V_TH, "c_v_th"), (QkReg.V_RESET, "c_v_reset"),
+                            (QkReg.INV_TAU, "c_inv_tau"), (QkReg.DECAY, "c_decay")):
+                port = getattr(block, name)
+                port = port.as_value() if hasattr(port, "as_value") else port
+                m.d.comb += port.eq(regs[16 * r:16 * r + len(port)])
+        if U:
+            m.d.comb += link.qk_busy.eq(Cat(b.busy for b in blocks.values()))
+
+        # Membrane shortcuts: core 4u's sc_o to core 4u + 2's sc_i, and back. Elsewhere the
+        # streams are tied off (a core set to a shortcut there sends into nothing and adds +0).
+        depth = c.timesteps * c.neurons // P
+        joined = set()
+        for u in range(U):
+            a, b = cores[4 * u], cores[4 * u + 2]
+            for name, src, dst in ((f"shortcut{u}_fwd", a.sc_o, b.sc_i),
+                                   (f"shortcut{u}_bwd", b.sc_o, a.sc_i)):
+                m.submodules[name] = q = fifo.SyncFIFOBuffered(width=16 * P + 1, depth=depth)
+                m.d.comb += [q.w_en.eq(src.valid), q.w_data.eq(src.payload),
+                             src.ready.eq(q.w_rdy), dst.valid.eq(q.r_rdy),
+                             dst.payload.eq(q.r_data), q.r_en.eq(dst.ready)]
+            joined |= {4 * u, 4 * u + 2}
+        for k, core in enumerate(cores):
+            if k not in joined:
+                m.d.comb += [core.sc_o.ready.eq(1), core.sc_i.valid.eq(1),
+                             core.sc_i.payload.eq(0)]
         wiring.connect(m, wiring.flipped(self.rx), link.i)
         wiring.connect(m, link.o, wiring.flipped(self.tx))
 
@@ -136,7 +178,25 @@ class SoC(wiring.Component):
             wiring.connect(m, router.core_bp_i, core.bp_i)
             wiring.connect(m, core.bp_o, router.core_bp_o)
             wiring.connect(m, router.core_psum_i, core.psum_i)
-            if k > 0:
+            if k > 0 and k - 1 in blocks:
+                west, block = routers[k - 1], blocks[k - 1]
+                m.d.comb += [
+                    block.fp_i.valid.eq(west.east_spk.valid),
+                    block.fp_i.payload.index.eq(west.east_spk.payload.index),
+                    block.fp_i.payload.spike.eq(west.east_spk.payload.spike),
+                    block.fp_i.payload.last.eq(west.east_spk.payload.last),
+                    west.east_spk.ready.eq(block.fp_i.ready),
+                    router.west_spk.valid.eq(block.fp_o.valid),
+                    router.west_spk.payload.index.eq(block.fp_o.payload.index),
+                    router.west_spk.payload.spike.eq(block.fp_o.payload.spike),
+                    router.west_spk.payload.last.eq(block.fp_o.payload.last),
+                    block.fp_o.ready.eq(router.west_spk.ready),
+                ]
+                wiring.connect(m, router.west_err, block.bp_i)
+                wiring.connect(m, block.bp_o, west.east_err)
+                wiring.connect(m, west.east_share, router.west_share)
+                wiring.connect(m, router.west_psum, west.east_psum)
+            elif k > 0:
                 west = routers[k - 1]
                 wiring.connect(m, west.east_spk, router.west_spk)
                 wiring.connect(m, west.east_share, router.west_share)
@@ -173,7 +233,8 @@ class SoC(wiring.Component):
             link.errors_out.valid.eq(Array(f.r_rdy for f in error_fifos)[link.out_sel]),
             link.errors_out.payload.eq(Array(f.r_data for f in error_fifos)[link.out_sel]),
             link.errors_level.eq(Array(f.r_level for f in error_fifos)[link.out_sel]),
-            link.active.eq(Cat(core.busy & ~core.waiting for core in cores).any()),
+            link.active.eq(Cat(*(unit.busy & ~unit.waiting
+                                 for unit in [*cores, *blocks.values()])).any()),
             self.busy.eq(link.busy | link.active | (spike_buf.level != 0)
                          | (error_buf.level != 0)),
         ]

@@ -108,7 +108,8 @@ class DeviceBackend:
             lanes=identity["lanes"], timesteps=identity["timesteps"],
             reset=("hard", "soft")[identity["reset"]],
             detach_reset=bool(identity["detach_reset"]),
-            surrogate=_surrogate_name(identity["surrogate"]))
+            surrogate=_surrogate_name(identity["surrogate"]),
+            qk_units=identity.get("qk_units", 0))
         self._network = network.to(FP16())
         self.program: Program = compile_network(self._network, self.config, timesteps=timesteps)
         self.timesteps = timesteps

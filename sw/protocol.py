@@ -57,8 +57,8 @@ from typing import NamedTuple
 
 __all__ = [
     "BROADCAST", "COMMAND_SYNC", "EVENT_INDEX", "EVENT_LAST", "EVENT_SPIKE", "IDENTITY",
-    "LINK_BITS", "MAX_PAYLOAD", "MAX_WORDS", "REPLY_SYNC", "SOC", "VERSION", "Command",
-    "FrameError", "Link", "Opcode", "Reply", "ReplyDecoder", "SocReg", "Status", "crc16",
+    "LINK_BITS", "MAX_PAYLOAD", "QK_REGS", "MAX_WORDS", "REPLY_SYNC", "SOC", "VERSION", "Command",
+    "FrameError", "Link", "Opcode", "QkReg", "Reply", "ReplyDecoder", "SocReg", "Status", "crc16",
     "decode_command", "encode_command", "encode_reply", "event_word",
 ]
 
@@ -68,9 +68,10 @@ MAX_PAYLOAD = 1024
 MAX_WORDS = MAX_PAYLOAD // 2
 BROADCAST = 0xFF
 SOC = 0xFE
-VERSION = 4          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN_STRIDE; 4: SHORTCUT
+VERSION = 4          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN_STRIDE;
+#                      4: Reg.SHORTCUT, Q-K units (SocReg.QK, identity qk_units)
 IDENTITY = ("version", "cores", "lanes", "neurons", "fan_in", "timesteps", "reset",
-            "detach_reset", "surrogate", "out_fifo", "max_words")
+            "detach_reset", "surrogate", "out_fifo", "max_words", "qk_units")
 EVENT_SPIKE = 1 << 14
 EVENT_LAST = 1 << 15
 EVENT_INDEX = EVENT_SPIKE - 1
@@ -97,6 +98,23 @@ class SocReg(enum.IntEnum):
     BAD_FRAMES = 6       # frames answered with an error status (2 words)
     ACTIVE_CYCLES = 8    # cycles in which a core worked: busy, not waiting for input (2 words)
     LINK = 0x100         # LINK + c: core c's routing, :class:`Link` bits (read and write)
+    QK = 0x200           # QK + 8·u + QkReg: Q-K unit u's configuration (read and write)
+
+
+class QkReg(enum.IntEnum):
+    """A Q-K unit's registers (``SocReg.QK + 8·u + r``), as the cores' (binary16 constants)."""
+
+    KIND = 0             # 0: token attention, 1: channel attention
+    TOKENS = 1           # tokens a timestep, 1 .. the unit's maximum (the config's timesteps)
+    CHANNELS = 2         # channels D, a multiple of lanes, 1 .. neurons / 2
+    TIMESTEPS = 3        # timesteps a sample (not steps), 1 .. the config's timesteps
+    V_TH = 4             # the attention neurons' LIF constants
+    V_RESET = 5
+    INV_TAU = 6
+    DECAY = 7
+
+
+QK_REGS = len(QkReg)
 
 
 class Link(enum.IntFlag):

@@ -39,6 +39,9 @@ def test_generation_is_reproducible(tmp_path):
     ({"reset": "none"}, "reset must be 'hard' or 'soft'"),
     ({"timesteps": 1000}, "timesteps must be an integer between 1 and 256"),
     ({"colour": "red"}, "unknown accelerator configuration fields: colour"),
+    ({"cores": 3, "qk_units": 1}, "1 Q-K units need 4 cores (four a unit"),
+    ({"cores": 4, "qk_units": 1, "neurons": 24, "lanes": 8},
+     "a Q-K unit's channels (neurons / 2 = 12) must be a multiple of lanes (8)"),
 ])
 def test_configuration_errors(fields, message, tmp_path, capsys):
     path = tmp_path / "cfg.json"

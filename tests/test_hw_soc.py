@@ -93,7 +93,7 @@ def test_identify_and_registers():
         assert dict(zip(p.IDENTITY, words, strict=True)) == {
             "version": p.VERSION, "cores": 2, "lanes": 4, "neurons": 8, "fan_in": 8,
             "timesteps": 3, "reset": 0, "detach_reset": 1, "surrogate": 0,
-            "out_fifo": 3 * 9, "max_words": 512}
+            "out_fifo": 3 * 9, "max_words": 512, "qk_units": 0}
         await host.write(1, address(Region.WEIGHT, 1 << IB | 2), [0x3C00, 0x4000])
         assert await host.read(1, address(Region.WEIGHT, 1 << IB | 1), 4) == [0, 0x3C00,
                                                                                0x4000, 0]
@@ -384,3 +384,92 @@ def test_parameters_are_checked():
         HostLink(cores=0, lanes=4, fan_in=8, identity=())
     with pytest.raises(TypeError, match=r"^SoC needs an AcceleratorConfig"):
         SoC({"cores": 2})
+
+
+def test_the_qk_model_trains_a_sample_on_the_chip():
+    """QKNet on four cores and a Q-K unit: embedding → [Wq; Wk] → attention → projection (its
+    current starting from the embedding's, the membrane shortcut) → head over all tokens.
+    The host sends the input spikes and the output errors only; the output spikes, every
+    layer's gradient and every updated weight are the golden model's bits."""
+    from spikeforge.golden.network import QKNet
+    from spikeforge.protocol import QkReg
+    from spikeforge.regmap import Shortcut
+
+    a, lr = FP16(), 0.125
+    T, R, Fe, D, C = 2, 2, 4, 4, 3
+    net = QKNet(tokens=R, features=Fe, dim=D, classes=C, arith=a, seed=20, gain=3.0,
+                lif=LIFParams(v_th=0.5))
+    gen = torch.Generator().manual_seed(20)
+    x = (torch.rand(T, 1, R, Fe, generator=gen) < 0.6).half()
+    out, c = net.forward(x)
+    g_out = fp16.to_fp16(torch.randn(T, 1, C, generator=gen) * 0.5)
+    grads = net.backward(c, g_out)
+    for name in ("s0", "q", "k", "att", "s1", "out"):
+        assert c[name].any(), name
+    assert all(bool((dw != 0).any()) for dw in grads.values())
+    w = net.weights
+    layers = [  # core: weights, gradient, registers
+        (w["embed"], grads["embed"], {Reg.TIMESTEPS: T * R, Reg.TOKENS: R,
+                                      Reg.SHORTCUT: Shortcut.SOURCE, Reg.BP_INPUT_ERROR: 0}),
+        (torch.cat([w["q"], w["k"]]), torch.cat([grads["q"], grads["k"]]),
+         {Reg.TIMESTEPS: T * R, Reg.TOKENS: R}),
+        (w["proj"], grads["proj"], {Reg.TIMESTEPS: T * R, Reg.TOKENS: R,
+                                    Reg.SHORTCUT: Shortcut.TARGET}),
+        (w["head"], grads["head"], {Reg.TIMESTEPS: T, Reg.IN_TOKENS: R, Reg.IN_STRIDE: D}),
+    ]
+    config = AcceleratorConfig(cores=4, neurons=2 * D, fan_in=R * D, lanes=2,
+                               timesteps=T * R, qk_units=1)
+    lif = net.lif.constants(a)
+    att = net.attention_lif.constants(a)
+
+    async def body(host, dut):
+        async def matrix(core, region, rows, cols):
+            return [await host.read(core, address(region, i << 3), cols) for i in range(rows)]
+
+        for core, (weights, _, extra) in enumerate(layers):
+            n, f = weights.shape
+            regs = {Reg.NEURONS: n, Reg.INPUTS: f, Reg.BP_INPUT_ERROR: 1,
+                    Reg.V_TH: int(fp16.bits(lif["v_th"])),
+                    Reg.V_RESET: int(fp16.bits(lif["v_reset"])),
+                    Reg.INV_TAU: int(fp16.bits(lif["inv_tau"])),
+                    Reg.DECAY: int(fp16.bits(lif["decay"])),
+                    Reg.LR: int(fp16.bits(fp16.to_fp16(torch.tensor(lr)))), **extra}
+            for reg, value in regs.items():
+                await host.write(core, address(Region.REG, reg), [value])
+            for i, row in enumerate(fp16.bits(weights).tolist()):
+                await host.write(core, address(Region.WEIGHT, i << 3), row)
+        unit = [0, R, D, T] + [int(fp16.bits(att[k]))
+                               for k in ("v_th", "v_reset", "inv_tau", "decay")]
+        await host.write(p.SOC, SocReg.QK, unit)
+        assert await host.read(p.SOC, SocReg.QK, len(QkReg)) == unit
+        # the unit's registers refuse what it cannot do, and change nothing
+        for reg, value in ((QkReg.KIND, 2), (QkReg.TOKENS, T * R + 1), (QkReg.CHANNELS, 3),
+                           (QkReg.TIMESTEPS, 0)):
+            await host.write(p.SOC, SocReg.QK + reg, [value], status=Status.BAD_ADDRESS)
+        await host.write(p.SOC, SocReg.QK + len(QkReg), [0], status=Status.BAD_ADDRESS)
+        assert await host.read(p.SOC, SocReg.QK, len(QkReg)) == unit
+        await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT,
+                                              p.Link.FP_TO_NEXT | p.Link.BP_TO_PREV,
+                                              p.Link.FP_TO_NEXT | p.Link.BP_TO_PREV,
+                                              p.Link.BP_TO_PREV])
+        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
+        await host.command(Opcode.SPIKES_IN, 0, 0, _events(x[:, 0].flatten(0, 1)))
+        words = await _collect(host, 3, Opcode.SPIKES_OUT,
+                               lambda w: sum(v >> 15 for v in w) == T)
+        assert _decode_events(words, T) == [
+            [int(i) for i in torch.nonzero(out[t, 0]).flatten()] for t in range(T)]
+        await host.command(Opcode.ERRORS_IN, 3, 2, _beats(g_out[:, 0], 2))
+        await host.wait(0, 4)
+        for core, (weights, dw, _) in enumerate(layers):
+            n, f = weights.shape
+            assert await matrix(core, Region.GRAD, n, f) == fp16.bits(dw).tolist(), core
+            assert (await host.read(core, address(Region.REG, Reg.ERRORS)))[0] == 0
+        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.UPDATE])
+        for core, (weights, dw, _) in enumerate(layers):
+            while (await host.read(core, address(Region.REG, Reg.STATUS)))[0] & 1:
+                pass
+            n, f = weights.shape
+            assert await matrix(core, Region.WEIGHT, n, f) == \
+                fp16.bits(sgd_update(weights, dw, lr, a)).tolist()
+
+    run(body, config, timeout=4000)
