@@ -258,8 +258,11 @@ class Core(wiring.Component):
         # FP: accumulate input events, then the LIF pass and the output events.
         # =====================================================================================
         fp_hazard = la + 2
-        fp_slots = Signal(range(max(CH, fp_hazard) + 1))
-        m.d.comb += fp_slots.eq(Mux(chunks > fp_hazard, chunks, fp_hazard))
+        # An input event's slots: one a chunk, at least the adder's hazard. Registered (the
+        # layer size changes only by a bus write while idle): the event input's ready
+        # depends on it, and through the routers the previous core's serializer.
+        fp_last = Signal(range(max(CH, fp_hazard)))
+        m.d.sync += fp_last.eq(Mux(chunks > fp_hazard, chunks, fp_hazard) - 1)
         iss_active = Signal()
         iss_row = Signal(range(F))
         iss_slot = Signal(range(max(CH, fp_hazard) + 1))
@@ -272,7 +275,7 @@ class Core(wiring.Component):
         in_base = Signal(range(F * F + F + 1))  # its first input, in_r · in_stride
         in_final = Signal()                     # the input token is the timestep's last
         m.d.comb += in_final.eq(in_r + 1 >= in_tokens)
-        m.d.comb += iss_last_slot.eq(iss_active & (iss_slot == fp_slots - 1))
+        m.d.comb += iss_last_slot.eq(iss_active & (iss_slot == fp_last))
 
         acc_valid = Signal()
         acc_chunk = Signal(range(CH))
@@ -688,9 +691,9 @@ class Core(wiring.Component):
         wt_d = Signal(16)
         wt_slot = Signal(range(max(FCH, la + 2) + 1))
         bp_hazard = la + 2
-        wt_slots = Signal(range(max(FCH, bp_hazard) + 1))
-        m.d.comb += wt_slots.eq(Mux(in_chunks > bp_hazard, in_chunks, bp_hazard))
-        wt_last = wt_active & (wt_slot == wt_slots - 1)
+        wt_last_slot = Signal(range(max(FCH, bp_hazard)))      # registered, as fp_last
+        m.d.sync += wt_last_slot.eq(Mux(in_chunks > bp_hazard, in_chunks, bp_hazard) - 1)
+        wt_last = wt_active & (wt_slot == wt_last_slot)
         cand_take = cand_valid & (~wt_active | wt_last)
 
         m.d.comb += [nz_rd.addr.eq(sc), d_rd_wt.addr.eq(Mux(sc_bp, sc_j, sc)), nz_rd.en.eq(1),

@@ -157,6 +157,19 @@ class SoC(wiring.Component):
         spike_buf, spikes_in = registered("host_spikes", link.spikes)
         error_buf, errors_in = registered("host_errors", link.errors)
 
+        def sliced(name, source, sink=None):
+            """``source``'s elements through a three-entry FIFO: to ``sink``, or the returned
+            stream."""
+            layout = data.Layout.cast(source.payload.shape())
+            m.submodules[name] = buf = fifo.SyncFIFOBuffered(width=layout.size, depth=3)
+            out = stream.Signature(layout).create()
+            m.d.comb += [buf.w_data.eq(source.payload), buf.w_en.eq(source.valid),
+                         source.ready.eq(buf.w_rdy), out.valid.eq(buf.r_rdy),
+                         out.payload.eq(buf.r_data), buf.r_en.eq(out.ready)]
+            if sink is not None:
+                wiring.connect(m, out, sink)
+            return out
+
         L = LINK_BITS
         links = [link.link[L * k:L * k + L] for k in range(n)]
         routers = [Router(neurons=c.neurons, fan_in=F, lanes=P) for _ in range(n)]
@@ -178,30 +191,26 @@ class SoC(wiring.Component):
             wiring.connect(m, router.core_bp_i, core.bp_i)
             wiring.connect(m, core.bp_o, router.core_bp_o)
             wiring.connect(m, router.core_psum_i, core.psum_i)
-            if k > 0 and k - 1 in blocks:
-                west, block = routers[k - 1], blocks[k - 1]
-                m.d.comb += [
-                    block.fp_i.valid.eq(west.east_spk.valid),
-                    block.fp_i.payload.index.eq(west.east_spk.payload.index),
-                    block.fp_i.payload.spike.eq(west.east_spk.payload.spike),
-                    block.fp_i.payload.last.eq(west.east_spk.payload.last),
-                    west.east_spk.ready.eq(block.fp_i.ready),
-                    router.west_spk.valid.eq(block.fp_o.valid),
-                    router.west_spk.payload.index.eq(block.fp_o.payload.index),
-                    router.west_spk.payload.spike.eq(block.fp_o.payload.spike),
-                    router.west_spk.payload.last.eq(block.fp_o.payload.last),
-                    block.fp_o.ready.eq(router.west_spk.ready),
-                ]
-                wiring.connect(m, router.west_err, block.bp_i)
-                wiring.connect(m, block.bp_o, west.east_err)
-                wiring.connect(m, west.east_share, router.west_share)
-                wiring.connect(m, router.west_psum, west.east_psum)
-            elif k > 0:
+            if k > 0:
+                # Every stream from core to core passes a three-entry buffer, whose valid and
+                # ready are flip-flops: no handshake runs combinationally from one core
+                # through the routers into the next.
                 west = routers[k - 1]
-                wiring.connect(m, west.east_spk, router.west_spk)
-                wiring.connect(m, west.east_share, router.west_share)
-                wiring.connect(m, router.west_err, west.east_err)
-                wiring.connect(m, router.west_psum, west.east_psum)
+                spikes = sliced(f"link{k}_spikes", west.east_spk)
+                errors = sliced(f"link{k}_errors", router.west_err)
+                sliced(f"link{k}_share", west.east_share, router.west_share)
+                sliced(f"link{k}_psum", router.west_psum, west.east_psum)
+                if k - 1 in blocks:
+                    block = blocks[k - 1]
+                    for src, dst in ((spikes, block.fp_i), (block.fp_o, router.west_spk)):
+                        m.d.comb += [dst.valid.eq(src.valid), src.ready.eq(dst.ready)] + [
+                            getattr(dst.payload, f).eq(getattr(src.payload, f))
+                            for f in ("index", "spike", "last")]
+                    wiring.connect(m, errors, block.bp_i)
+                    wiring.connect(m, block.bp_o, west.east_err)
+                else:
+                    wiring.connect(m, spikes, router.west_spk)
+                    wiring.connect(m, errors, west.east_err)
 
             out = router.host_spk_o
             host_spike = spike_buf.r_rdy & (spikes_in.core == k)
