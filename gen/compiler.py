@@ -118,8 +118,8 @@ def compile_network(network: Network, config: AcceleratorConfig, *, timesteps: i
     kind = getattr(network, "kind", type(network).__name__)
     if kind != "mlp":
         raise ConfigError(f"the {kind} model does not map onto a chain of training cores: "
-                          f"its Q-K attention needs an attention unit, which this "
-                          f"accelerator does not have; use --model mlp")
+                          f"the compiler does not yet place its Q-K attention on a Q-K unit; "
+                          f"use --model mlp")
     lif = network.lif
     problems = []
     if lif.surrogate.kind != config.surrogate:
