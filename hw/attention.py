@@ -22,7 +22,10 @@ rows (:mod:`spikeforge.hw.qk`), so the block holds a timestep: the spikes of ``Q
 (:class:`~spikeforge.hw.skewmem.SkewedMemory`) read by rows or by columns as the attention kind
 needs. Each timestep runs in phases — forward: collect the events, feed the unit, emit ``X′``;
 backward: collect ``δX′``, feed the unit while taking ``δK`` and ``δQ``, send ``[δQ; δK]`` —
-so the block moves data and computes nothing: the results are the unit's bits.
+so the block moves data and computes nothing: the results are the unit's bits. A sample run
+forward only (inference) has no backward pass: the next sample's first event, arriving before
+any ``δX′``, starts that sample; until then the block is not busy (its registers may be
+written).
 
 The active channel count ``c_channels`` must be a multiple of ``P`` (then ``δQ`` and ``δK`` fill
 whole beats of the stacked core's error stream).
@@ -161,6 +164,7 @@ class AttentionBlock(wiring.Component):
 
         # a sample's first event clears the error flag (before anything below may set it)
         fresh = Signal(init=1)                  # no event of this sample taken yet
+        pending = Signal()                      # forward done, no δX′ taken yet
         with m.If(self.fp_i.valid & self.fp_i.ready & fresh):
             m.d.sync += [error.eq(0), fresh.eq(0)]
         lowest = lowest_set(m, ser_mask, "lowest")
@@ -218,6 +222,7 @@ class AttentionBlock(wiring.Component):
                         with m.If(r + 1 == N):
                             m.d.sync += [r.eq(0), t.eq(t + 1), x_bits.eq(0)]
                             with m.If(t + 1 == self.c_timesteps):
+                                m.d.sync += pending.eq(1)
                                 m.next = "BP_RECV"
                             with m.Else():
                                 m.next = "COLLECT"
@@ -229,7 +234,13 @@ class AttentionBlock(wiring.Component):
 
             with m.State("BP_RECV"):
                 m.d.comb += self.bp_i.ready.eq(1)
+                with m.If(~self.bp_i.valid & self.fp_i.valid & pending):
+                    # the next sample's first event before any δX′ of this one: it ran forward
+                    # only (inference), so its backward pass is skipped
+                    m.d.sync += [t.eq(0), r.eq(0), c.eq(0), fresh.eq(1), pending.eq(0)]
+                    m.next = "COLLECT"
                 with m.If(self.bp_i.valid):
+                    m.d.sync += pending.eq(0)
                     m.d.comb += [dx_mem.wr_en.eq(1), dx_mem.wr_major.eq(r),
                                  dx_mem.wr_minor.eq(c), dx_mem.wr_data.eq(
                                      self.bp_i.payload.value), dx_mem.wr_mask.eq(-1)]
@@ -318,7 +329,7 @@ class AttentionBlock(wiring.Component):
             send.r_en.eq(self.bp_o.ready),
         ]
         m.d.comb += [
-            self.busy.eq(~fsm.ongoing("COLLECT") | (r != 0) | unit.busy),
+            self.busy.eq(~(fsm.ongoing("COLLECT") | pending) | (r != 0) | unit.busy),
             self.waiting.eq((fsm.ongoing("COLLECT") & ~self.fp_i.valid & ~unit.busy)
                             | (fsm.ongoing("BP_RECV") & ~self.bp_i.valid)),
         ]

@@ -8,7 +8,8 @@ computes the loss and streams the error of every output spike back; the cores ru
 the SGD update, passing spikes and errors between them on the chip. A batch accumulates its
 gradient on the device and is applied by one update with the learning rate divided by the batch
 size, as :class:`~spikeforge.train.GoldenBackend` does, so the device's weights are the golden
-model's in FP16, bit for bit.
+model's in FP16, bit for bit. The ``qk`` model runs on a Q-K unit and its four cores: the host
+streams a sample's tokens a timestep one after another and sees only the head's output.
 """
 
 import time
@@ -83,7 +84,8 @@ class _Counter32:
 
 
 class DeviceBackend:
-    """Trains and runs a :class:`~spikeforge.golden.network.SpikingMLP` on a board.
+    """Trains and runs a :class:`~spikeforge.golden.network.SpikingMLP` or a
+    :class:`~spikeforge.golden.network.QKNet` on a board.
 
     Parameters
     ----------
@@ -139,6 +141,8 @@ class DeviceBackend:
             b.set_link(cp.core, link)
         for core in range(len(prog.cores), self.config.cores):
             b.set_link(core, 0)
+        if prog.unit:
+            b.set_qk_unit(0, prog.unit)
         self._lr_bits = None
         self._cycles.seen = 0                   # CLEAR_COUNTERS zeroed the cores' counters
         self._active.seen = b.link_counters()["active_cycles"]
@@ -156,7 +160,7 @@ class DeviceBackend:
                 bits = torch.tensor(rows, dtype=torch.int32).reshape(cp.neurons, width)
                 blocks.append(bits[:, :cp.inputs])
             weights[layer] = fp16.from_bits(torch.cat(blocks))
-        return weights
+        return self.program.network_weights(weights)
 
     @property
     def network(self) -> Network:
@@ -219,9 +223,11 @@ class DeviceBackend:
                 self.board.core_command(cp.core, command)
 
     def _forward_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """Output spikes ``[T, classes]`` of one sample ``[T, inputs]`` (``[T, tokens,
+        features]``: the tokens of a timestep one after another)."""
         prog, b = self.program, self.board
         self._command_all(Command.BEGIN)
-        b.spikes_in(prog.first, encode_events(x))
+        b.spikes_in(prog.first, encode_events(x.reshape(-1, prog.inputs)))
         words, closed = [], 0
         deadline = time.monotonic() + 60.0
         while closed < self.timesteps:
@@ -234,9 +240,12 @@ class DeviceBackend:
         return decode_events(words, self.timesteps, prog.outputs)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
-        inputs = self.program.inputs
-        if x.dim() != 3 or x.shape[0] != self.timesteps or x.shape[2] != inputs:
-            raise ShapeError(f"device input must be spikes [T={self.timesteps}, B, {inputs}], "
+        prog = self.program
+        sample = (prog.inputs,) if prog.tokens == 1 else (prog.tokens, prog.inputs)
+        if x.dim() != 2 + len(sample) or x.shape[0] != self.timesteps or \
+                tuple(x.shape[2:]) != sample:
+            shape = ", ".join(map(str, sample))
+            raise ShapeError(f"device input must be spikes [T={self.timesteps}, B, {shape}], "
                              f"not {tuple(x.shape)}")
         if not ((x == 0) | (x == 1)).all():
             raise ShapeError("device input must be binary spikes (use the rate encoder)")
@@ -290,28 +299,34 @@ class DeviceBackend:
 
     def raster(self, x: torch.Tensor) -> dict:
         """Every layer's spikes ``S[t]`` ``[T, neurons]`` for one input sample ``[T, inputs]``,
-        read from the cores' saved state after its forward pass."""
+        read from the cores' saved state after its forward pass; a layer of tokens gives each
+        timestep its tokens' spikes one after another, ``[T, tokens · neurons]``."""
         self._check(x[:, None])
         self._forward_sample(x)
-        layers = {"input": x.int().tolist()}
+        layers = {"input": x.int().reshape(self.timesteps, -1).tolist()}
         bits = index_bits(self.config.neurons)
         for layer, parts in self.program.layers().items():
             rows = [[] for _ in range(self.timesteps)]
             for cp in parts:
-                for t in range(self.timesteps):
-                    rows[t] += self.board.read(cp.core, address(Region.SPIKE, t << bits),
-                                               cp.neurons)
+                steps = cp.registers[Reg.TIMESTEPS]
+                for step in range(steps):
+                    rows[step * self.timesteps // steps] += self.board.read(
+                        cp.core, address(Region.SPIKE, step << bits), cp.neurons)
             layers[layer] = rows
         return layers
 
 
-def accelerator_config(path=None, timesteps: int = 8):
+def accelerator_config(path=None, timesteps: int = 8, model: str = "mlp"):
     """The accelerator of a virtual board: from a JSON file, or the default one with room for
-    ``timesteps``."""
+    ``timesteps`` of ``model`` (the ``qk`` model of the digits: a Q-K unit, four cores, 8
+    tokens of 32 channels a timestep)."""
     from spikeforge.gen.config import AcceleratorConfig
 
     if path:
         return AcceleratorConfig.load(path)
+    if model == "qk":
+        return AcceleratorConfig(cores=4, neurons=64, fan_in=256, lanes=8,
+                                 timesteps=max(8, 8 * timesteps), qk_units=1)
     return AcceleratorConfig(timesteps=max(8, timesteps))
 
 
@@ -324,8 +339,8 @@ def open_backend(name: str, cfg, stack, config_path=None):
     if name == "sim":
         from spikeforge.gen.vboard import VirtualBoard
 
-        url = stack.enter_context(VirtualBoard(accelerator_config(config_path,
-                                                                  cfg.timesteps))).url
+        config = accelerator_config(config_path, cfg.timesteps, cfg.model)
+        url = stack.enter_context(VirtualBoard(config)).url
     elif name.startswith(("tcp://", "serial://", "/dev/")):
         url = name
     else:

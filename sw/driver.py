@@ -42,6 +42,7 @@ from .protocol import (
     IDENTITY,
     LINK_BITS,
     MAX_WORDS,
+    QK_REGS,
     SOC,
     VERSION,
     Link,
@@ -572,6 +573,24 @@ class Board:
         if core == cores - 1 and link & Link.FP_TO_NEXT:
             raise ValueError(f"core {core} is the last: {link!r} cannot route it")
         self.write(SOC, SocReg.LINK + core, [int(link)])
+
+    def qk_unit(self, unit: int) -> list[int]:
+        """Q-K unit ``unit``'s registers (:class:`~spikeforge.protocol.QkReg` order)."""
+        self._check_unit(unit)
+        return self.read(SOC, SocReg.QK + QK_REGS * unit, QK_REGS)
+
+    def set_qk_unit(self, unit: int, values: Sequence[int]) -> None:
+        """Write Q-K unit ``unit``'s registers (:class:`~spikeforge.protocol.QkReg` order). The
+        device refuses a kind, token count, channel count or timestep count it cannot take."""
+        self._check_unit(unit)
+        if len(values) != QK_REGS:
+            raise ValueError(f"a Q-K unit has {QK_REGS} registers, not {len(values)}")
+        self.write(SOC, SocReg.QK + QK_REGS * unit, [int(v) for v in values])
+
+    def _check_unit(self, unit: int) -> None:
+        units = self._identity().get("qk_units", 0)
+        if not 0 <= unit < units:
+            raise ValueError(f"the board has {units} Q-K unit(s): no unit {unit!r}")
 
 
 def link_throughput(board: Board, *, core: int = 0, seconds: float = 1.0) -> dict:

@@ -13,9 +13,11 @@ from spikeforge.golden import fp16
 from spikeforge.golden.lif import LIFParams
 from spikeforge.golden.network import QKNet, SpikingMLP
 from spikeforge.protocol import VERSION, Link
-from spikeforge.regmap import Reg
+from spikeforge.regmap import Reg, Shortcut
 
 SMALL = AcceleratorConfig(cores=2, neurons=8, fan_in=8, lanes=4, timesteps=2)
+QK_CONFIG = AcceleratorConfig(cores=4, neurons=8, fan_in=16, lanes=2, timesteps=8, qk_units=1)
+TINY_QK = {"tokens": 4, "features": 4, "dim": 4, "classes": 3}
 
 
 def test_generation_is_reproducible(tmp_path):
@@ -66,6 +68,29 @@ def test_compiler_places_layers_along_the_chain():
     assert torch.equal(first.weights, fp16.to_fp16(net.weights["fc0"]))
 
 
+def test_compiler_places_the_qk_model_on_a_qk_unit():
+    net = QKNet(**TINY_QK, attention="channel", seed=2)
+    program = compile_network(net, QK_CONFIG, timesteps=2)
+    assert [(c.layer, c.core, c.neurons, c.inputs) for c in program.cores] == [
+        ("embed", 0, 4, 4), ("q+k", 1, 8, 4), ("proj", 2, 4, 4), ("head", 3, 3, 16)]
+    regs = [c.registers for c in program.cores]
+    assert [r[Reg.TIMESTEPS] for r in regs] == [8, 8, 8, 2]
+    assert [r[Reg.TOKENS] for r in regs] == [4, 4, 4, 1]
+    assert [r[Reg.SHORTCUT] for r in regs] == [Shortcut.SOURCE, 0, Shortcut.TARGET, 0]
+    assert (regs[3][Reg.IN_TOKENS], regs[3][Reg.IN_STRIDE]) == (4, 4)
+    assert [r[Reg.BP_INPUT_ERROR] for r in regs] == [0, 1, 1, 1]
+    assert program.links == [Link.FP_TO_NEXT, Link.FP_TO_NEXT | Link.BP_TO_PREV,
+                             Link.FP_TO_NEXT | Link.BP_TO_PREV, Link.BP_TO_PREV]
+    assert program.unit[:4] == [1, 4, 4, 2] and program.tokens == 4
+    assert program.unit[4] == int(fp16.bits(torch.tensor(0.5)))   # the attention's V_th
+    # [Wq; Wk] on one core, parted again into the network's weights
+    layers = {c.layer: c.weights for c in program.cores}
+    weights = program.network_weights(layers)
+    assert set(weights) == set(net.weights)
+    for name, w in net.weights.items():
+        assert torch.equal(weights[name], fp16.to_fp16(w)), name
+
+
 def test_compiler_rows_with_gaps():
     config = AcceleratorConfig(cores=1, neurons=4, fan_in=12, lanes=4, timesteps=2)
     program = compile_network(SpikingMLP([12, 4]), config, timesteps=2)
@@ -82,12 +107,28 @@ def test_compiler_rows_with_gaps():
                              "fan_in=20)"),
     (SpikingMLP([8, 20]), 2, "the layers need 3 cores of 8 neurons (3), the accelerator has 2 "
                              "(generate with cores=3 or more, or with neurons=20 and cores=1)"),
-    (SpikingMLP([8, 8]), 3, "3 timesteps, the cores keep BP state for at most 2"),
+    (SpikingMLP([8, 8]), 3, "3 timesteps take 3 steps a sample, the cores keep BP state for "
+                           "at most 2 (generate with timesteps=3 or more)"),
     (SpikingMLP([8, 8], lif=LIFParams(surrogate="atan")), 2, "surrogate is atan"),
-    (SpikingMLP([8, 8], lif=LIFParams(reset="soft")), 2, "the network uses soft reset"),
-    (QKNet(), 2, "the qk model does not map onto a chain of training cores"),
+    (SpikingMLP([8, 8], lif=LIFParams(reset="soft")), 2,
+     "the network's reset is soft, the cores' hard (generate with reset='soft')"),
+    (QKNet(), 2, "the qk model needs a Q-K unit and the accelerator has none (generate with "
+                 "qk_units=1 and cores=4 or more)"),
+    (QKNet(**TINY_QK), 4, "4 timesteps of 4 tokens take 16 steps a sample, the cores keep BP "
+                          "state for at most 8 (generate with timesteps=16 or more)"),
+    (QKNet(**{**TINY_QK, "dim": 6}), 2, "[Wq; Wk] has 12 neurons, a core at most 8 (generate "
+                                        "with neurons=12)"),
+    (QKNet(**{**TINY_QK, "dim": 3}), 2, "the attention's 3 channels must be a multiple of "
+                                        "lanes (2)"),
+    (QKNet(**{**TINY_QK, "classes": 9}), 2, "the head has 9 neurons, a core at most 8"),
+    (QKNet(**{**TINY_QK, "tokens": 5}), 1, "the head takes 5 tokens of 4 channels (20 inputs) "
+                                           "and the embedding 4, a core at most 16 inputs "
+                                           "(generate with fan_in=20)"),
+    (QKNet(**TINY_QK, attention_lif=LIFParams(v_th=0.5, surrogate="atan")), 2,
+     "the attention neurons' surrogate is atan, the cores' sigmoid"),
 ])
 def test_networks_that_do_not_fit_are_refused(network, timesteps, message):
-    with pytest.raises(ConfigError, match="does not (fit|map)") as info:
-        compile_network(network, SMALL, timesteps=timesteps)
+    config = QK_CONFIG if isinstance(network, QKNet) and network.tokens < 8 else SMALL
+    with pytest.raises(ConfigError, match="does not fit") as info:
+        compile_network(network, config, timesteps=timesteps)
     assert message in str(info.value)

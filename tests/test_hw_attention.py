@@ -16,8 +16,9 @@ def _pack(values, lanes):
 
 
 def simulate(block: AttentionBlock, cases: list[QKCase], seed: int, idle=0.3, stall=0.3,
-             max_cycles: int = 40_000):
-    """Run ``cases`` back to back; per case, the events of each step and the [δQ; δK] beats."""
+             max_cycles: int = 40_000, forward_only=()):
+    """Run ``cases`` back to back; per case, the events of each step and the [δQ; δK] beats
+    (none for the cases numbered in ``forward_only``, which run forward only)."""
     P = block.lanes
     rng = random.Random(seed)
     got = []
@@ -75,6 +76,8 @@ def simulate(block: AttentionBlock, cases: list[QKCase], seed: int, idle=0.3, st
         for n, case in enumerate(cases):
             while len(got) <= n or len(got[n]["events"]) < case.timesteps * case.tokens:
                 await ctx.tick()
+            if n in forward_only:
+                continue
             D = case.channels
             for t, r in bp_order(case):
                 g = fp16.bits(case.g[t, r]).tolist()
@@ -90,6 +93,12 @@ def simulate(block: AttentionBlock, cases: list[QKCase], seed: int, idle=0.3, st
     async def bp_sink(ctx):
         for n, case in enumerate(cases):
             D = case.channels
+            if n in forward_only:
+                while len(got) <= n or len(got[n]["events"]) < case.timesteps * case.tokens:
+                    await ctx.tick()
+                got[n]["error"] = ctx.get(block.error)
+                done[0] = n + 1
+                continue
             for t, r in bp_order(case):
                 beats = []
                 while len(beats) < 2 * D // P:
@@ -145,6 +154,26 @@ def test_attention_block_silent_and_saturated_samples(kind):
     for case, got in zip(cases, results, strict=True):
         check_block(case, got)
     assert not cases[1].expected_x.any() and cases[2].expected_x.any()
+
+
+@pytest.mark.parametrize("kind", ["token", "channel"])
+def test_attention_block_inference_samples_skip_the_backward_pass(kind):
+    """Samples run forward only (inference) between trained ones: the next sample's events
+    start it, and the trained samples after them are still the golden model's bits."""
+    block = AttentionBlock(lanes=2, tokens=4, channels=4, timesteps=3)
+    cases = [QKCase.random(tokens=3, channels=4, timesteps=3, rate=0.5, kind=kind, seed=seed)
+             for seed in range(10, 15)]
+    results = simulate(block, cases, seed=3, forward_only={0, 1, 3})
+    for n, (case, got) in enumerate(zip(cases, results, strict=True)):
+        if n in (0, 1, 3):
+            for t in range(case.timesteps):
+                for r in range(case.tokens):
+                    expected = [int(i) for i in torch.nonzero(case.expected_x[t, r]).flatten()]
+                    assert got["events"][t, r] == expected, (n, t, r)
+            assert got["error"] == 0
+        else:
+            check_block(case, got)
+    assert all(case.expected_x.any() for case in cases)
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
