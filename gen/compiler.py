@@ -26,8 +26,8 @@ tokens. The first three run a token a step, ``T·N`` steps a sample; the unit's 
 (:class:`~spikeforge.protocol.QkReg`) are part of the program.
 
 >>> from spikeforge.golden.network import QKNet
->>> program = compile_network(QKNet(), AcceleratorConfig(cores=4, neurons=64, fan_in=256,
-...                                                      qk_units=1, timesteps=64), timesteps=8)
+>>> program = compile_network(QKNet(), AcceleratorConfig(
+...     cores=4, neurons=64, fan_in=256, timesteps=64, qk_units=1, qk_tokens=8), timesteps=8)
 >>> [(c.layer, c.neurons, c.inputs, c.registers[Reg.TIMESTEPS]) for c in program.cores]
 [('embed', 32, 8, 64), ('q+k', 64, 32, 64), ('proj', 32, 32, 64), ('head', 10, 256, 8)]
 >>> program.links, program.tokens, program.unit[:4]
@@ -233,6 +233,10 @@ def _compile_qk(network, config: AcceleratorConfig, timesteps: int) -> Program:
         problems.append("the qk model needs a Q-K unit and the accelerator has none (generate "
                         "with qk_units=1 and cores=4 or more)")
     problems += _steps_problem(T * n, config, f"{T} timesteps of {n} tokens take")
+    tokens = config.qk_args()["tokens"]
+    if config.qk_units and n > tokens:
+        problems.append(f"the attention takes {n} tokens a timestep, a Q-K unit at most "
+                        f"{tokens} (generate with qk_tokens={n})")
     if 2 * d > config.neurons:
         step = 2 * config.lanes
         problems.append(f"[Wq; Wk] has {2 * d} neurons, a core at most {config.neurons} "

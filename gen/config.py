@@ -43,7 +43,12 @@ class AcceleratorConfig:
         makes cores ``4u .. 4u + 3`` a QKFormer block: it sits between core ``4u + 1`` (the
         ``[Wq; Wk]`` layer, ``2·D`` neurons) and core ``4u + 2`` (the projection), and a
         membrane shortcut joins core ``4u`` (the embedding) to core ``4u + 2``. Each unit
-        takes up to ``timesteps`` tokens of up to ``neurons / 2`` channels.
+        takes up to ``qk_tokens`` tokens of up to ``neurons / 2`` channels.
+    qk_tokens : int
+        Most tokens a timestep a Q-K unit takes, 1 .. ``timesteps`` (its cores run a token a
+        step); 0, the default: ``timesteps``. The unit holds a timestep's ``Q``, ``K`` and
+        ``X′`` as ``tokens × channels`` bit matrices, so a unit sized to the tokens of the
+        network is much smaller than one sized to all the steps of the cores.
     """
 
     cores: int = 2
@@ -55,6 +60,7 @@ class AcceleratorConfig:
     detach_reset: bool = True
     surrogate: str = "sigmoid"
     qk_units: int = 0
+    qk_tokens: int = 0
 
     def __post_init__(self):
         def integer(name, low, high):
@@ -86,6 +92,7 @@ class AcceleratorConfig:
             raise ConfigError(f"a Q-K unit's channels (neurons / 2 = {self.neurons // 2}) must be "
                               f"a multiple of lanes ({self.lanes}): set neurons to a multiple "
                               f"of {2 * self.lanes}")
+        integer("qk_tokens", 0, self.timesteps)
         if self.surrogate not in SURROGATES:
             raise ConfigError(f"surrogate must be one of {', '.join(SURROGATES)}, not "
                               f"{self.surrogate!r}")
@@ -98,7 +105,8 @@ class AcceleratorConfig:
 
     def qk_args(self) -> dict:
         """Keyword arguments of :class:`~spikeforge.hw.attention.AttentionBlock`."""
-        return {"lanes": self.lanes, "tokens": self.timesteps, "channels": self.neurons // 2,
+        return {"lanes": self.lanes, "tokens": self.qk_tokens or self.timesteps,
+                "channels": self.neurons // 2,
                 "timesteps": self.timesteps, "reset": self.reset,
                 "detach_reset": self.detach_reset, "surrogate": Surrogate(self.surrogate)}
 

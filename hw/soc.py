@@ -90,7 +90,7 @@ class SoC(wiring.Component):
         m.submodules.link = link = HostLink(cores=n, lanes=P, fan_in=F,
                                             identity=self.identity(),
                                             timeout=self._link_timeout, qk_units=U,
-                                            qk_limits=(c.timesteps, c.neurons // 2,
+                                            qk_limits=(c.qk_args()["tokens"], c.neurons // 2,
                                                        c.timesteps))
         blocks = {}         # the core each unit follows
         for u in range(U):

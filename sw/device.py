@@ -326,7 +326,7 @@ def accelerator_config(path=None, timesteps: int = 8, model: str = "mlp"):
         return AcceleratorConfig.load(path)
     if model == "qk":
         return AcceleratorConfig(cores=4, neurons=64, fan_in=256, lanes=8,
-                                 timesteps=max(8, 8 * timesteps), qk_units=1)
+                                 timesteps=max(8, 8 * timesteps), qk_units=1, qk_tokens=8)
     return AcceleratorConfig(timesteps=max(8, timesteps))
 
 

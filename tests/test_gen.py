@@ -42,6 +42,8 @@ def test_generation_is_reproducible(tmp_path):
     ({"timesteps": 1000}, "timesteps must be an integer between 1 and 256"),
     ({"colour": "red"}, "unknown accelerator configuration fields: colour"),
     ({"cores": 3, "qk_units": 1}, "1 Q-K units need 4 cores (four a unit"),
+    ({"cores": 4, "qk_units": 1, "qk_tokens": 9}, "qk_tokens must be an integer between 0 "
+                                                  "and 8, not 9"),
     ({"cores": 4, "qk_units": 1, "neurons": 24, "lanes": 8},
      "a Q-K unit's channels (neurons / 2 = 12) must be a multiple of lanes (8)"),
 ])
@@ -83,6 +85,9 @@ def test_compiler_places_the_qk_model_on_a_qk_unit():
                              Link.FP_TO_NEXT | Link.BP_TO_PREV, Link.BP_TO_PREV]
     assert program.unit[:4] == [1, 4, 4, 2] and program.tokens == 4
     assert program.unit[4] == int(fp16.bits(torch.tensor(0.5)))   # the attention's V_th
+    with pytest.raises(ConfigError, match=r"the attention takes 4 tokens a timestep, a Q-K "
+                                          r"unit at most 3 \(generate with qk_tokens=4\)"):
+        compile_network(net, QK_CONFIG.replace(qk_tokens=3), timesteps=2)
     # [Wq; Wk] on one core, parted again into the network's weights
     layers = {c.layer: c.weights for c in program.cores}
     weights = program.network_weights(layers)
