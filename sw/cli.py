@@ -20,9 +20,11 @@ def _first_test_sample(cfg):
     import torch
 
     from .data import encode, load_dataset
+    from .train import model_input
 
     _, test = load_dataset(cfg.dataset)
-    return encode(test.x[:1], cfg.timesteps, cfg.encoder, torch.Generator().manual_seed(1))[:, 0]
+    return encode(model_input(test.x[:1], cfg.model), cfg.timesteps, cfg.encoder,
+                  torch.Generator().manual_seed(1))[:, 0]
 
 
 def _train(args) -> int:

@@ -197,7 +197,8 @@ class DeviceBackend:
                 "device_seconds": self.seconds, "counters": self.counters(),
                 "link": link, "accelerator": asdict(self.config),
                 "layers": [{"layer": cp.name, "core": cp.core, "neurons": cp.neurons,
-                            "inputs": cp.inputs} for cp in self.program.cores],
+                            "inputs": cp.inputs, "steps": cp.registers[Reg.TIMESTEPS]}
+                           for cp in self.program.cores],
                 "batches": self.batches}
 
     # ---- one sample ------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def _worker(index: int, port: int, shard: list, kind: str, url: str | None, cfg_
         from flwr.compat.client.app import start_client
 
         from .data import encode, load_dataset
-        from .train import _shape
+        from .train import model_input
 
         cfg = TrainConfig(**cfg_fields)
         train_set, _ = load_dataset(cfg.dataset)
@@ -134,7 +134,7 @@ def _worker(index: int, port: int, shard: list, kind: str, url: str | None, cfg_
                         order = torch.randperm(len(y_all), generator=gen)
                         for start in range(0, len(order), cfg.batch_size):
                             idx = order[start:start + cfg.batch_size]
-                            x = encode(_shape(x_all[idx], cfg.model), cfg.timesteps,
+                            x = encode(model_input(x_all[idx], cfg.model), cfg.timesteps,
                                        cfg.encoder, gen)
                             _, loss = backend.train_step(x, y_all[idx], cfg.lr)
                             loss_sum += loss * len(idx)

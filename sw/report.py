@@ -68,7 +68,6 @@ def analyse(run: dict) -> dict:
         out["device"] = False
         return out
     out["device"] = True
-    timesteps = run["config"]["timesteps"]
     lanes = run["accelerator"]["lanes"]
     samples = run["device_samples"]
     train_samples = sum(b["samples"] for b in run.get("batches", [])) or samples
@@ -77,6 +76,7 @@ def analyse(run: dict) -> dict:
     for placed in run["layers"]:
         k = run["counters"][placed["layer"]]
         n, f = placed["neurons"], placed["inputs"]
+        timesteps = placed.get("steps", run["config"]["timesteps"])   # a step a token
         cycles = max(k["cycles"], 1)
         fp_add = k["fp_events"] * n + samples * timesteps * n * 2
         fp_mul = samples * timesteps * n

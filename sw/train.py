@@ -114,7 +114,9 @@ class GoldenBackend:
         return out, loss
 
 
-def _shape(x: torch.Tensor, model: str) -> torch.Tensor:
+def model_input(x: torch.Tensor, model: str) -> torch.Tensor:
+    """Samples ``[B, 64]`` of the digits as the model takes them: the qk model's 8 tokens are
+    an image's rows of 8 pixels."""
     return x if model == "mlp" else x.unflatten(-1, (8, 8))
 
 
@@ -123,7 +125,7 @@ def evaluate(backend, split, cfg: TrainConfig, seed: int = 1) -> float:
     gen = torch.Generator().manual_seed(seed)
     correct = 0
     for i in range(0, len(split), 64):
-        x = encode(_shape(split.x[i:i + 64], cfg.model), cfg.timesteps, cfg.encoder, gen)
+        x = encode(model_input(split.x[i:i + 64], cfg.model), cfg.timesteps, cfg.encoder, gen)
         counts = backend.forward(x).float().sum(0)
         correct += int((counts.argmax(1) == split.y[i:i + 64]).sum())
     return correct / len(split)
@@ -173,7 +175,8 @@ def train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
             loss_sum = correct = 0
             for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                x = encode(_shape(train_set.x[idx], cfg.model), cfg.timesteps, cfg.encoder, gen)
+                x = encode(model_input(train_set.x[idx], cfg.model), cfg.timesteps,
+                           cfg.encoder, gen)
                 out, loss = backend.train_step(x, train_set.y[idx], cfg.lr)
                 loss_sum += loss * len(idx)
                 correct += int((out.float().sum(0).argmax(1) == train_set.y[idx]).sum())

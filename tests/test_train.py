@@ -102,3 +102,11 @@ def test_config_rejects_unknown_model():
 def test_config_is_checked_when_made(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("model, shape", [("mlp", (8, 64)), ("qk", (8, 8, 8))])
+def test_the_raster_sample_has_the_models_input_shape(model, shape):
+    from spikeforge.cli import _first_test_sample
+
+    x = _first_test_sample(TrainConfig(model=model))
+    assert tuple(x.shape) == shape and x.any() and not x.all()
