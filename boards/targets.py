@@ -79,7 +79,7 @@ TARGETS = {t.name: t for t in (
     Target("ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "clk25", 50.0,
            leds=(("led", 0, None), ("led", 7, None), ("led", 1, None), ("led", 2, None),
                  ("led", 3, None)),
-           accelerator=AcceleratorConfig(cores=4, neurons=64, fan_in=64, lanes=2, timesteps=8)),
+           accelerator=AcceleratorConfig(cores=4, neurons=64, fan_in=64, lanes=1, timesteps=8)),
     # 1BitSquared OrangeCrab r0.2 with the LFE5U-25F: 24k LUT4s, 28 18×18 multipliers, 56
     # DP16KD block RAMs and a 48 MHz oscillator. Its USB connector goes to the FPGA itself, not to
     # a UART bridge, so the host link is a UART on the Feather header (pin 0 RX, pin 1 TX) for a
