@@ -39,7 +39,7 @@ from .config import AcceleratorConfig
 from .verilator import VERILATOR_ARGS, export_verilog, tool_environment
 
 __all__ = ["LINK_TIMEOUT", "Loopback", "VirtualBoard", "VirtualBoardError", "build_virtual_board",
-           "cache_root"]
+           "cache_root", "die_with_parent"]
 
 LINK_TIMEOUT = 1 << 16
 HARNESS = Path(__file__).resolve().parent.parent / "sim" / "vboard.cpp"
@@ -96,10 +96,11 @@ def _digest(config: AcceleratorConfig, factory_name: str) -> str:
     return h.hexdigest()[:20]
 
 
-def _die_with_parent() -> None:
-    """In the child before it runs the board: have Linux stop it when its parent dies, so that
-    no board outlives a killed host process (the parent is the thread that started it: start
-    boards from a thread that lives as long as they should)."""
+def die_with_parent() -> None:
+    """In a child process, before it runs a board or anything that starts boards: have Linux
+    send it SIGTERM when its parent dies, so that no board outlives a killed host process (the
+    parent is the thread that started it: start boards from a thread that lives as long as
+    they should)."""
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
@@ -194,7 +195,7 @@ class VirtualBoard:
         self._process = subprocess.Popen(
             [str(self.executable), "--port", str(self.port)], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, start_new_session=True,
-            preexec_fn=_die_with_parent)
+            preexec_fn=die_with_parent)
         ready = threading.Event()
 
         def reader(pipe):
@@ -273,7 +274,7 @@ def serve(config: AcceleratorConfig, port: int) -> int:
     executable = build_virtual_board(
         config, log=lambda message: print(message, file=sys.stderr, flush=True))
     process = subprocess.Popen([str(executable), "--port", str(port)], stdout=sys.stdout,
-                               preexec_fn=_die_with_parent)
+                               preexec_fn=die_with_parent)
     try:
         return process.wait()
     except KeyboardInterrupt:

@@ -102,8 +102,12 @@ def _worker(index: int, port: int, shard: list, kind: str, url: str | None, cfg_
     def terminated(*_):
         raise _Terminated
 
-    # Terminated by the host: unwind, so that a virtual board is stopped with its worker.
+    # Terminated by the host, or by Linux when the host dies: unwind, so that a virtual board is
+    # stopped with its worker.
     signal.signal(signal.SIGTERM, terminated)
+    from spikeforge.gen.vboard import die_with_parent
+
+    die_with_parent()
     try:
         _quiet_flower()
         from flwr.client import NumPyClient
@@ -155,6 +159,9 @@ def _worker(index: int, port: int, shard: list, kind: str, url: str | None, cfg_
 def _server(port: int, cfg_fields: dict, workers: int, rounds: int, progress: bool,
             results) -> None:
     """The Flower server process: FedAvg, and the global model evaluated every round."""
+    from spikeforge.gen.vboard import die_with_parent
+
+    die_with_parent()
     _quiet_flower()
     from flwr.common import ndarrays_to_parameters
     from flwr.compat.server.app import start_server

@@ -68,3 +68,51 @@ def test_cli_errors_are_one_line(capsys):
     assert main(["fl", "--workers", "2", "--boards", "tcp://a:1"]) == 2
     err = capsys.readouterr().err
     assert "1 board URLs for 2 workers" in err and "Traceback" not in err
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    import pathlib
+
+    found = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_no_worker_outlives_a_killed_host():
+    """The host killed outright (no clean-up of its own): Linux stops its server and workers,
+    and a worker's board with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    host = subprocess.Popen([sys.executable, "-m", "spikeforge.cli", "fl", "--workers", "2",
+                             "--rounds", "50", "--local-epochs", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = host.stderr.readline()
+        while line and "round 1/50" not in line:
+            line = host.stderr.readline()
+        assert "round 1/50" in line
+        workers = _children(host.pid)
+        assert len(workers) >= 3, workers             # the server and two workers at least
+    finally:
+        host.kill()
+        host.wait()
+    deadline = time.monotonic() + 30
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if os.path.exists(f"/proc/{pid}")
+                 and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"processes {alive} outlived their host"
