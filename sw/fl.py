@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import os
 import queue
 import socket
 import time
@@ -30,6 +31,12 @@ import torch
 
 from .errors import ConfigError, SpikeforgeError
 from .train import TrainConfig
+
+# Flower reports usage to its servers and checks for updates unless told not to: federated
+# training here talks to nothing but its own workers. Set before flwr is imported (it reads them
+# at import), and inherited by the worker and server processes.
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
 
 __all__ = ["FLError", "dirichlet_shards", "run_fl"]
 
@@ -150,7 +157,9 @@ def _worker(index: int, port: int, shard: list, kind: str, url: str | None, cfg_
             start_client(server_address=f"127.0.0.1:{port}", client=Client().to_client(),
                          insecure=True, max_retries=20, max_wait_time=60)
     except _Terminated:
-        return
+        # The board is stopped (the ExitStack has unwound); leave now rather than wait on
+        # Flower's gRPC threads, which a stopped host will never end.
+        os._exit(0)
     except BaseException as error:  # reported to the host, which names the worker
         errors.put((index, f"{type(error).__name__}: {error}"))
         raise

@@ -116,3 +116,18 @@ def test_no_worker_outlives_a_killed_host():
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"processes {alive} outlived their host"
+
+
+def test_flower_sends_nothing_home():
+    """No usage reports or update checks: federated training talks only to its own workers."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c",
+                          "import spikeforge.fl\n"
+                          "from flwr.supercore import telemetry\n"
+                          "import os\n"
+                          "print(telemetry.FLWR_TELEMETRY_ENABLED, "
+                          "os.environ['FLWR_DISABLE_UPDATE_CHECK'])"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "1"]
