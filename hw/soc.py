@@ -77,7 +77,7 @@ class SoC(wiring.Component):
         c = self._config
         return (VERSION, c.cores, c.lanes, c.neurons, c.fan_in, c.timesteps,
                 int(c.reset == "soft"), int(c.detach_reset), list(SURROGATES).index(c.surrogate),
-                min(self.spike_fifo_depth, 0xFFFF), MAX_WORDS, c.qk_units)
+                min(self.spike_fifo_depth, 0xFFFF), MAX_WORDS, c.qk_units, c.qk_tokens)
 
     def elaborate(self, platform):
         m = Module()

@@ -21,7 +21,7 @@ from spikeforge.train import GoldenBackend
 
 T, TOKENS, FEATURES, DIM, CLASSES = 2, 3, 5, 4, 3
 CONFIG = AcceleratorConfig(cores=4, neurons=8, fan_in=12, lanes=2, timesteps=T * TOKENS,
-                           qk_units=1)
+                           qk_units=1, qk_tokens=TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def test_the_qk_model_trains_on_the_device_as_the_golden_model(board, attention)
     golden = GoldenBackend(network(attention))
     before = {name: w.clone() for name, w in golden.network.weights.items()}
     device = DeviceBackend(board, network(attention), T)
+    assert device.config == CONFIG                  # the board says what it is, Q-K tokens too
     assert board.qk_unit(0) == device.program.unit
     assert device.program.unit[0] == ("token", "channel").index(attention)
     y = torch.tensor([0, 2, 1])

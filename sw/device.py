@@ -111,7 +111,7 @@ class DeviceBackend:
             reset=("hard", "soft")[identity["reset"]],
             detach_reset=bool(identity["detach_reset"]),
             surrogate=_surrogate_name(identity["surrogate"]),
-            qk_units=identity.get("qk_units", 0))
+            qk_units=identity["qk_units"], qk_tokens=identity["qk_tokens"])
         self._network = network.to(FP16())
         self.program: Program = compile_network(self._network, self.config, timesteps=timesteps)
         self.timesteps = timesteps
@@ -317,18 +317,21 @@ class DeviceBackend:
         return layers
 
 
-def accelerator_config(path=None, timesteps: int = 8, model: str = "mlp"):
+def accelerator_config(path=None, timesteps: int = 8, model: str = "mlp", lif=None):
     """The accelerator of a virtual board: from a JSON file, or the default one with room for
     ``timesteps`` of ``model`` (the ``qk`` model of the digits: a Q-K unit, four cores, 8
-    tokens of 32 channels a timestep)."""
+    tokens of 32 channels a timestep) and neurons of ``lif``'s reset and surrogate."""
     from spikeforge.gen.config import AcceleratorConfig
 
     if path:
         return AcceleratorConfig.load(path)
+    neurons = {} if lif is None else {"reset": lif.reset, "detach_reset": lif.detach_reset,
+                                      "surrogate": lif.surrogate.kind}
     if model == "qk":
         return AcceleratorConfig(cores=4, neurons=64, fan_in=256, lanes=8,
-                                 timesteps=max(8, 8 * timesteps), qk_units=1, qk_tokens=8)
-    return AcceleratorConfig(timesteps=max(8, timesteps))
+                                 timesteps=max(8, 8 * timesteps), qk_units=1, qk_tokens=8,
+                                 **neurons)
+    return AcceleratorConfig(timesteps=max(8, timesteps), **neurons)
 
 
 def open_backend(name: str, cfg, stack, config_path=None):
@@ -340,7 +343,7 @@ def open_backend(name: str, cfg, stack, config_path=None):
     if name == "sim":
         from spikeforge.gen.vboard import VirtualBoard
 
-        config = accelerator_config(config_path, cfg.timesteps, cfg.model)
+        config = accelerator_config(config_path, cfg.timesteps, cfg.model, cfg.lif())
         url = stack.enter_context(VirtualBoard(config)).url
     elif name.startswith(("tcp://", "serial://", "/dev/")):
         url = name

@@ -68,10 +68,11 @@ MAX_PAYLOAD = 1024
 MAX_WORDS = MAX_PAYLOAD // 2
 BROADCAST = 0xFF
 SOC = 0xFE
-VERSION = 4          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN_STRIDE;
-#                      4: Reg.SHORTCUT, Q-K units (SocReg.QK, identity qk_units)
+VERSION = 5          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN_STRIDE;
+#                      4: Reg.SHORTCUT, Q-K units (SocReg.QK, identity qk_units);
+#                      5: identity qk_tokens
 IDENTITY = ("version", "cores", "lanes", "neurons", "fan_in", "timesteps", "reset",
-            "detach_reset", "surrogate", "out_fifo", "max_words", "qk_units")
+            "detach_reset", "surrogate", "out_fifo", "max_words", "qk_units", "qk_tokens")
 EVENT_SPIKE = 1 << 14
 EVENT_LAST = 1 << 15
 EVENT_INDEX = EVENT_SPIKE - 1

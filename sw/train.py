@@ -14,7 +14,7 @@ by the batch size instead, as the device's lr register is.
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .golden.arith import arith_for
 from .golden.lif import LIFParams
 from .golden.network import MODELS, Network, build_model
-from .golden.qk import ATTENTIONS
+from .golden.qk import ATTENTIONS, attention_lif_params
 from .golden.surrogate import Surrogate
 
 __all__ = ["GoldenBackend", "TrainConfig", "evaluate", "rate_loss", "train"]
@@ -79,7 +79,10 @@ class TrainConfig:
                   "gain": self.init_gain}
         if self.model == "mlp":
             return build_model("mlp", sizes=(64, self.hidden, 10), **kwargs)
-        return build_model("qk", attention=self.attention, **kwargs)
+        # The attention neuron is the network's (time constant, reset, surrogate) with QKFormer's
+        # threshold of 0.5.
+        attention_lif = replace(kwargs["lif"], v_th=attention_lif_params().v_th)
+        return build_model("qk", attention=self.attention, attention_lif=attention_lif, **kwargs)
 
 
 def rate_loss(out: torch.Tensor, y: torch.Tensor):

@@ -25,7 +25,7 @@ from spikeforge.protocol import Opcode, Status
 from spikeforge.regmap import Region, address
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vboard_session.json"
-IDENTITY = (p.VERSION, 2, 4, 16, 16, 4, 0, 1, 0, 68, p.MAX_WORDS, 0)
+IDENTITY = (p.VERSION, 2, 4, 16, 16, 4, 0, 1, 0, 68, p.MAX_WORDS, 0, 0)
 
 
 class PtyDevice:

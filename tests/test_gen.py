@@ -137,3 +137,24 @@ def test_networks_that_do_not_fit_are_refused(network, timesteps, message):
     with pytest.raises(ConfigError, match="does not fit") as info:
         compile_network(network, config, timesteps=timesteps)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("model", ["mlp", "qk"])
+def test_the_virtual_board_is_built_for_the_training_neurons(model):
+    """``--reset soft --surrogate atan --backend sim``: the virtual board's cores (and Q-K unit)
+    are generated with that reset and surrogate, and the network — attention neurons included —
+    compiles onto them; onto the default board it does not."""
+    from spikeforge.device import accelerator_config
+    from spikeforge.train import TrainConfig
+
+    cfg = TrainConfig(model=model, reset="soft", surrogate="atan", timesteps=2)
+    network = cfg.build()
+    if model == "qk":
+        assert (network.attention_lif.reset, network.attention_lif.surrogate.kind,
+                network.attention_lif.v_th) == ("soft", "atan", 0.5)
+    config = accelerator_config(None, cfg.timesteps, model, cfg.lif())
+    assert (config.reset, config.surrogate) == ("soft", "atan")
+    compile_network(network, config, timesteps=cfg.timesteps)
+    with pytest.raises(ConfigError, match="reset is soft, the cores' hard"):
+        compile_network(network, accelerator_config(None, cfg.timesteps, model),
+                        timesteps=cfg.timesteps)

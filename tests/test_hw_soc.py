@@ -93,7 +93,7 @@ def test_identify_and_registers():
         assert dict(zip(p.IDENTITY, words, strict=True)) == {
             "version": p.VERSION, "cores": 2, "lanes": 4, "neurons": 8, "fan_in": 8,
             "timesteps": 3, "reset": 0, "detach_reset": 1, "surrogate": 0,
-            "out_fifo": 3 * 9, "max_words": 512, "qk_units": 0}
+            "out_fifo": 3 * 9, "max_words": 512, "qk_units": 0, "qk_tokens": 0}
         await host.write(1, address(Region.WEIGHT, 1 << IB | 2), [0x3C00, 0x4000])
         assert await host.read(1, address(Region.WEIGHT, 1 << IB | 1), 4) == [0, 0x3C00,
                                                                                0x4000, 0]
