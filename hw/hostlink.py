@@ -282,6 +282,8 @@ class HostLink(wiring.Component):
         The Q-K units' registers (:class:`~spikeforge.protocol.QkReg`), ``SocReg.QK`` on.
     qk_busy : In(qk_units)
         A Q-K unit is in a sample: its registers refuse writes.
+    qk_active : In(qk_units)
+        A Q-K unit is working (busy, and not waiting for input): counted in ``QK_CYCLES``.
 
     A ``WRITE`` is first checked word by word with ``bus_probe`` set on every target core and
     written only if every word passed, so that a bad frame changes nothing.
@@ -298,8 +300,8 @@ class HostLink(wiring.Component):
         self._identity = tuple(identity)
         self._timeout = timeout
         self._qk_units, self._qk_limits = qk_units, tuple(qk_limits)   # tokens, channels, T
-        qk_ports = {"qk": Out(16 * QK_REGS * qk_units), "qk_busy": In(qk_units)} \
-            if qk_units else {}
+        qk_ports = {"qk": Out(16 * QK_REGS * qk_units), "qk_busy": In(qk_units),
+                    "qk_active": In(qk_units)} if qk_units else {}
         super().__init__({
             **qk_ports,
             "i": In(stream.Signature(8)),
@@ -355,13 +357,16 @@ class HostLink(wiring.Component):
         L = LINK_BITS
         link = Signal(L * n)
         counters = [Signal(32, name=name) for name in ("rx_bytes", "tx_bytes", "frames",
-                                                       "bad_frames", "active_cycles")]
+                                                       "bad_frames", "active_cycles",
+                                                       "qk_cycles")]
         m.d.comb += [self.link.eq(link), rx.rd_addr.eq(index),
                      self.out_sel.eq(core), self.bus_core.eq(target)]
         word = rx.rd_data
         m.d.sync += [counters[0].eq(counters[0] + (self.i.valid & self.i.ready)),
                      counters[1].eq(counters[1] + (self.o.valid & self.o.ready)),
                      counters[4].eq(counters[4] + self.active)]
+        if self._qk_units:
+            m.d.sync += counters[5].eq(counters[5] + sum(self.qk_active))
 
         is_core = core < n
         links = Array(link[L * c:L * c + L] for c in range(n))

@@ -104,7 +104,8 @@ class SoC(wiring.Component):
                 port = port.as_value() if hasattr(port, "as_value") else port
                 m.d.comb += port.eq(regs[16 * r:16 * r + len(port)])
         if U:
-            m.d.comb += link.qk_busy.eq(Cat(b.busy for b in blocks.values()))
+            m.d.comb += [link.qk_busy.eq(Cat(b.busy for b in blocks.values())),
+                         link.qk_active.eq(Cat(b.busy & ~b.waiting for b in blocks.values()))]
 
         # Membrane shortcuts: core 4u's sc_o to core 4u + 2's sc_i, and back. Elsewhere the
         # streams are tied off (a core set to a shortcut there sends into nothing and adds +0).

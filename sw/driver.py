@@ -63,7 +63,7 @@ __all__ = [
 
 DEFAULT_BAUD = 115200
 SETTLE = 0.1
-LINK_COUNTERS = ("rx_bytes", "tx_bytes", "frames", "bad_frames", "active_cycles")
+LINK_COUNTERS = ("rx_bytes", "tx_bytes", "frames", "bad_frames", "active_cycles", "qk_cycles")
 
 STATUS_MEANING = {
     Status.BAD_CRC: "the command's CRC did not match: the link corrupted it",
@@ -548,8 +548,9 @@ class Board:
         return {name: words[2 * i] | words[2 * i + 1] << 16 for i, name in enumerate(COUNTERS)}
 
     def link_counters(self) -> dict:
-        """The link's counters: bytes received and sent, frames executed and refused, and the
-        cycles in which a core worked (not counting its waits for input from the host)."""
+        """The link's counters: bytes received and sent, frames executed and refused, the
+        cycles in which a core worked (not counting its waits for input from the host) and
+        those in which a Q-K unit worked (summed over the units)."""
         words = self.read(SOC, SocReg.RX_BYTES, 2 * len(LINK_COUNTERS))
         return {name: words[2 * i] | words[2 * i + 1] << 16
                 for i, name in enumerate(LINK_COUNTERS)}

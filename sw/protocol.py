@@ -70,7 +70,7 @@ BROADCAST = 0xFF
 SOC = 0xFE
 VERSION = 5          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN_STRIDE;
 #                      4: Reg.SHORTCUT, Q-K units (SocReg.QK, identity qk_units);
-#                      5: identity qk_tokens
+#                      5: identity qk_tokens, SocReg.QK_CYCLES
 IDENTITY = ("version", "cores", "lanes", "neurons", "fan_in", "timesteps", "reset",
             "detach_reset", "surrogate", "out_fifo", "max_words", "qk_units", "qk_tokens")
 EVENT_SPIKE = 1 << 14
@@ -98,6 +98,7 @@ class SocReg(enum.IntEnum):
     FRAMES = 4           # frames executed (2 words)
     BAD_FRAMES = 6       # frames answered with an error status (2 words)
     ACTIVE_CYCLES = 8    # cycles in which a core worked: busy, not waiting for input (2 words)
+    QK_CYCLES = 10       # cycles in which a Q-K unit worked, summed over the units (2 words)
     LINK = 0x100         # LINK + c: core c's routing, :class:`Link` bits (read and write)
     QK = 0x200           # QK + 8·u + QkReg: Q-K unit u's configuration (read and write)
 

@@ -123,6 +123,10 @@ def analyse(run: dict) -> dict:
         # cycles in which a core worked: the rest waited for the host's spikes or errors
         "device_active_cycles_per_sample": (run["device_active_cycles"] / max(samples, 1)
                                             if "device_active_cycles" in run else None),
+        # cycles in which a Q-K unit worked (the qk model's attention)
+        "qk_cycles_per_sample": (link["qk_cycles"] / max(samples, 1)
+                                 if run["accelerator"].get("qk_units") and "qk_cycles" in link
+                                 else None),
         "samples_per_second": {f"{mhz} MHz": mhz * 1e6 / cycles_per_sample
                                for mhz in CLOCKS_MHZ},
         "energy_model": {"source": "Horowitz, ISSCC 2014 (45 nm), scaled 28/45 to 28 nm",
@@ -164,6 +168,10 @@ def _table(result: dict) -> list[tuple[str, str]]:
     if result.get("device_active_cycles_per_sample") is not None:
         rows.append(("of those, a core working (not waiting for the host)",
                      f"{result['device_active_cycles_per_sample']:,.0f}"))
+    if result.get("qk_cycles_per_sample") is not None:
+        share = result["qk_cycles_per_sample"] / max(result["device_cycles_per_sample"], 1)
+        rows.append(("of those, the Q-K unit working (share)",
+                     f"{result['qk_cycles_per_sample']:,.0f} ({share:.3f})"))
     rows += [
         ("samples/s at " + ", ".join(result["samples_per_second"]),
          ", ".join(f"{v:,.0f}" for v in result["samples_per_second"].values())),

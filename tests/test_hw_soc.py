@@ -103,10 +103,10 @@ def test_identify_and_registers():
             assert await host.read(core, address(Region.REG, Reg.V_TH)) == [0x3800]
         await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
         assert await host.read(p.SOC, SocReg.LINK, 2) == [1, 2]
-        counters = await host.read(p.SOC, SocReg.RX_BYTES, 10)
+        counters = await host.read(p.SOC, SocReg.RX_BYTES, 12)
         assert counters[0] > 0 and counters[2] > 0 and counters[4] == 9 and counters[6] == 0
-        assert counters[8:] == [0, 0]    # no core has run
-        await host.command(Opcode.READ, p.SOC, SocReg.RX_BYTES, [11], status=Status.BAD_ADDRESS)
+        assert counters[8:] == [0, 0, 0, 0]    # no core has run, and there is no Q-K unit
+        await host.command(Opcode.READ, p.SOC, SocReg.RX_BYTES, [13], status=Status.BAD_ADDRESS)
 
     run(body)
 
@@ -452,6 +452,12 @@ def test_the_qk_model_trains_a_sample_on_the_chip():
                                               p.Link.FP_TO_NEXT | p.Link.BP_TO_PREV,
                                               p.Link.FP_TO_NEXT | p.Link.BP_TO_PREV,
                                               p.Link.BP_TO_PREV])
+        async def cycles(which):
+            low, high = await host.read(p.SOC, which, 2)
+            return low | high << 16
+
+        assert await cycles(SocReg.QK_CYCLES) == 0          # nothing for the unit yet
+        start = await cycles(SocReg.ACTIVE_CYCLES)
         await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
         await host.command(Opcode.SPIKES_IN, 0, 0, _events(x[:, 0].flatten(0, 1)))
         words = await _collect(host, 3, Opcode.SPIKES_OUT,
@@ -460,6 +466,10 @@ def test_the_qk_model_trains_a_sample_on_the_chip():
             [int(i) for i in torch.nonzero(out[t, 0]).flatten()] for t in range(T)]
         await host.command(Opcode.ERRORS_IN, 3, 2, _beats(g_out[:, 0], 2))
         await host.wait(0, 4)
+        # The unit worked at least its ideal, a cycle a row of lanes forward and backward, and
+        # only while some core did.
+        worked = await cycles(SocReg.QK_CYCLES)
+        assert 2 * T * R * D // 2 <= worked < await cycles(SocReg.ACTIVE_CYCLES) - start
         for core, (weights, dw, _) in enumerate(layers):
             n, f = weights.shape
             assert await matrix(core, Region.GRAD, n, f) == fp16.bits(dw).tolist(), core

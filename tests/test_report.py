@@ -68,6 +68,18 @@ def test_numbers_follow_from_the_counters():
     assert result["samples_per_second"]["100 MHz"] == 100_000
     assert result["device_active_cycles_per_sample"] == 4200 / SAMPLES
     assert ENERGY_PJ["fp16_add"] == pytest.approx(0.4 * 28 / 45)
+    assert result["qk_cycles_per_sample"] is None          # no Q-K unit
+
+
+def test_the_q_k_unit_s_cycles_are_reported(tmp_path):
+    run = device_run()
+    run["accelerator"]["qk_units"] = 1
+    run["link"]["qk_cycles"] = 2500
+    assert analyse(run)["qk_cycles_per_sample"] == 250
+    (tmp_path / "train.json").write_text(json.dumps(run))
+    assert main(["report", str(tmp_path)]) == 0
+    assert "| of those, the Q-K unit working (share) | 250 (0.250) |" in \
+        (tmp_path / "report.md").read_text()
 
 
 def test_report_writes_a_table_and_plots(tmp_path):
