@@ -182,6 +182,7 @@ class VirtualBoard:
         self._factory = component_factory
         self._start_timeout = start_timeout
         self._process: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
         self._lines: list[str] = []
         self.url: str | None = None
         self.executable: Path | None = None
@@ -199,12 +200,15 @@ class VirtualBoard:
         ready = threading.Event()
 
         def reader(pipe):
-            for line in pipe:
-                self._lines.append(line.rstrip("\n"))
-                if line.startswith("listening "):
-                    ready.set()
+            with contextlib.suppress(ValueError, OSError):     # the pipe closed by stop()
+                for line in pipe:
+                    self._lines.append(line.rstrip("\n"))
+                    if line.startswith("listening "):
+                        ready.set()
 
-        threading.Thread(target=reader, args=(self._process.stdout,), daemon=True).start()
+        self._reader = threading.Thread(target=reader, args=(self._process.stdout,),
+                                        daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + self._start_timeout
         while not ready.wait(0.05):
             if self._process.poll() is not None or time.monotonic() > deadline:
@@ -258,6 +262,8 @@ class VirtualBoard:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=2)     # the output read to its end before it is closed
         for pipe in (self._process.stdout, self._process.stderr):
             with contextlib.suppress(Exception):
                 pipe.close()
