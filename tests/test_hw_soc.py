@@ -469,7 +469,7 @@ def test_the_qk_model_trains_a_sample_on_the_chip():
         # The unit worked at least its ideal, a cycle a row of lanes forward and backward, and
         # only while some core did.
         worked = await cycles(SocReg.QK_CYCLES)
-        assert 2 * T * R * D // 2 <= worked < await cycles(SocReg.ACTIVE_CYCLES) - start
+        assert 2 * T * R * D // config.lanes <= worked < await cycles(SocReg.ACTIVE_CYCLES) - start
         for core, (weights, dw, _) in enumerate(layers):
             n, f = weights.shape
             assert await matrix(core, Region.GRAD, n, f) == fp16.bits(dw).tolist(), core
