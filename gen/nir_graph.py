@@ -24,11 +24,10 @@ Anything else is refused with a message naming the node.
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from spikeforge.errors import ConfigError
 from spikeforge.golden.lif import LIFParams
-from spikeforge.golden.network import SpikingMLP
+from spikeforge.golden.network import SpikingMLP, round_once
 from spikeforge.golden.surrogate import Surrogate
 
 __all__ = ["network_from_nir", "network_to_nir"]
@@ -76,7 +75,9 @@ def _lif(name: str, node) -> tuple[LIFParams, int]:
 
 
 def network_from_nir(graph, *, surrogate: str = "sigmoid") -> SpikingMLP:
-    """The golden :class:`SpikingMLP` of a NIR graph (or the path of a NIR file)."""
+    """The golden :class:`SpikingMLP` of a NIR graph (or the path of a NIR file); its weights
+    are rounded once to binary16 (:func:`~spikeforge.golden.network.round_once`), so every
+    backend runs the graph from the same bits."""
     import nir
 
     if isinstance(graph, (str, Path)):
@@ -110,7 +111,7 @@ def network_from_nir(graph, *, surrogate: str = "sigmoid") -> SpikingMLP:
             if isinstance(node, nir.Affine) and np.any(np.asarray(node.bias) != 0):
                 raise ConfigError(f"NIR node {name!r} (Affine) has a non-zero bias; the cores "
                                   f"have none")
-            weights.append((name, torch.as_tensor(np.asarray(node.weight, dtype=np.float64))))
+            weights.append((name, round_once(np.asarray(node.weight, dtype=np.float64))))
         elif not expect_weights and isinstance(node, (nir.LIF, nir.CubaLIF)):
             lifs.append(_lif(name, node))
         else:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import SpikeforgeError
+from .errors import ConfigError, SpikeforgeError
 
 __all__ = ["main"]
 
@@ -43,12 +43,18 @@ def _train(args) -> int:
                       hidden=args.hidden)
     if args.resume and not args.checkpoint:
         args.checkpoint = args.resume
+    cases = None
+    if args.check_golden:
+        if args.backend == "golden":
+            raise ConfigError("--check-golden trains the FP16 golden model beside a device and "
+                              "compares them; give --backend sim or a board URL")
+        cases = Path(args.json).parent if args.json else Path(".")
     with contextlib.ExitStack() as stack:
         backend = open_backend(args.backend, cfg, stack, args.config)
         resume = args.resume if args.resume and Path(args.resume).is_file() else None
         try:
             result = train(cfg, backend, json_path=None, checkpoint=args.checkpoint,
-                           progress=not args.quiet, resume=resume)
+                           progress=not args.quiet, resume=resume, check_golden=cases)
         except LinkError as error:
             saved = args.checkpoint if args.checkpoint and Path(args.checkpoint).is_file() \
                 else None
@@ -71,6 +77,28 @@ def _train(args) -> int:
     if not args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return 0
+
+
+def _replay(args) -> int:
+    from .device import open_backend
+    from .golden.arith import arith_for
+    from .lockstep import load_case, replay
+    from .train import GoldenBackend, TrainConfig
+
+    case = load_case(args.case)
+    cfg = TrainConfig(**case["config"])
+    with contextlib.ExitStack() as stack:
+        if args.backend == "golden":
+            backend = GoldenBackend(cfg.build().to(arith_for("fp16")))
+        else:
+            backend = open_backend(args.backend, cfg, stack, args.config,
+                                   accelerator=case.get("accelerator"))
+        difference = replay(case, backend)
+    if difference is None:
+        print(f"{args.case}: every step of the batch is the FP16 golden model's")
+        return 0
+    print(f"{args.case}: {difference}")
+    return 1
 
 
 def _infer(args) -> int:
@@ -233,8 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE",
                        help="accelerator configuration (JSON) of the virtual board of --backend "
                             "sim")
+    train.add_argument("--check-golden", action="store_true",
+                       help="train the FP16 golden model beside the device and compare every "
+                            "batch bit for bit; stop at the first difference and save the "
+                            "batch as a replay case (beside --json)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
+
+    rep = sub.add_parser("replay", help="train a replay case saved by --check-golden again, "
+                                        "step by step beside the golden model")
+    rep.add_argument("case", metavar="CASE", help="the .pt file --check-golden saved")
+    rep.add_argument("--backend", default="sim", help=f"where to run: {BACKENDS_HELP}")
+    rep.add_argument("--config", metavar="FILE",
+                     help="accelerator configuration (JSON) of the virtual board of --backend "
+                          "sim; the case's own by default")
+    rep.set_defaults(func=_replay)
 
     infer = sub.add_parser("infer", help="classify the test set with a trained checkpoint")
     infer.add_argument("--backend", default="golden", help=f"where to run: {BACKENDS_HELP}")

@@ -147,20 +147,39 @@ class DeviceBackend:
         self._cycles.seen = 0                   # CLEAR_COUNTERS zeroed the cores' counters
         self._active.seen = b.link_counters()["active_cycles"]
 
-    def read_weights(self) -> dict:
-        """Every layer's weights as the device holds them (binary16), its cores' rows joined."""
+    def read_weights(self, region: Region = Region.WEIGHT) -> dict:
+        """Every weight matrix as the device holds it (binary16), its cores' rows joined, by
+        the network's names; ``Region.GRAD`` gives the gradients accumulated so far."""
         weights = {}
         for layer, parts in self.program.layers().items():
             blocks = []
             for cp in parts:
                 writes, rows = self.program.weight_rows(cp), []
                 for offset, words in writes:
-                    rows += self.board.read(cp.core, address(Region.WEIGHT, offset), len(words))
+                    rows += self.board.read(cp.core, address(region, offset), len(words))
                 width = self.config.fan_in if len(writes) == 1 else cp.inputs
                 bits = torch.tensor(rows, dtype=torch.int32).reshape(cp.neurons, width)
                 blocks.append(bits[:, :cp.inputs])
             weights[layer] = fp16.from_bits(torch.cat(blocks))
         return self.program.network_weights(weights)
+
+    def read_states(self) -> dict:
+        """Every layer's charges and spikes ``(H, S)`` of the last sample, ``[steps, neurons]``
+        (binary16, and 0/1), by the network's names: what the cores saved for BP."""
+        bits = index_bits(self.config.neurons)
+        state = {Region.CHARGE: {}, Region.SPIKE: {}}
+        for region, layers in state.items():
+            for layer, parts in self.program.layers().items():
+                blocks = []                     # [neurons, steps] a core, lowest neurons first
+                for cp in parts:
+                    words = [self.board.read(cp.core, address(region, step << bits), cp.neurons)
+                             for step in range(cp.registers[Reg.TIMESTEPS])]
+                    blocks.append(torch.tensor(words, dtype=torch.int32).T)
+                layers[layer] = torch.cat(blocks)
+        charges = self.program.network_weights(state[Region.CHARGE])
+        spikes = self.program.network_weights(state[Region.SPIKE])
+        return {name: (fp16.from_bits(charges[name].T), spikes[name].T.to(torch.float16))
+                for name in charges}
 
     @property
     def network(self) -> Network:
@@ -261,32 +280,58 @@ class DeviceBackend:
         self.seconds += time.monotonic() - start
         return out
 
+    def _set_lr(self, lr: float) -> None:
+        lr_bits = int(fp16.bits(FP16().cast(lr)))
+        if lr_bits != self._lr_bits:
+            for cp in self.program.cores:
+                self.board.set_reg(cp.core, Reg.LR, lr_bits)
+            self._lr_bits = lr_bits
+
+    def _backward_sample(self, out: torch.Tensor, label: torch.Tensor) -> None:
+        """Stream the error of a sample's output spikes ``[T, classes]`` to the last core and
+        wait until back-propagation (and WG) have reached the first."""
+        from .train import rate_loss
+
+        prog, P = self.program, self.config.lanes
+        beats = -(-prog.outputs // P)
+        _, grad = rate_loss(out[:, None], label.reshape(1))
+        bits = fp16.bits(fp16.to_fp16(grad[:, 0])).tolist()
+        words = []
+        for t in reversed(range(self.timesteps)):
+            words += bits[t] + [0] * (beats * P - prog.outputs)
+        self.board.errors_in(prog.last, beats, words)
+        self._wait(prog.first, Status.BP_DONE, "back-propagation")
+
+    def trace(self, weights: dict, x: torch.Tensor, y: torch.Tensor, lr: float):
+        """Train one batch from ``weights`` sample by sample and yield what the device holds
+        after each step (:func:`spikeforge.lockstep.golden_trace` yields the same for the
+        golden model): ``("state", i, {name: (H, S)})`` after sample ``i``'s forward pass,
+        ``("grad", i, {name: ΔW})`` after its back-propagation and ``("weight", None,
+        {name: W})`` after the update. The device's gradients and counters start afresh."""
+        x = self._check(x)
+        self.load_state_dict(weights)
+        self._set_lr(lr / len(y))
+        for i in range(x.shape[1]):
+            out = self._forward_sample(x[:, i])
+            yield "state", i, self.read_states()
+            self._backward_sample(out, y[i])
+            yield "grad", i, self.read_weights(Region.GRAD)
+        self._command_all(Command.UPDATE)
+        self._wait_idle()
+        yield "weight", None, self.read_weights()
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float):
         """One batch: FP, BP and WG per sample on the device, then one SGD update."""
         from .train import rate_loss
 
         x = self._check(x)
         start = time.monotonic()
-        prog, b, P = self.program, self.board, self.config.lanes
-        outputs = prog.outputs
-        beats = -(-outputs // P)
-        lr_bits = int(fp16.bits(fp16.to_fp16(torch.tensor(lr / len(y)))))
-        if lr_bits != self._lr_bits:
-            for cp in prog.cores:
-                b.set_reg(cp.core, Reg.LR, lr_bits)
-            self._lr_bits = lr_bits
+        self._set_lr(lr / len(y))
         outs = []
         cycles_before = self.cycles()
         for i in range(x.shape[1]):
-            out = self._forward_sample(x[:, i])
-            outs.append(out)
-            _, grad = rate_loss(out[:, None], y[i:i + 1])
-            bits = fp16.bits(fp16.to_fp16(grad[:, 0])).tolist()
-            words = []
-            for t in reversed(range(self.timesteps)):
-                words += bits[t] + [0] * (beats * P - outputs)
-            b.errors_in(prog.last, beats, words)
-            self._wait(prog.first, Status.BP_DONE, "back-propagation")
+            outs.append(self._forward_sample(x[:, i]))
+            self._backward_sample(outs[-1], y[i])
         self._command_all(Command.UPDATE)
         self._wait_idle()
         out = torch.stack(outs, 1)
@@ -334,16 +379,21 @@ def accelerator_config(path=None, timesteps: int = 8, model: str = "mlp", lif=No
     return AcceleratorConfig(timesteps=max(8, timesteps), **neurons)
 
 
-def open_backend(name: str, cfg, stack, config_path=None):
+def open_backend(name: str, cfg, stack, config_path=None, accelerator: dict | None = None):
     """The backend ``name`` (``golden``, ``sim`` or a board URL) for the training configuration
     ``cfg``: None for the golden model, else a device backend whose board (and virtual board)
-    ``stack`` closes."""
+    ``stack`` closes. A virtual board is built from ``config_path``, else from the fields of
+    ``accelerator``, else for ``cfg``."""
     if name == "golden":
         return None
     if name == "sim":
+        from spikeforge.gen.config import AcceleratorConfig
         from spikeforge.gen.vboard import VirtualBoard
 
-        config = accelerator_config(config_path, cfg.timesteps, cfg.model, cfg.lif())
+        if accelerator and not config_path:
+            config = AcceleratorConfig(**accelerator)
+        else:
+            config = accelerator_config(config_path, cfg.timesteps, cfg.model, cfg.lif())
         url = stack.enter_context(VirtualBoard(config)).url
     elif name.startswith(("tcp://", "serial://", "/dev/")):
         url = name

@@ -109,6 +109,14 @@ class GoldenBackend:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network.forward(x)[0]
 
+    def trace(self, weights: dict, x: torch.Tensor, y: torch.Tensor, lr: float):
+        """Train one batch from ``weights``, yielding each step's results
+        (:func:`~spikeforge.lockstep.golden_trace`)."""
+        from .lockstep import golden_trace
+
+        self.load_state_dict(weights)
+        yield from golden_trace(self.network, x, y, lr)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float):
         out, cache = self.network.forward(x)
         loss, grad = rate_loss(out, y)
@@ -151,17 +159,24 @@ def _resume(path, cfg: TrainConfig, backend, gen: torch.Generator) -> tuple[int,
 
 def train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
           checkpoint: str | Path | None = None, progress: bool = True,
-          resume: str | Path | None = None) -> dict:
+          resume: str | Path | None = None, check_golden: str | Path | None = None) -> dict:
     """Train ``cfg`` on ``backend`` (the golden model by default); return the results.
 
     With ``checkpoint``, the weights and the state of the run are saved there after every
-    epoch; ``resume`` continues from such a checkpoint as if the run had not stopped.
+    epoch; ``resume`` continues from such a checkpoint as if the run had not stopped. With
+    ``check_golden`` (a folder for replay cases), the FP16 golden model trains beside the
+    backend and every batch is compared bit for bit (:class:`~spikeforge.lockstep.Lockstep`):
+    the first difference raises :class:`~spikeforge.lockstep.GoldenMismatch`.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     torch.manual_seed(cfg.seed)
     train_set, test_set = load_dataset(cfg.dataset)
     backend = backend or GoldenBackend(cfg.build())
+    if check_golden is not None:
+        from .lockstep import Lockstep
+
+        backend = Lockstep(backend, cfg, check_golden)
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
     first = 0
@@ -180,6 +195,8 @@ def train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 x = encode(model_input(train_set.x[idx], cfg.model), cfg.timesteps,
                            cfg.encoder, gen)
+                if hasattr(backend, "at"):
+                    backend.at(epoch + 1, step + 1)
                 out, loss = backend.train_step(x, train_set.y[idx], cfg.lr)
                 loss_sum += loss * len(idx)
                 correct += int((out.float().sum(0).argmax(1) == train_set.y[idx]).sum())

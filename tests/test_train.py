@@ -8,6 +8,8 @@ from spikeforge import ConfigError
 from spikeforge.checkpoint import load_checkpoint
 from spikeforge.cli import main
 from spikeforge.data import load_dataset
+from spikeforge.golden import fp16
+from spikeforge.golden.arith import FP16
 from spikeforge.train import TrainConfig, rate_loss, train
 
 
@@ -110,3 +112,38 @@ def test_the_raster_sample_has_the_models_input_shape(model, shape):
 
     x = _first_test_sample(TrainConfig(model=model))
     assert tuple(x.shape) == shape and x.any() and not x.all()
+
+
+@pytest.mark.parametrize("model", ["mlp", "qk"])
+def test_every_backend_starts_from_the_same_binary16_weights(model):
+    """A device is handed the float network and rounds it to binary16 (DeviceBackend); the FP16
+    golden model rounds its own draw. Both must hold the same bits, and the float model those
+    values exactly: one rounding from one draw."""
+    float_net = TrainConfig(model=model).build()
+    exact = TrainConfig(model=model, precision="fp16").build()
+    on_device = float_net.to(FP16())
+    assert set(on_device.weights) == set(exact.weights)
+    for name, w in exact.weights.items():
+        assert torch.equal(fp16.bits(on_device.weights[name]), fp16.bits(w)), name
+        assert torch.equal(float_net.weights[name].double(), w.double()), name
+        assert w.abs().max() > 0 and len(w.unique()) > w.numel() // 4
+
+
+def test_a_nir_graph_is_rounded_once(tmp_path):
+    import nir
+    import numpy as np
+
+    from spikeforge.gen.nir_graph import network_from_nir
+
+    w = np.random.default_rng(3).normal(0, 0.3, size=(40, 64))
+    ones = np.ones(40)
+    graph = nir.NIRGraph(nodes={
+        "in": nir.Input(input_type={"input": np.array([64])}),
+        "fc": nir.Linear(weight=w),
+        "lif": nir.LIF(tau=ones * 2, r=ones, v_leak=ones * 0, v_threshold=ones, v_reset=ones * 0),
+        "out": nir.Output(output_type={"output": np.array([40])}),
+    }, edges=[("in", "fc"), ("fc", "lif"), ("lif", "out")])
+    got = fp16.bits(network_from_nir(graph).to(FP16()).weights["fc0"])
+    want = fp16.bits(torch.from_numpy(w.astype(np.float16)))
+    assert torch.equal(got, want)
+    assert not torch.equal(got, fp16.bits(torch.from_numpy(w).float().half()))

@@ -52,10 +52,13 @@ def from_bits(b: torch.Tensor) -> torch.Tensor:
     return torch.where(b >= 0x8000, b - 0x10000, b).to(torch.int16).view(torch.float16)
 
 
+_NAN = from_bits(torch.tensor(CANONICAL_NAN))
+
+
 def canonical(x: torch.Tensor) -> torch.Tensor:
     """``x`` with every NaN replaced by the canonical quiet NaN."""
-    nan = from_bits(torch.full_like(x, CANONICAL_NAN, dtype=torch.int32))
-    return torch.where(torch.isnan(x), nan, x)
+    nan = torch.isnan(x)
+    return torch.where(nan, _NAN, x) if bool(nan.any()) else x
 
 
 def to_fp16(x: torch.Tensor) -> torch.Tensor:

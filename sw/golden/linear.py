@@ -49,6 +49,12 @@ def _check_binary(s_in: torch.Tensor) -> None:
                          "the direct encoding's currents run only in float precision")
 
 
+def _active(mask: torch.Tensor) -> list:
+    """Indices of the last axis set anywhere in ``mask``: the only ones whose additions can
+    change a sum (adding +0 to a sum that started at +0 leaves it as it is)."""
+    return torch.nonzero(mask.reshape(-1, mask.shape[-1]).any(0)).flatten().tolist()
+
+
 def linear_forward(s_in: torch.Tensor, w: torch.Tensor, arith: Arith = FLOAT) -> torch.Tensor:
     """FP engine: currents ``X[t, ..., n] = Σ_i s_in[t, ..., i]·W[n, i]``."""
     _check(s_in, w, "layer input")
@@ -60,9 +66,12 @@ def linear_forward(s_in: torch.Tensor, w: torch.Tensor, arith: Arith = FLOAT) ->
         return arith.cast(s_in) @ w.T
     _check_binary(s_in)
     spiked = s_in.bool()
+    # A sum that starts at +0 never becomes -0, so adding +0 for a silent input changes
+    # nothing: the gated weights are formed at once and added input after input.
+    gated = torch.where(spiked[..., None, :], w, torch.zeros((), dtype=w.dtype))
     acc = torch.zeros(*s_in.shape[:-1], w.shape[0], dtype=w.dtype)
-    for i in range(w.shape[1]):
-        acc = torch.where(spiked[..., i:i + 1], arith.add(acc, w[:, i]), acc)
+    for i in _active(spiked):
+        acc = arith.add(acc, gated[..., i])
     return acc
 
 
@@ -75,10 +84,12 @@ def linear_backward(dx: torch.Tensor, w: torch.Tensor, arith: Arith = FLOAT) -> 
     w, dx = arith.cast(w), arith.cast(dx)
     if not arith.exact:
         return dx @ w
+    nonzero = dx != 0
+    products = torch.where(nonzero[..., None], arith.mul(w, dx[..., None]),
+                           torch.zeros((), dtype=w.dtype))
     acc = torch.zeros(*dx.shape[:-1], w.shape[1], dtype=w.dtype)
-    for n in range(w.shape[0]):
-        d = dx[..., n:n + 1]
-        acc = torch.where(d != 0, arith.add(acc, arith.mul(w[n], d)), acc)
+    for n in _active(nonzero):
+        acc = arith.add(acc, products[..., n, :])
     return acc
 
 
@@ -112,10 +123,12 @@ def linear_weight_grad(dx: torch.Tensor, s_in: torch.Tensor, arith: Arith = FLOA
     t_steps, batch = dx.shape[:2]
     dx = dx.reshape(t_steps, batch, -1, n_out)
     spiked = s_in.reshape(t_steps, batch, -1, n_in).bool()
-    for b in range(batch):      # the hardware's order: steps from the last, token by token
-        for t in reversed(range(t_steps)):
-            for r in range(dx.shape[2]):
-                dw = torch.where(spiked[t, b, r], arith.add(dw, dx[t, b, r, :, None]), dw)
+    # The hardware's order: sample by sample, steps from the last, token by token.
+    spiked = spiked.flip(0).transpose(0, 1).flatten(0, 2)
+    dx = dx.flip(0).transpose(0, 1).flatten(0, 2)
+    busy = (spiked.any(1) & (dx != 0).any(1)).tolist()
+    for step in (s for s, b in enumerate(busy) if b):
+        dw = torch.where(spiked[step], arith.add(dw, dx[step, :, None]), dw)
     return dw
 
 

@@ -25,19 +25,37 @@ import math
 import torch
 
 from ..errors import ConfigError, ShapeError
+from . import fp16
 from .arith import Arith, Float
 from .lif import LIFParams, lif_backward, lif_forward
 from .linear import linear_backward, linear_forward, linear_weight_grad, sgd_update
 from .qk import attention_lif_params, qk_attention_backward, qk_attention_forward
 
-__all__ = ["MODELS", "Network", "QKNet", "SpikingMLP", "build_model"]
+__all__ = ["MODELS", "Network", "QKNet", "SpikingMLP", "build_model", "round_once"]
 
 MODELS = ("mlp", "qk")
 
 
+def round_once(w) -> torch.Tensor:
+    """``w`` rounded once to binary16, held as float64: the form in which weights from outside
+    (a draw, a NIR graph) enter a network.
+
+    Every backend of a run starts from these bits: the FP16 golden model and a device hold them
+    as they are, and the float model holds them exactly (binary16 ⊂ float32). Rounding a float64
+    weight to float32 first and to binary16 later would round twice and can land one ulp away.
+
+    >>> w = torch.tensor([0.016713, 1 / 3], dtype=torch.float64)
+    >>> round_once(w).tolist() == fp16.to_fp16(w).double().tolist()
+    True
+    """
+    return fp16.to_fp16(torch.as_tensor(w, dtype=torch.float64)).to(torch.float64)
+
+
 def _init(n_out: int, n_in: int, gain: float, gen: torch.Generator) -> torch.Tensor:
+    """Weights drawn uniformly from ``±gain/√n_in`` in float64, then :func:`round_once`."""
     bound = gain / math.sqrt(n_in)
-    return (torch.rand(n_out, n_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+    return round_once((torch.rand(n_out, n_in, generator=gen, dtype=torch.float64) * 2 - 1)
+                      * bound)
 
 
 class Network:
@@ -104,6 +122,10 @@ class SpikingMLP(Network):
             s = s_out
         return s, cache
 
+    def states(self, cache) -> dict:
+        """Each layer's charges and spikes ``(H, S)``, ``[T, B, neurons]``, by weight name."""
+        return {f"fc{i}": (h, s_out) for i, (_, h, s_out) in enumerate(cache)}
+
     def backward(self, cache, g_out: torch.Tensor) -> dict:
         """BP and WG from ``g_out = ∂L/∂S_out``; return ``ΔW`` per weight."""
         grads, g = {}, g_out
@@ -162,6 +184,12 @@ class QKNet(Network):
         out, c["hout"] = lif_forward(self._layer_forward(c["flat"], "head"), lif, a)
         c["out"] = out
         return out, c
+
+    def states(self, c) -> dict:
+        """Each layer's charges and spikes ``(H, S)`` by weight name: ``[T, B, tokens, dim]``,
+        the head's ``[T, B, classes]``."""
+        return {"embed": (c["h0"], c["s0"]), "q": (c["hq"], c["q"]), "k": (c["hk"], c["k"]),
+                "proj": (c["h1"], c["s1"]), "head": (c["hout"], c["out"])}
 
     def backward(self, c, g_out: torch.Tensor) -> dict:
         a, lif, w = self.arith, self.lif, self.weights
