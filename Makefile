@@ -18,6 +18,9 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/spikeforge train --backend sim --model mlp --dataset digits --epochs 10 \
 		--json runs/train.json --resume runs/train.pt
+	$(BIN)/spikeforge train --backend golden --precision fp16 --model mlp --dataset digits \
+		--epochs 10 --quiet --json runs/golden16.json --checkpoint runs/golden16.pt
+	$(BIN)/spikeforge compare runs/train.pt runs/golden16.pt
 	$(BIN)/spikeforge report runs
 
 train-golden: $(STAMP)

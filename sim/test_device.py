@@ -14,11 +14,14 @@ from spikeforge.checkpoint import load_checkpoint
 from spikeforge.data import encode, load_dataset
 from spikeforge.device import DeviceBackend
 from spikeforge.driver import Board, LinkError
+from spikeforge.gen.compiler import index_bits
 from spikeforge.gen.config import AcceleratorConfig
 from spikeforge.gen.nir_graph import network_from_nir
 from spikeforge.gen.vboard import VirtualBoard
 from spikeforge.golden import fp16
 from spikeforge.golden.arith import FP16
+from spikeforge.lockstep import GoldenMismatch, Lockstep, load_case, replay
+from spikeforge.regmap import Region, address
 from spikeforge.train import GoldenBackend, TrainConfig, train
 
 T = 4
@@ -142,3 +145,31 @@ def test_training_resumes_after_the_board_dies(tmp_path):
     assert same_bits(weights, golden.network.weights)
     assert resumed["history"] == reference["history"]
     assert resumed["test_accuracy"] > 0.5
+
+
+def test_a_run_in_lockstep_with_the_golden_model_replays_a_batch_step_by_step(
+        board, digits, trained, tmp_path):
+    """Batches checked in lockstep; then a weight is changed on the device behind the host's
+    back: the next batch is caught, and its replay from the weights before it compares every
+    layer's charges, spikes and gradients after every sample on the device (all equal)."""
+    train_set, _ = digits
+    device = DeviceBackend(board, trained, T)
+    check = Lockstep(device, trained, tmp_path)
+    y = train_set.y[:8]
+    for step in range(2):
+        check.at(1, step + 1)
+        check.train_step(encoded(train_set.x[:8], step), y, 0.5)
+    assert check.batches == 2
+    w = device.read_weights()["fc1"]
+    bits = int(fp16.bits(w[3, 5])) ^ 1
+    board.write(device.program.last, address(Region.WEIGHT, 3 << index_bits(CONFIG.fan_in) | 5),
+                [bits])
+    check.at(1, 3)
+    with pytest.raises(GoldenMismatch, match="matched step by step") as info:
+        check.train_step(encoded(train_set.x[:8], 5), y, 0.5)
+    d = info.value.difference
+    assert (d.epoch, d.batch) == (1, 3) and d.what in ("output", "loss", "weight")
+    if d.what == "weight":
+        assert (d.layer, d.index) == ("fc1", (3, 5))
+    case = load_case(info.value.case)
+    assert replay(case, device, trained) is None

@@ -16,6 +16,7 @@ from spikeforge.golden import fp16
 from spikeforge.golden.arith import FP16
 from spikeforge.golden.lif import LIFParams
 from spikeforge.golden.network import QKNet
+from spikeforge.lockstep import compare_trace, golden_trace, layer_tokens
 from spikeforge.protocol import QK_REGS
 from spikeforge.train import GoldenBackend
 
@@ -91,3 +92,22 @@ def test_bad_input_is_refused_and_changes_nothing(board):
     after = device.read_weights()
     assert all(torch.equal(fp16.bits(weights[k]), fp16.bits(after[k])) for k in weights)
     assert board.qk_unit(0) == device.program.unit
+
+
+@pytest.mark.parametrize("attention", ["token", "channel"])
+def test_every_step_of_a_batch_is_the_golden_models(board, attention):
+    """Every layer's charges and spikes after each sample, the gradients after its BP and the
+    weights after the update, read from the device; a golden model whose K weights are one ulp
+    off is caught in K's charges, so the split of [Wq; Wk] and the token steps are checked."""
+    net = network(attention)
+    device = DeviceBackend(board, net, T)
+    x, y = spikes(3, seed=4), torch.tensor([2, 0, 1])
+    golden = net.to(FP16())
+    assert compare_trace(device.trace(net.state_dict(), x, y, 0.5),
+                         golden_trace(golden, x, y, 0.5), layer_tokens(net)) is None
+    off = net.to(FP16())
+    off.weights["k"] = fp16.from_bits(fp16.bits(off.weights["k"]) ^ 1)
+    d = compare_trace(device.trace(net.state_dict(), x, y, 0.5), golden_trace(off, x, y, 0.5),
+                      layer_tokens(net))
+    assert (d.what, d.layer, d.sample) == ("charge", "k", 0)
+    assert d.token is not None and d.device_bits != d.golden_bits

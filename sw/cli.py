@@ -101,6 +101,36 @@ def _replay(args) -> int:
     return 1
 
 
+def _compare(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .lockstep import first_difference
+
+    a, b = load_checkpoint(args.first), load_checkpoint(args.second)
+    problems = []
+    if set(a["weights"]) != set(b["weights"]):
+        problems.append(f"the weights differ in names: {sorted(a['weights'])} against "
+                        f"{sorted(b['weights'])}")
+    for name in sorted(set(a["weights"]) & set(b["weights"])):
+        d = first_difference("weight", name, a["weights"][name].half(),
+                             b["weights"][name].half())
+        if d is not None:
+            problems.append(f"{name}{list(d.index)} is 0x{d.device_bits:04x} in {args.first}, "
+                            f"0x{d.golden_bits:04x} in {args.second}")
+    for ha, hb in zip(a["history"], b["history"], strict=False):
+        if ha != hb:
+            problems.append(f"epoch {ha['epoch']}: {ha} against {hb}")
+            break
+    if len(a["history"]) != len(b["history"]):
+        problems.append(f"{len(a['history'])} epochs against {len(b['history'])}")
+    if problems:
+        print("\n".join(problems))
+        return 1
+    count = sum(w.numel() for w in a["weights"].values())
+    print(f"the same {count} weights bit for bit and the same history of "
+          f"{len(a['history'])} epochs (loss, train and test accuracy)")
+    return 0
+
+
 def _infer(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_dataset
@@ -218,6 +248,12 @@ def _build(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.soak:
+        from .soak import run_soak
+
+        results = run_soak(epochs=args.epochs, small=args.small, json_path=args.json,
+                           folder=Path(args.json).parent / "soak" if args.json else None)
+        return 0 if all(r["matched"] for r in results.values()) else 1
     from .bench import run_bench
 
     run_bench(args.json)
@@ -276,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="accelerator configuration (JSON) of the virtual board of --backend "
                           "sim; the case's own by default")
     rep.set_defaults(func=_replay)
+
+    cmp = sub.add_parser("compare", help="compare two checkpoints: their weights bit for bit "
+                                         "and their histories")
+    cmp.add_argument("first", metavar="CHECKPOINT")
+    cmp.add_argument("second", metavar="CHECKPOINT")
+    cmp.set_defaults(func=_compare)
 
     infer = sub.add_parser("infer", help="classify the test set with a trained checkpoint")
     infer.add_argument("--backend", default="golden", help=f"where to run: {BACKENDS_HELP}")
@@ -348,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the gateware in RTL simulation")
     bench.add_argument("--json", metavar="FILE", help="write the measurements as JSON")
+    bench.add_argument("--soak", action="store_true",
+                       help="instead: train several configurations (lanes 1 and 8, both "
+                            "resets, compact-support surrogates, a split layer, the qk model) "
+                            "on virtual boards in lockstep with the FP16 golden model")
+    bench.add_argument("--epochs", type=int, default=1, help="epochs of each --soak run")
+    bench.add_argument("--small", action="store_true",
+                       help="--soak with small networks (T = 4, 32 hidden neurons)")
     bench.set_defaults(func=_bench)
     return parser
 

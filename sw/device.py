@@ -151,15 +151,17 @@ class DeviceBackend:
         """Every weight matrix as the device holds it (binary16), its cores' rows joined, by
         the network's names; ``Region.GRAD`` gives the gradients accumulated so far."""
         weights = {}
+        ib = index_bits(self.config.fan_in)
         for layer, parts in self.program.layers().items():
             blocks = []
             for cp in parts:
-                writes, rows = self.program.weight_rows(cp), []
-                for offset, words in writes:
-                    rows += self.board.read(cp.core, address(region, offset), len(words))
-                width = self.config.fan_in if len(writes) == 1 else cp.inputs
-                bits = torch.tensor(rows, dtype=torch.int32).reshape(cp.neurons, width)
-                blocks.append(bits[:, :cp.inputs])
+                if cp.inputs == 1 << ib:        # whole rows, one after another
+                    words = self.board.read(cp.core, address(region), cp.neurons << ib)
+                else:                           # a row's inputs, row by row: no padding read
+                    words = [w for n in range(cp.neurons)
+                             for w in self.board.read(cp.core, address(region, n << ib),
+                                                      cp.inputs)]
+                blocks.append(torch.tensor(words, dtype=torch.int32).reshape(cp.neurons, -1))
             weights[layer] = fp16.from_bits(torch.cat(blocks))
         return self.program.network_weights(weights)
 

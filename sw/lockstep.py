@@ -35,8 +35,8 @@ from .golden import fp16
 from .golden.arith import FP16
 from .golden.network import Network
 
-__all__ = ["Difference", "GoldenMismatch", "Lockstep", "first_difference", "golden_trace",
-           "replay"]
+__all__ = ["Difference", "GoldenMismatch", "Lockstep", "compare_trace", "first_difference",
+           "golden_trace", "layer_tokens", "load_case", "replay"]
 
 FORMAT = "spikeforge-replay-1"
 
@@ -170,7 +170,7 @@ def golden_trace(network: Network, x: torch.Tensor, y: torch.Tensor, lr: float):
     yield "weight", None, network.state_dict()
 
 
-def _tokens(network: Network) -> dict:
+def layer_tokens(network: Network) -> dict:
     """Steps a timestep of each token-wise layer's state."""
     if getattr(network, "kind", "") == "qk":
         return dict.fromkeys(("embed", "q", "k", "proj"), network.tokens)
@@ -186,14 +186,17 @@ class Lockstep:
         The backend under test: ``train_step``, ``forward``, ``network``, ``load_state_dict``
         and ``trace`` (a :class:`~spikeforge.device.DeviceBackend`, or a
         :class:`~spikeforge.train.GoldenBackend` in FP16).
-    cfg : TrainConfig
-        The run's configuration: its network, rounded once to FP16, is the golden model, and
-        ``backend`` must start from the same weights.
+    network : Network
+        The run's golden network, in any precision: rounded once to FP16 it is the golden
+        model, and ``backend`` must start from its weights.
     cases : path
         Folder for the replay case saved at a difference.
+    cfg : TrainConfig, optional
+        The run's configuration, saved with a replay case so that :func:`replay` can build
+        the network again.
     """
 
-    def __init__(self, backend, cfg, cases: str | Path = "."):
+    def __init__(self, backend, network: Network, cases: str | Path = ".", cfg=None):
         from .train import GoldenBackend
 
         precision = getattr(backend, "precision", None) or backend.network.arith.name
@@ -202,7 +205,7 @@ class Lockstep:
                               "golden model in fp16 precision, not one in " + precision)
         self.backend = backend
         self.cfg = cfg
-        self.golden = GoldenBackend(cfg.build().to(FP16()))
+        self.golden = GoldenBackend(network.to(FP16()))
         self.cases = Path(cases)
         self.epoch = self.batch = None
         self.batches = 0
@@ -265,7 +268,8 @@ class Lockstep:
     # ---- at a difference -------------------------------------------------------------------
     def _weight_difference(self) -> Difference | None:
         weights = self.backend.network.state_dict()
-        for name, w in self.reference.weights.items():
+        # From the output layer back, as BP produces the gradients.
+        for name, w in reversed(self.reference.weights.items()):
             d = first_difference("weight", name, weights[name].to(torch.float16), w)
             if d is not None:
                 return d
@@ -282,7 +286,7 @@ class Lockstep:
         network = self.reference.to(FP16())
         network.load_state_dict(before)
         d = compare_trace(self.backend.trace(before, x, y, lr),
-                          golden_trace(network, x, y, lr), _tokens(network))
+                          golden_trace(network, x, y, lr), layer_tokens(network))
         note = "" if d is not None else (
             f"the batch replayed from the weights before it matched step by step; the run "
             f"first differed in {found.what}")
@@ -293,7 +297,8 @@ class Lockstep:
         self.cases.mkdir(parents=True, exist_ok=True)
         path = self.cases / f"mismatch-epoch{self.epoch}-batch{self.batch}.pt"
         accelerator = getattr(self.backend, "config", None)
-        torch.save({"format": FORMAT, "config": asdict(self.cfg), "weights": before,
+        config = asdict(self.cfg) if self.cfg is not None else None
+        torch.save({"format": FORMAT, "config": config, "weights": before,
                     "x": x.to(torch.uint8), "y": y, "lr": lr, "epoch": self.epoch,
                     "batch": self.batch, "difference": asdict(d),
                     "accelerator": asdict(accelerator) if accelerator else None}, path)
@@ -322,17 +327,22 @@ def load_case(path) -> dict:
     return case
 
 
-def replay(case: dict, backend) -> Difference | None:
-    """Train a saved case's batch on ``backend`` beside the golden model, step by step; return
-    the first difference, or None if every step is the golden model's."""
+def replay(case: dict, backend, network: Network | None = None) -> Difference | None:
+    """Train a saved case's batch on ``backend`` beside the golden model (``network``, or the
+    one the case's training configuration builds), step by step; return the first difference,
+    or None if every step is the golden model's."""
     from .train import TrainConfig
 
-    cfg = TrainConfig(**case["config"])
-    network = cfg.build().to(FP16())
+    if network is None:
+        if case["config"] is None:
+            raise ConfigError("the replay case holds no training configuration; give the "
+                              "network it was trained with")
+        network = TrainConfig(**case["config"]).build()
+    network = network.to(FP16())
     network.load_state_dict(case["weights"])
     x = case["x"].to(torch.float32)
     d = compare_trace(backend.trace(case["weights"], x, case["y"], case["lr"]),
-                      golden_trace(network, x, case["y"], case["lr"]), _tokens(network))
+                      golden_trace(network, x, case["y"], case["lr"]), layer_tokens(network))
     if d is not None:
         d.epoch, d.batch = case["epoch"], case["batch"]
     return d

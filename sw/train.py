@@ -176,7 +176,7 @@ def train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
     if check_golden is not None:
         from .lockstep import Lockstep
 
-        backend = Lockstep(backend, cfg, check_golden)
+        backend = Lockstep(backend, cfg.build(), check_golden, cfg=cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
     first = 0

@@ -48,7 +48,7 @@ def test_the_weights_of_a_double_rounded_start_are_refused_before_training():
     net = SpikingMLP([64, 128, 10], arith=FP16())
     net.weights = drawn
     with pytest.raises(GoldenMismatch) as info:
-        Lockstep(GoldenBackend(net), cfg)
+        Lockstep(GoldenBackend(net), cfg.build())
     d = info.value.difference
     assert (d.what, d.layer, d.index) == ("weight", "fc1", (8, 112))
     assert (d.device_bits, d.golden_bits) == (0x1C56, 0x1C57)
@@ -91,9 +91,26 @@ def test_a_difference_is_located_at_its_timestep():
 def test_float_precision_cannot_be_checked():
     cfg = TrainConfig(hidden=32, timesteps=4)
     with pytest.raises(ConfigError, match="compares FP16 bits"):
-        Lockstep(GoldenBackend(cfg.build()), cfg)
+        Lockstep(GoldenBackend(cfg.build()), cfg.build())
 
 
 def test_the_cli_refuses_to_check_the_golden_model_against_itself(capsys):
     assert main(["train", "--check-golden", "--epochs", "1", "--quiet"]) == 2
     assert "--check-golden" in capsys.readouterr().err
+
+
+def test_compare_finds_two_runs_alike_and_names_the_first_different_weight(tmp_path, capsys):
+    from spikeforge.checkpoint import load_checkpoint, save_checkpoint
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    for path in (a, b):
+        train(CFG, GoldenBackend(CFG.build()), progress=False, checkpoint=path)
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "bit for bit" in capsys.readouterr().out
+    state = load_checkpoint(b)
+    net = CFG.build()
+    net.load_state_dict(state["weights"])
+    net.weights["fc1"][4, 7] = fp16.from_bits(fp16.bits(net.weights["fc1"][4, 7]) ^ 1)
+    save_checkpoint(b, net, CFG, state["epoch"], state["history"], state["rng"])
+    assert main(["compare", str(a), str(b)]) == 1
+    assert "fc1[4, 7]" in capsys.readouterr().out
