@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikeforge.errors import ConfigError
+from spikeforge.golden.lif import RESETS
 from spikeforge.golden.surrogate import SURROGATES, Surrogate
 
 __all__ = ["AcceleratorConfig"]
@@ -79,7 +80,7 @@ class AcceleratorConfig:
                 raise ConfigError(f"{name} must be a multiple of lanes ({self.lanes}), not "
                                   f"{getattr(self, name)}")
         integer("timesteps", 1, 256)
-        if self.reset not in ("hard", "soft"):
+        if self.reset not in RESETS:
             raise ConfigError(f"reset must be 'hard' or 'soft', not {self.reset!r}")
         if not isinstance(self.detach_reset, bool):
             raise ConfigError(f"detach_reset must be true or false, not {self.detach_reset!r}")
@@ -109,6 +110,52 @@ class AcceleratorConfig:
                 "channels": self.neurons // 2,
                 "timesteps": self.timesteps, "reset": self.reset,
                 "detach_reset": self.detach_reset, "surrogate": Surrogate(self.surrogate)}
+
+    @property
+    def spike_fifo_depth(self) -> int:
+        """Events a core's output FIFO on the host link holds: a whole sample's."""
+        return self.timesteps * (self.neurons + 1)
+
+    def identity(self) -> dict:
+        """The fields of a board's ``IDENTIFY`` reply (:data:`~spikeforge.protocol.IDENTITY`),
+        by name; :meth:`from_identity` is its inverse.
+
+        >>> cfg = AcceleratorConfig(cores=4, surrogate="rect", qk_units=1, neurons=64)
+        >>> AcceleratorConfig.from_identity(cfg.identity()) == cfg
+        True
+        """
+        from spikeforge.protocol import IDENTITY, MAX_WORDS, VERSION
+
+        fields = {
+            "version": VERSION, "cores": self.cores, "lanes": self.lanes,
+            "neurons": self.neurons, "fan_in": self.fan_in, "timesteps": self.timesteps,
+            "reset": RESETS.index(self.reset), "detach_reset": int(self.detach_reset),
+            "surrogate": list(SURROGATES).index(self.surrogate),
+            "out_fifo": min(self.spike_fifo_depth, 0xFFFF), "max_words": MAX_WORDS,
+            "qk_units": self.qk_units, "qk_tokens": self.qk_tokens,
+        }
+        assert tuple(fields) == IDENTITY
+        return fields
+
+    @classmethod
+    def from_identity(cls, identity: dict) -> "AcceleratorConfig":
+        """The configuration a board reports in its ``IDENTIFY`` reply (fields by name)."""
+        from spikeforge.protocol import VERSION
+
+        if identity.get("version") != VERSION:
+            raise ConfigError(f"the device speaks protocol version {identity.get('version')}, "
+                              f"this spikeforge {VERSION}")
+        names = list(SURROGATES)
+        for name, allowed in (("reset", RESETS), ("surrogate", names)):
+            if not 0 <= identity[name] < len(allowed):
+                raise ConfigError(f"the device reports {name} {identity[name]}, which this "
+                                  f"version does not know; update spikeforge")
+        return cls(cores=identity["cores"], neurons=identity["neurons"],
+                   fan_in=identity["fan_in"], lanes=identity["lanes"],
+                   timesteps=identity["timesteps"], reset=RESETS[identity["reset"]],
+                   detach_reset=bool(identity["detach_reset"]),
+                   surrogate=names[identity["surrogate"]], qk_units=identity["qk_units"],
+                   qk_tokens=identity["qk_tokens"])
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

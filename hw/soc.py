@@ -26,8 +26,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.gen.config import AcceleratorConfig
-from spikeforge.golden.surrogate import SURROGATES
-from spikeforge.protocol import EVENT_INDEX, LINK_BITS, MAX_WORDS, QK_REGS, VERSION, QkReg
+from spikeforge.protocol import EVENT_INDEX, LINK_BITS, QK_REGS, QkReg
 
 from .attention import AttentionBlock
 from .core import Core
@@ -66,7 +65,7 @@ class SoC(wiring.Component):
 
     @property
     def spike_fifo_depth(self) -> int:
-        return self._config.timesteps * (self._config.neurons + 1)
+        return self._config.spike_fifo_depth
 
     @property
     def error_fifo_depth(self) -> int:
@@ -74,10 +73,7 @@ class SoC(wiring.Component):
 
     def identity(self) -> tuple:
         """The words of the ``IDENTIFY`` reply, in the order of ``protocol.IDENTITY``."""
-        c = self._config
-        return (VERSION, c.cores, c.lanes, c.neurons, c.fan_in, c.timesteps,
-                int(c.reset == "soft"), int(c.detach_reset), list(SURROGATES).index(c.surrogate),
-                min(self.spike_fifo_depth, 0xFFFF), MAX_WORDS, c.qk_units, c.qk_tokens)
+        return tuple(self._config.identity().values())
 
     def elaborate(self, platform):
         m = Module()

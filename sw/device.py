@@ -104,14 +104,7 @@ class DeviceBackend:
 
         self.board = board
         self.name = name
-        identity = board.identity or board.sync()
-        self.config = AcceleratorConfig(
-            cores=identity["cores"], neurons=identity["neurons"], fan_in=identity["fan_in"],
-            lanes=identity["lanes"], timesteps=identity["timesteps"],
-            reset=("hard", "soft")[identity["reset"]],
-            detach_reset=bool(identity["detach_reset"]),
-            surrogate=_surrogate_name(identity["surrogate"]),
-            qk_units=identity["qk_units"], qk_tokens=identity["qk_tokens"])
+        self.config = AcceleratorConfig.from_identity(board.identity or board.sync())
         self._network = network.to(FP16())
         self.program: Program = compile_network(self._network, self.config, timesteps=timesteps)
         self.timesteps = timesteps
@@ -404,14 +397,3 @@ def open_backend(name: str, cfg, stack, config_path=None, accelerator: dict | No
                           f"serial://DEVICE, not {name!r}")
     board = stack.enter_context(Board.connect(url))
     return DeviceBackend(board, cfg.build(), cfg.timesteps, name=name)
-
-
-def _surrogate_name(index: int) -> str:
-    from .golden.surrogate import SURROGATES
-
-    names = list(SURROGATES)
-    if not 0 <= index < len(names):
-        raise ConfigError(f"the device reports surrogate {index}, which this version does not "
-                          f"know; update spikeforge")
-    return names[index]
-

@@ -12,6 +12,7 @@ from spikeforge.gen.generate import TOP, generate
 from spikeforge.golden import fp16
 from spikeforge.golden.lif import LIFParams
 from spikeforge.golden.network import QKNet, SpikingMLP
+from spikeforge.hw.soc import SoC
 from spikeforge.protocol import VERSION, Link
 from spikeforge.regmap import Reg, Shortcut
 
@@ -158,3 +159,27 @@ def test_the_virtual_board_is_built_for_the_training_neurons(model):
     with pytest.raises(ConfigError, match="reset is soft, the cores' hard"):
         compile_network(network, accelerator_config(None, cfg.timesteps, model),
                         timesteps=cfg.timesteps)
+
+
+@pytest.mark.parametrize("config", [
+    AcceleratorConfig(),
+    AcceleratorConfig(cores=1, neurons=8, fan_in=24, lanes=1, timesteps=1, reset="soft",
+                      detach_reset=False, surrogate="piecewise_quadratic"),
+    AcceleratorConfig(cores=8, neurons=64, fan_in=256, lanes=8, timesteps=64, qk_units=2,
+                      qk_tokens=8, surrogate="atan"),
+])
+def test_a_configuration_and_its_identity_are_inverses(config):
+    from spikeforge.protocol import IDENTITY
+
+    identity = config.identity()
+    assert tuple(identity) == IDENTITY
+    assert AcceleratorConfig.from_identity(identity) == config
+    assert SoC(config).identity() == tuple(identity.values())
+
+
+def test_an_identity_this_version_cannot_read_is_refused():
+    identity = AcceleratorConfig().identity()
+    with pytest.raises(ConfigError, match="surrogate 9, which this version does not know"):
+        AcceleratorConfig.from_identity({**identity, "surrogate": 9})
+    with pytest.raises(ConfigError, match="protocol version 99"):
+        AcceleratorConfig.from_identity({**identity, "version": 99})
