@@ -44,17 +44,11 @@ from spikeforge.golden.arith import FP16
 from spikeforge.golden.network import Network
 from spikeforge.golden.qk import ATTENTIONS
 from spikeforge.protocol import EVENT_INDEX, Link
-from spikeforge.regmap import Reg, Shortcut
+from spikeforge.regmap import Reg, Shortcut, index_bits, weight_offset
 
 from .config import AcceleratorConfig
 
-__all__ = ["CoreProgram", "Program", "compile_network", "index_bits"]
-
-
-def index_bits(count: int) -> int:
-    """Bits of an index below ``count`` in a core's bus offsets (``Core.input_bits`` of its
-    fan-in, ``Core.neuron_bits`` of its neurons)."""
-    return max((count - 1).bit_length(), 1)
+__all__ = ["CoreProgram", "Program", "compile_network"]
 
 
 @dataclass
@@ -130,7 +124,7 @@ class Program:
         if fan_in == 1 << ib:
             words = [w for row in bits for w in row + [0] * (fan_in - core.inputs)]
             return [(0, words)]
-        return [(n << ib, row) for n, row in enumerate(bits)]
+        return [(weight_offset(n, 0, fan_in=fan_in), row) for n, row in enumerate(bits)]
 
 
 def _lif_registers(network: Network, config: AcceleratorConfig, neurons: int, inputs: int,

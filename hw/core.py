@@ -64,7 +64,16 @@ from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.golden.surrogate import Surrogate
-from spikeforge.regmap import COUNTERS, Command, Counter, ErrorFlag, Reg, Region, Shortcut
+from spikeforge.regmap import (
+    COUNTERS,
+    Command,
+    Counter,
+    ErrorFlag,
+    Reg,
+    Region,
+    Shortcut,
+    index_bits,
+)
 
 from .fp16 import FP16Adder, FP16Multiplier
 from .lanes import FP16Lanes, delay, lane, lowest_set
@@ -148,13 +157,13 @@ class Core(wiring.Component):
 
     @property
     def neuron_bits(self) -> int:
-        """Bits of a neuron index in bus offsets (``CHARGE``: ``t << neuron_bits | n``)."""
-        return max((self._neurons - 1).bit_length(), 1)
+        """Bits of a neuron index in bus offsets (:func:`~spikeforge.regmap.state_offset`)."""
+        return index_bits(self._neurons)
 
     @property
     def input_bits(self) -> int:
-        """Bits of an input index in bus offsets (``WEIGHT``: ``n << input_bits | i``)."""
-        return max((self._fan_in - 1).bit_length(), 1)
+        """Bits of an input index in bus offsets (:func:`~spikeforge.regmap.weight_offset`)."""
+        return index_bits(self._fan_in)
 
     def elaborate(self, platform):
         m = Module()

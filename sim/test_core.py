@@ -31,8 +31,8 @@ SWEEP = [(n, f, rate) for n, f in ((1, 1), (16, 16), (7, 13), (16, 4))
 @cocotb.test()
 async def core_cases(dut):
     spec = json.loads(os.environ["CORE_SPEC"])
-    tb = CoreTB(dut, lanes=spec["lanes"], neuron_bits=spec["neuron_bits"],
-                input_bits=spec["input_bits"], seed=spec["seed"], idle=0.3, stall=0.3)
+    tb = CoreTB(dut, lanes=spec["lanes"], neurons=spec["max_neurons"],
+                fan_in=spec["max_fan_in"], seed=spec["seed"], idle=0.3, stall=0.3)
     await tb.reset()
     lif = LIFParams(reset=spec["reset"], surrogate=Surrogate(spec["surrogate"]),
                     v_reset=spec["v_reset"], tau=spec["tau"])
@@ -52,8 +52,8 @@ async def core_cases(dut):
 async def core_batch(dut):
     """Three samples accumulate ΔW in the golden batch order before one update."""
     spec = json.loads(os.environ["CORE_SPEC"])
-    tb = CoreTB(dut, lanes=spec["lanes"], neuron_bits=spec["neuron_bits"],
-                input_bits=spec["input_bits"], seed=spec["seed"] + 1, idle=0.2, stall=0.2)
+    tb = CoreTB(dut, lanes=spec["lanes"], neurons=spec["max_neurons"],
+                fan_in=spec["max_fan_in"], seed=spec["seed"] + 1, idle=0.2, stall=0.2)
     await tb.reset()
     first = LayerCase.random(neurons=13, fan_in=11, timesteps=spec["timesteps"], rate=0.4,
                              seed=5)
@@ -84,7 +84,7 @@ def _run(name, *, lanes=4, neurons=16, fan_in=16, timesteps=3, reset="hard",
          testcases=("core_cases",)):
     core = Core(neurons=neurons, fan_in=fan_in, lanes=lanes, timesteps=timesteps, reset=reset,
                 surrogate=Surrogate(surrogate))
-    spec = {"lanes": lanes, "neuron_bits": core.neuron_bits, "input_bits": core.input_bits,
+    spec = {"lanes": lanes, "max_neurons": neurons, "max_fan_in": fan_in,
             "timesteps": timesteps, "reset": reset, "surrogate": surrogate,
             "v_reset": v_reset, "tau": tau, "cases": cases, "seed": seed, "tokens": tokens}
     run(core, name=name, test_module="test_core", testcases=testcases,

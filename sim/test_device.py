@@ -14,14 +14,13 @@ from spikeforge.checkpoint import load_checkpoint
 from spikeforge.data import encode, load_dataset
 from spikeforge.device import DeviceBackend
 from spikeforge.driver import Board, LinkError
-from spikeforge.gen.compiler import index_bits
 from spikeforge.gen.config import AcceleratorConfig
 from spikeforge.gen.nir_graph import network_from_nir
 from spikeforge.gen.vboard import VirtualBoard
 from spikeforge.golden import fp16
 from spikeforge.golden.arith import FP16
 from spikeforge.lockstep import GoldenMismatch, Lockstep, load_case, replay
-from spikeforge.regmap import Region, address
+from spikeforge.regmap import Region, address, weight_offset
 from spikeforge.train import GoldenBackend, TrainConfig, train
 
 T = 4
@@ -162,8 +161,8 @@ def test_a_run_in_lockstep_with_the_golden_model_replays_a_batch_step_by_step(
     assert check.batches == 2
     w = device.read_weights()["fc1"]
     bits = int(fp16.bits(w[3, 5])) ^ 1
-    board.write(device.program.last, address(Region.WEIGHT, 3 << index_bits(CONFIG.fan_in) | 5),
-                [bits])
+    offset = weight_offset(3, 5, fan_in=CONFIG.fan_in)
+    board.write(device.program.last, address(Region.WEIGHT, offset), [bits])
     check.at(1, 3)
     with pytest.raises(GoldenMismatch, match="matched step by step") as info:
         check.train_step(encoded(train_set.x[:8], 5), y, 0.5)

@@ -41,7 +41,6 @@ def bench_core(*, neurons: int = 128, fan_in: int = 256, lanes: int = 8, timeste
     name = f"core_n{neurons}_f{fan_in}_p{lanes}_t{timesteps}"
     out = build_root / name / "bench.json"
     spec = {"lanes": lanes, "neurons": neurons, "fan_in": fan_in, "timesteps": timesteps,
-            "neuron_bits": core.neuron_bits, "input_bits": core.input_bits,
             "cases": [{"rate": r} for r in rates]}
     verilator.run(core, name=name, build_dir=build_root / name, test_module="spikeforge.tb.bench",
                   testcases=["core_bench"],

@@ -13,7 +13,7 @@ import torch
 
 from .errors import SpikeforgeError
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "load_saved", "save_checkpoint"]
 
 FORMAT = "spikeforge-checkpoint-1"
 
@@ -34,14 +34,20 @@ def save_checkpoint(path, network, config, epoch: int, history: list,
 
 
 def load_checkpoint(path) -> dict:
+    return load_saved(path, FORMAT, "checkpoint",
+                      f"train with --checkpoint {path} first")
+
+
+def load_saved(path, fmt: str, what: str, hint: str) -> dict:
+    """A dictionary saved with ``torch.save`` whose ``format`` is ``fmt``: a ``what`` (for the
+    messages; ``hint`` says how to make one)."""
     path = Path(path)
     if not path.is_file():
-        raise SpikeforgeError(f"checkpoint {path} does not exist; train with --checkpoint "
-                              f"{path} first")
+        raise SpikeforgeError(f"{what} {path} does not exist; {hint}")
     try:
         state = torch.load(path, weights_only=True)
     except Exception as exc:
-        raise SpikeforgeError(f"checkpoint {path} cannot be read ({exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise SpikeforgeError(f"{path} is not a spikeforge checkpoint")
+        raise SpikeforgeError(f"{what} {path} cannot be read ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise SpikeforgeError(f"{path} is not a spikeforge {what}")
     return state

@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 import torch
 
-from spikeforge.gen.compiler import Program, compile_network, index_bits
+from spikeforge.gen.compiler import Program, compile_network
 
 from .driver import Board
 from .errors import ConfigError, ShapeError
@@ -25,7 +25,7 @@ from .golden import fp16
 from .golden.arith import FP16
 from .golden.network import Network
 from .protocol import BROADCAST, EVENT_INDEX, EVENT_LAST, EVENT_SPIKE, MAX_WORDS, event_word
-from .regmap import Command, Reg, Region, Status, address
+from .regmap import Command, Reg, Region, Status, address, index_bits, state_offset, weight_offset
 
 __all__ = ["DeviceBackend", "accelerator_config", "decode_events", "encode_events",
            "open_backend"]
@@ -144,16 +144,17 @@ class DeviceBackend:
         """Every weight matrix as the device holds it (binary16), its cores' rows joined, by
         the network's names; ``Region.GRAD`` gives the gradients accumulated so far."""
         weights = {}
-        ib = index_bits(self.config.fan_in)
+        fan_in = self.config.fan_in
         for layer, parts in self.program.layers().items():
             blocks = []
             for cp in parts:
-                if cp.inputs == 1 << ib:        # whole rows, one after another
-                    words = self.board.read(cp.core, address(region), cp.neurons << ib)
+                if cp.inputs == 1 << index_bits(fan_in):     # whole rows, one after another
+                    words = self.board.read(cp.core, address(region),
+                                            weight_offset(cp.neurons, 0, fan_in=fan_in))
                 else:                           # a row's inputs, row by row: no padding read
-                    words = [w for n in range(cp.neurons)
-                             for w in self.board.read(cp.core, address(region, n << ib),
-                                                      cp.inputs)]
+                    words = [w for n in range(cp.neurons) for w in self.board.read(
+                        cp.core, address(region, weight_offset(n, 0, fan_in=fan_in)),
+                        cp.inputs)]
                 blocks.append(torch.tensor(words, dtype=torch.int32).reshape(cp.neurons, -1))
             weights[layer] = fp16.from_bits(torch.cat(blocks))
         return self.program.network_weights(weights)
@@ -161,13 +162,14 @@ class DeviceBackend:
     def read_states(self) -> dict:
         """Every layer's charges and spikes ``(H, S)`` of the last sample, ``[steps, neurons]``
         (binary16, and 0/1), by the network's names: what the cores saved for BP."""
-        bits = index_bits(self.config.neurons)
+        neurons = self.config.neurons
         state = {Region.CHARGE: {}, Region.SPIKE: {}}
         for region, layers in state.items():
             for layer, parts in self.program.layers().items():
                 blocks = []                     # [neurons, steps] a core, lowest neurons first
                 for cp in parts:
-                    words = [self.board.read(cp.core, address(region, step << bits), cp.neurons)
+                    words = [self.board.read(cp.core, address(region, state_offset(
+                                 step, 0, neurons=neurons)), cp.neurons)
                              for step in range(cp.registers[Reg.TIMESTEPS])]
                     blocks.append(torch.tensor(words, dtype=torch.int32).T)
                 layers[layer] = torch.cat(blocks)
@@ -345,14 +347,14 @@ class DeviceBackend:
         self._check(x[:, None])
         self._forward_sample(x)
         layers = {"input": x.int().reshape(self.timesteps, -1).tolist()}
-        bits = index_bits(self.config.neurons)
         for layer, parts in self.program.layers().items():
             rows = [[] for _ in range(self.timesteps)]
             for cp in parts:
                 steps = cp.registers[Reg.TIMESTEPS]
                 for step in range(steps):
                     rows[step * self.timesteps // steps] += self.board.read(
-                        cp.core, address(Region.SPIKE, step << bits), cp.neurons)
+                        cp.core, address(Region.SPIKE, state_offset(
+                            step, 0, neurons=self.config.neurons)), cp.neurons)
             layers[layer] = rows
         return layers
 

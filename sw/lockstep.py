@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import load_saved
 from .errors import ConfigError, SpikeforgeError
 from .golden import fp16
 from .golden.arith import FP16
@@ -315,16 +316,7 @@ def _output_difference(out: torch.Tensor, expected: torch.Tensor) -> Difference 
 
 def load_case(path) -> dict:
     """A replay case saved by :class:`Lockstep`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"replay case {path} does not exist")
-    try:
-        case = torch.load(path, weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"replay case {path} cannot be read ({exc})") from exc
-    if not isinstance(case, dict) or case.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not a spikeforge replay case")
-    return case
+    return load_saved(path, FORMAT, "replay case", "train with --check-golden to make one")
 
 
 def replay(case: dict, backend, network: Network | None = None) -> Difference | None:

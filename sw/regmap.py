@@ -8,12 +8,19 @@ offset``:
 region          offset
 ==============  =========================================================================
 ``REG``         a :class:`Reg`
-``WEIGHT``      ``n · fan_in + i``: weight ``W[n, i]`` (read and write)
-``GRAD``        ``n · fan_in + i``: accumulated gradient ``ΔW[n, i]`` (read only)
-``CHARGE``      ``t · neurons + n``: the charge ``H[t]`` of neuron ``n`` (read only)
-``SPIKE``       ``t · neurons + n``: its spike ``S[t]``, 0 or 1 (read only)
+``WEIGHT``      ``n << index_bits(fan_in) | i``: weight ``W[n, i]`` (read and write)
+``GRAD``        the same: accumulated gradient ``ΔW[n, i]`` (read only)
+``CHARGE``      ``t << index_bits(neurons) | n``: the charge ``H[t]`` of neuron ``n`` (read
+                only)
+``SPIKE``       the same: its spike ``S[t]``, 0 or 1 (read only)
 ``COUNTER``     ``2 · c`` and ``2 · c + 1``: low and high half of counter ``c`` (:class:`Counter`)
 ==============  =========================================================================
+
+``fan_in`` and ``neurons`` are the core's configured maxima; :func:`weight_offset` and
+:func:`state_offset` are the one definition of these offsets.
+
+>>> weight_offset(3, 5, fan_in=100), state_offset(2, 7, neurons=128)
+(389, 263)
 
 Writes are taken only while the core is idle (:attr:`Status.BUSY` clear); a write while it is
 busy, an offset out of range or a write to a read-only region sets the bus error flag and
@@ -23,7 +30,7 @@ changes nothing. Registers holding binary16 values are marked ``(fp16)``.
 import enum
 
 __all__ = ["COUNTERS", "Command", "Counter", "ErrorFlag", "Reg", "Region", "Shortcut", "Status",
-           "address"]
+           "address", "index_bits", "state_offset", "weight_offset"]
 
 
 class Region(enum.IntEnum):
@@ -108,3 +115,18 @@ def address(region: Region, offset: int = 0) -> int:
     if not 0 <= offset < 1 << 28:
         raise ValueError(f"offset must be between 0 and 2**28 - 1, not {offset!r}")
     return int(region) << 28 | offset
+
+
+def index_bits(count: int) -> int:
+    """Bits of an index below ``count`` in a bus offset (at least one)."""
+    return max((count - 1).bit_length(), 1)
+
+
+def weight_offset(n: int, i: int, *, fan_in: int) -> int:
+    """The offset of ``W[n, i]`` (and ``ΔW[n, i]``) in a core of ``fan_in`` inputs."""
+    return n << index_bits(fan_in) | i
+
+
+def state_offset(step: int, n: int, *, neurons: int) -> int:
+    """The offset of neuron ``n``'s ``H`` (and ``S``) at ``step`` in a core of ``neurons``."""
+    return step << index_bits(neurons) | n

@@ -22,8 +22,18 @@ from spikeforge.regmap import (
     Shortcut,
     Status,
     address,
+    state_offset,
+    weight_offset,
 )
 from spikeforge.testing import LayerCase, check_case
+
+
+def w_addr(core: Core, region: Region, n: int, i: int) -> int:
+    return address(region, weight_offset(n, i, fan_in=core.fan_in))
+
+
+def s_addr(core: Core, region: Region, t: int, n: int) -> int:
+    return address(region, state_offset(t, n, neurons=core.neurons))
 
 
 async def bus_write(ctx, dut, addr, value):
@@ -142,18 +152,18 @@ def simulate(case: LayerCase, core: Core, seed: int, idle: float = 0.3, stall: f
         w_bits = fp16.bits(case.weights)
         for n in range(N):
             for i in range(F):
-                addr = address(Region.WEIGHT, n << core.input_bits | i)
+                addr = w_addr(core, Region.WEIGHT, n, i)
                 assert not await bus_write(ctx, core, addr, int(w_bits[n, i]))
         assert not await bus_write(ctx, core, address(Region.REG, Reg.COMMAND), Command.BEGIN)
         fp_go.append(1)
         await wait_status(ctx, core, Status.FP_DONE)
-        got["charges"] = [[await bus_read(ctx, core, address(
-            Region.CHARGE, t << core.neuron_bits | n)) for n in range(N)] for t in range(T)]
-        got["spikes"] = [[await bus_read(ctx, core, address(
-            Region.SPIKE, t << core.neuron_bits | n)) for n in range(N)] for t in range(T)]
+        got["charges"] = [[await bus_read(ctx, core, s_addr(core, Region.CHARGE, t, n))
+                           for n in range(N)] for t in range(T)]
+        got["spikes"] = [[await bus_read(ctx, core, s_addr(core, Region.SPIKE, t, n))
+                          for n in range(N)] for t in range(T)]
         bp_go.append(1)
         await wait_status(ctx, core, Status.BP_DONE)
-        got["dw"] = [[await bus_read(ctx, core, address(Region.GRAD, n << core.input_bits | i))
+        got["dw"] = [[await bus_read(ctx, core, w_addr(core, Region.GRAD, n, i))
                       for i in range(F)] for n in range(N)]
         got["counters"] = {}
         for c in Counter:
@@ -163,9 +173,9 @@ def simulate(case: LayerCase, core: Core, seed: int, idle: float = 0.3, stall: f
         assert not await bus_write(ctx, core, address(Region.REG, Reg.COMMAND), Command.UPDATE)
         while await bus_read(ctx, core, address(Region.REG, Reg.STATUS)) & Status.BUSY:
             pass
-        got["weights"] = [[await bus_read(ctx, core, address(
-            Region.WEIGHT, n << core.input_bits | i)) for i in range(F)] for n in range(N)]
-        got["dw_after"] = [await bus_read(ctx, core, address(Region.GRAD, n << core.input_bits))
+        got["weights"] = [[await bus_read(ctx, core, w_addr(core, Region.WEIGHT, n, i))
+                           for i in range(F)] for n in range(N)]
+        got["dw_after"] = [await bus_read(ctx, core, w_addr(core, Region.GRAD, n, 0))
                            for n in range(N)]
         got["errors"] = await bus_read(ctx, core, address(Region.REG, Reg.ERRORS))
 
@@ -263,7 +273,7 @@ def test_core_refuses_bad_input_and_changes_nothing():
     core = Core(neurons=8, fan_in=8, lanes=4, timesteps=2)
     sim = Simulator(core)
     sim.add_clock(1e-8)
-    w = address(Region.WEIGHT, 3 << core.input_bits | 2)
+    w = w_addr(core, Region.WEIGHT, 3, 2)
 
     async def testbench(ctx):
         def reg(r):
@@ -272,7 +282,7 @@ def test_core_refuses_bad_input_and_changes_nothing():
         assert not await bus_write(ctx, core, w, 0x3C00)
         assert not await bus_write(ctx, core, reg(Reg.INPUTS), 6)
         for bad_addr, value in [
-            (address(Region.WEIGHT, 8 << core.input_bits), 1),   # neuron out of range
+            (w_addr(core, Region.WEIGHT, 8, 0), 1),   # neuron out of range
             (address(Region.WEIGHT, 1 << 27), 1),                  # offset far out of range
             (address(Region.GRAD, 0), 1),                          # gradients are read only
             (address(Region.CHARGE, 0), 1),                        # state is read only
@@ -430,14 +440,13 @@ def test_membrane_shortcut_between_two_cores(tokens, timesteps, lanes, seed):
             assert await bus_read(ctx, core, address(Region.REG, Reg.SHORTCUT)) == role
             for (n, i), value in zip(torch.cartesian_prod(torch.arange(D), torch.arange(fan_in))
                                      .tolist(), fp16.bits(w).flatten().tolist(), strict=True):
-                assert not await bus_write(ctx, core, address(
-                    Region.WEIGHT, n << core.input_bits | i), value)
+                assert not await bus_write(ctx, core, w_addr(core, Region.WEIGHT, n, i), value)
             assert not await bus_write(ctx, core, address(Region.REG, Reg.COMMAND),
                                        Command.BEGIN)
         go.append(1)
         await wait_status(ctx, a, Status.FP_DONE)
         await wait_status(ctx, b, Status.FP_DONE)
-        charges = [[await bus_read(ctx, b, address(Region.CHARGE, t << b.neuron_bits | n))
+        charges = [[await bus_read(ctx, b, s_addr(b, Region.CHARGE, t, n))
                     for n in range(D)] for t in range(steps)]
         assert charges == fp16.bits(stepwise(h1)).tolist()
         for t in case.bp_steps():
@@ -452,15 +461,14 @@ def test_membrane_shortcut_between_two_cores(tokens, timesteps, lanes, seed):
                 ctx.set(b.bp_i.valid, 0)
         await wait_status(ctx, a, Status.BP_DONE)
         for core, dw, w, fan_in in ((a, dwa, wa, F), (b, dwb, wb, D)):
-            grads = [[await bus_read(ctx, core, address(Region.GRAD, n << core.input_bits | i))
+            grads = [[await bus_read(ctx, core, w_addr(core, Region.GRAD, n, i))
                       for i in range(fan_in)] for n in range(D)]
             assert grads == fp16.bits(dw).tolist()
             assert not await bus_write(ctx, core, address(Region.REG, Reg.COMMAND),
                                        Command.UPDATE)
             while await bus_read(ctx, core, address(Region.REG, Reg.STATUS)) & Status.BUSY:
                 pass
-            weights = [[await bus_read(ctx, core, address(Region.WEIGHT,
-                                                          n << core.input_bits | i))
+            weights = [[await bus_read(ctx, core, w_addr(core, Region.WEIGHT, n, i))
                         for i in range(fan_in)] for n in range(D)]
             assert weights == fp16.bits(sgd_update(w, dw, lr, a16)).tolist()
             assert await bus_read(ctx, core, address(Region.REG, Reg.ERRORS)) == 0

@@ -14,11 +14,14 @@ from spikeforge.golden.linear import linear_backward, linear_forward, linear_wei
 from spikeforge.hw.hostlink import FrameReceiver, HostLink
 from spikeforge.hw.soc import SoC
 from spikeforge.protocol import Opcode, SocReg, Status
-from spikeforge.regmap import Command, Counter, Reg, Region, address
+from spikeforge.regmap import Command, Counter, Reg, Region, address, weight_offset
 from spikeforge.testing import LayerCase
 
 CONFIG = AcceleratorConfig(cores=2, neurons=8, fan_in=8, lanes=4, timesteps=3)
-IB = 3  # input bits of an 8-input core
+
+
+def w_addr(region: Region, n: int, i: int) -> int:
+    return address(region, weight_offset(n, i, fan_in=CONFIG.fan_in))
 
 
 class Host:
@@ -66,7 +69,7 @@ class Host:
         return await self.command(Opcode.WRITE, core, addr, list(words), status)
 
     async def weights(self, core, region=Region.WEIGHT, n=8, f=8):
-        return [await self.read(core, address(region, i << IB), f) for i in range(n)]
+        return [await self.read(core, w_addr(region, i, 0), f) for i in range(n)]
 
     async def wait(self, core, flag):
         for _ in range(2000):
@@ -94,10 +97,10 @@ def test_identify_and_registers():
             "version": p.VERSION, "cores": 2, "lanes": 4, "neurons": 8, "fan_in": 8,
             "timesteps": 3, "reset": 0, "detach_reset": 1, "surrogate": 0,
             "out_fifo": 3 * 9, "max_words": 512, "qk_units": 0, "qk_tokens": 0}
-        await host.write(1, address(Region.WEIGHT, 1 << IB | 2), [0x3C00, 0x4000])
-        assert await host.read(1, address(Region.WEIGHT, 1 << IB | 1), 4) == [0, 0x3C00,
+        await host.write(1, w_addr(Region.WEIGHT, 1, 2), [0x3C00, 0x4000])
+        assert await host.read(1, w_addr(Region.WEIGHT, 1, 1), 4) == [0, 0x3C00,
                                                                                0x4000, 0]
-        assert await host.read(0, address(Region.WEIGHT, 1 << IB | 2), 1) == [0]
+        assert await host.read(0, w_addr(Region.WEIGHT, 1, 2), 1) == [0]
         await host.write(p.BROADCAST, address(Region.REG, Reg.V_TH), [0x3800])
         for core in (0, 1):
             assert await host.read(core, address(Region.REG, Reg.V_TH)) == [0x3800]
@@ -125,10 +128,10 @@ def test_bad_frames_change_nothing():
         await host.command(Opcode.READ, 0, w, [0], status=Status.BAD_LENGTH)
         await host.command(Opcode.READ, 0, w, [513], status=Status.BAD_LENGTH)
         await host.command(Opcode.READ, 0, w, [1, 1], status=Status.BAD_LENGTH)
-        await host.command(Opcode.READ, 0, address(Region.WEIGHT, 8 << IB), [1],
+        await host.command(Opcode.READ, 0, w_addr(Region.WEIGHT, 8, 0), [1],
                            status=Status.BAD_ADDRESS)
         # The last word is past the last neuron: nothing is written.
-        await host.write(0, address(Region.WEIGHT, 7 << IB | 6), [0x3333, 0x3333, 0x3333],
+        await host.write(0, w_addr(Region.WEIGHT, 7, 6), [0x3333, 0x3333, 0x3333],
                          status=Status.BAD_ADDRESS)
         await host.write(p.BROADCAST, address(Region.REG, Reg.NEURONS), [9],
                          status=Status.BAD_ADDRESS)
@@ -152,7 +155,7 @@ def test_bad_frames_change_nothing():
         for _ in range(2100):
             await host.ctx.tick()
         assert await host.read(0, w, 2) == [0x1111, 0x2222]
-        assert await host.read(0, address(Region.WEIGHT, 7 << IB | 6), 2) == [0, 0]
+        assert await host.read(0, w_addr(Region.WEIGHT, 7, 6), 2) == [0, 0]
         assert await host.read(0, address(Region.REG, Reg.NEURONS)) == [8]
         assert await host.read(p.SOC, SocReg.LINK, 2) == [0, 0]
 
@@ -206,7 +209,7 @@ async def _configure(host, core, case: LayerCase, bp_input_error: int):
         await host.write(core, address(Region.REG, reg), [value])
     await host.write(core, address(Region.REG, Reg.BP_INPUT_ERROR), [bp_input_error])
     for n, row in enumerate(fp16.bits(case.weights).tolist()):
-        await host.write(core, address(Region.WEIGHT, n << IB), row)
+        await host.write(core, w_addr(Region.WEIGHT, n, 0), row)
 
 
 async def _collect(host, core, opcode, until):

@@ -70,6 +70,16 @@ def test_the_first_difference_is_found_step_by_step_and_saved_for_replay(tmp_pat
     assert (again.what, again.layer, again.index, again.sample, again.device_bits) == (
         d.what, d.layer, d.index, d.sample, d.device_bits)
     assert replay(case, GoldenBackend(CFG.build())) is None
+    assert main(["replay", str(case_path), "--backend", "golden"]) == 0
+
+
+def test_replay_refuses_what_is_not_a_case(tmp_path, capsys):
+    path = tmp_path / "case.pt"
+    torch.save({"format": "something else"}, path)
+    assert main(["replay", str(path), "--backend", "golden"]) == 2
+    assert "is not a spikeforge replay case" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path / "none.pt"), "--backend", "golden"]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_a_difference_is_located_at_its_timestep():

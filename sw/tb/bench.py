@@ -19,8 +19,8 @@ from .core import CoreTB
 @cocotb.test()
 async def core_bench(dut):
     spec = json.loads(os.environ["BENCH_SPEC"])
-    tb = CoreTB(dut, lanes=spec["lanes"], neuron_bits=spec["neuron_bits"],
-                input_bits=spec["input_bits"], seed=1)
+    tb = CoreTB(dut, lanes=spec["lanes"], neurons=spec["neurons"],
+                fan_in=spec["fan_in"], seed=1)
     await tb.reset()
     results = []
     for k, case_spec in enumerate(spec["cases"]):

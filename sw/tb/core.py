@@ -14,7 +14,16 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from ..golden import fp16
-from ..regmap import Command, Counter, Reg, Region, Status, address
+from ..regmap import (
+    Command,
+    Counter,
+    Reg,
+    Region,
+    Status,
+    address,
+    state_offset,
+    weight_offset,
+)
 from ..testing import LayerCase
 from .streams import StreamDriver
 
@@ -22,15 +31,21 @@ __all__ = ["CoreTB"]
 
 
 class CoreTB(StreamDriver):
-    def __init__(self, dut, *, lanes: int, neuron_bits: int, input_bits: int, seed: int = 1,
+    def __init__(self, dut, *, lanes: int, neurons: int, fan_in: int, seed: int = 1,
                  idle: float = 0.0, stall: float = 0.0):
+        """``neurons`` and ``fan_in``: the core's configured maxima, which set its offsets."""
         self.dut = dut
         self.lanes = lanes
-        self.neuron_bits = neuron_bits
-        self.input_bits = input_bits
+        self.neurons, self.fan_in = neurons, fan_in
         self.rng = random.Random(seed)
         self.idle, self.stall = idle, stall
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+
+    def weight_address(self, region: Region, n: int, i: int) -> int:
+        return address(region, weight_offset(n, i, fan_in=self.fan_in))
+
+    def state_address(self, region: Region, t: int, n: int) -> int:
+        return address(region, state_offset(t, n, neurons=self.neurons))
 
     async def reset(self):
         d = self.dut
@@ -86,7 +101,7 @@ class CoreTB(StreamDriver):
             pass
 
     async def read_matrix(self, region: Region, neurons: int, fan_in: int) -> list:
-        return [[await self.read(address(region, n << self.input_bits | i))
+        return [[await self.read(self.weight_address(region, n, i))
                  for i in range(fan_in)] for n in range(neurons)]
 
     async def load(self, case: LayerCase, bp_input_error: bool = True):
@@ -96,7 +111,7 @@ class CoreTB(StreamDriver):
         bits = fp16.bits(case.weights).tolist()
         for n, row in enumerate(bits):
             for i, value in enumerate(row):
-                assert not await self.write(address(Region.WEIGHT, n << self.input_bits | i),
+                assert not await self.write(self.weight_address(Region.WEIGHT, n, i),
                                             value)
 
     async def run_case(self, case: LayerCase, bp_input_error: bool = True,
@@ -136,9 +151,9 @@ class CoreTB(StreamDriver):
         await source
         await self.wait_status(Status.FP_DONE)
         if readback:
-            got["charges"] = [[await self.read(address(Region.CHARGE, t << self.neuron_bits | n))
+            got["charges"] = [[await self.read(self.state_address(Region.CHARGE, t, n))
                                for n in range(N)] for t in range(T)]
-            got["spikes"] = [[await self.read(address(Region.SPIKE, t << self.neuron_bits | n))
+            got["spikes"] = [[await self.read(self.state_address(Region.SPIKE, t, n))
                               for n in range(N)] for t in range(T)]
 
         async def bp_source():
@@ -162,14 +177,14 @@ class CoreTB(StreamDriver):
         await self.wait_status(Status.BP_DONE)
         got["counters"] = await self.counters()
         if readback:
-            got["dw"] = [[await self.read(address(Region.GRAD, n << self.input_bits | i))
+            got["dw"] = [[await self.read(self.weight_address(Region.GRAD, n, i))
                           for i in range(F)] for n in range(N)]
         if not update:
             return got
         await self.update()
         got["update_cycles"] = (await self.counters())["update_busy"]
         if readback:
-            got["weights"] = [[await self.read(address(Region.WEIGHT, n << self.input_bits | i))
+            got["weights"] = [[await self.read(self.weight_address(Region.WEIGHT, n, i))
                                for i in range(F)] for n in range(N)]
             got["errors"] = await self.read(address(Region.REG, Reg.ERRORS))
         return got
