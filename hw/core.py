@@ -63,17 +63,9 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from spikeforge import regmap
 from spikeforge.golden.surrogate import Surrogate
-from spikeforge.regmap import (
-    COUNTERS,
-    Command,
-    Counter,
-    ErrorFlag,
-    Reg,
-    Region,
-    Shortcut,
-    index_bits,
-)
+from spikeforge.regmap import COUNTERS, Command, Counter, ErrorFlag, Reg, Region, Shortcut
 
 from .fp16 import FP16Adder, FP16Multiplier
 from .lanes import FP16Lanes, delay, lane, lowest_set
@@ -158,12 +150,12 @@ class Core(wiring.Component):
     @property
     def neuron_bits(self) -> int:
         """Bits of a neuron index in bus offsets (:func:`~spikeforge.regmap.state_offset`)."""
-        return index_bits(self._neurons)
+        return regmap.index_bits(self._neurons)
 
     @property
     def input_bits(self) -> int:
         """Bits of an input index in bus offsets (:func:`~spikeforge.regmap.weight_offset`)."""
-        return index_bits(self._fan_in)
+        return regmap.index_bits(self._fan_in)
 
     def elaborate(self, platform):
         m = Module()
