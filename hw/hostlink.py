@@ -9,6 +9,7 @@ time on the cores' word bus and streams, and answers it.
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.crc.catalog import CRC16_CCITT_FALSE
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.protocol import (
@@ -28,17 +29,9 @@ from spikeforge.protocol import (
     Status,
 )
 
-__all__ = ["FrameReceiver", "FrameTransmitter", "HostLink", "crc16_step"]
+__all__ = ["FrameReceiver", "FrameTransmitter", "HostLink"]
 
 HEADER_BYTES = 9   # seq, opcode, core, address (4), length (2)
-
-
-def crc16_step(crc, byte):
-    """The CRC-16/CCITT-FALSE register after one more ``byte`` (most significant bit first)."""
-    for k in reversed(range(8)):
-        feedback = byte[k] ^ crc[15]
-        crc = Cat(Const(0, 1), crc[:15]) ^ Mux(feedback, 0x1021, 0)
-    return crc
 
 
 def header_layout() -> data.StructLayout:
@@ -84,7 +77,7 @@ class FrameReceiver(wiring.Component):
         rd = buffer.read_port()
         m.d.comb += [rd.addr.eq(self.rd_addr), self.rd_data.eq(rd.data)]
 
-        crc = Signal(16, init=0xFFFF)
+        m.submodules.crc = crc = CRC16_CCITT_FALSE(data_width=8).create()
         header = Signal(8 * HEADER_BYTES)
         count = Signal(range(MAX_PAYLOAD + HEADER_BYTES + 1))
         low = Signal(8)
@@ -92,6 +85,7 @@ class FrameReceiver(wiring.Component):
         idle = Signal(range(self._timeout + 1))
         length = header[8 * 7:8 * 9]
         byte = self.i.payload
+        m.d.comb += crc.data.eq(byte)
 
         m.d.comb += self.o.payload.seq.eq(header[0:8])
         m.d.comb += self.o.payload.opcode.eq(header[8:16])
@@ -106,7 +100,8 @@ class FrameReceiver(wiring.Component):
         with m.FSM():
             with m.State("HUNT"):
                 m.d.comb += self.i.ready.eq(1)
-                m.d.sync += [count.eq(0), crc.eq(0xFFFF), idle.eq(0)]
+                m.d.comb += crc.start.eq(1)
+                m.d.sync += [count.eq(0), idle.eq(0)]
                 with m.If(take & (byte == COMMAND_SYNC)):
                     m.next = "HEADER"
             def receiving():
@@ -120,7 +115,8 @@ class FrameReceiver(wiring.Component):
             with m.State("HEADER"):
                 receiving()
                 with m.If(take):
-                    m.d.sync += [header.eq(Cat(header[8:], byte)), crc.eq(crc16_step(crc, byte))]
+                    m.d.comb += crc.valid.eq(1)
+                    m.d.sync += header.eq(Cat(header[8:], byte))
                     with m.If(count == HEADER_BYTES - 1):
                         m.d.sync += count.eq(0)
                         bad = (Cat(header[8 * 8:], byte) > MAX_PAYLOAD) | header[8 * 8]
@@ -134,7 +130,8 @@ class FrameReceiver(wiring.Component):
             with m.State("PAYLOAD"):
                 receiving()
                 with m.If(take):
-                    m.d.sync += [low.eq(byte), crc.eq(crc16_step(crc, byte))]
+                    m.d.comb += crc.valid.eq(1)
+                    m.d.sync += low.eq(byte)
                     m.d.comb += [wr.addr.eq(count[1:]), wr.data.eq(Cat(low, byte)),
                                  wr.en.eq(count[0])]
                     with m.If(count == length - 1):
@@ -145,7 +142,7 @@ class FrameReceiver(wiring.Component):
                 with m.If(take):
                     m.d.sync += crc_low.eq(byte)
                     with m.If(count[0]):
-                        m.d.sync += status.eq(Mux(Cat(crc_low, byte) == crc, Status.OK,
+                        m.d.sync += status.eq(Mux(Cat(crc_low, byte) == crc.crc, Status.OK,
                                                   Status.BAD_CRC))
                         m.next = "FRAME"
             with m.State("FRAME"):
@@ -195,24 +192,24 @@ class FrameTransmitter(wiring.Component):
         seq = Signal(8)
         status = Signal(8)
         words = Signal(range(MAX_WORDS + 1))
-        crc = Signal(16)
+        m.submodules.crc = crc = CRC16_CCITT_FALSE(data_width=8).create()
         index = Signal(range(MAX_WORDS + 1))
         head = Signal(range(5))
         high = Signal()
         m.d.comb += rd.addr.eq(index)
 
         def emit(value):
-            m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(value)]
+            m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(value), crc.data.eq(value)]
             return self.o.ready
 
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.send.ready.eq(1)
+                m.d.comb += [self.send.ready.eq(1), crc.start.eq(1)]
                 with m.If(self.send.valid):
                     m.d.sync += [seq.eq(self.send.payload.seq),
                                  status.eq(self.send.payload.status),
                                  words.eq(self.send.payload.words), head.eq(0), index.eq(0),
-                                 high.eq(0), crc.eq(0xFFFF)]
+                                 high.eq(0)]
                     m.next = "SYNC"
             with m.State("SYNC"):
                 with m.If(emit(REPLY_SYNC)):
@@ -222,7 +219,8 @@ class FrameTransmitter(wiring.Component):
                 value = Signal(8)
                 m.d.comb += value.eq(Array([seq, status, length[:8], length[8:]])[head])
                 with m.If(emit(value)):
-                    m.d.sync += [head.eq(head + 1), crc.eq(crc16_step(crc, value))]
+                    m.d.comb += crc.valid.eq(1)
+                    m.d.sync += head.eq(head + 1)
                     with m.If(head == 3):
                         m.next = "CHECK"
             with m.State("CHECK"):
@@ -233,12 +231,13 @@ class FrameTransmitter(wiring.Component):
             with m.State("PAYLOAD"):
                 value = Mux(high, rd.data[8:], rd.data[:8])
                 with m.If(emit(value)):
-                    m.d.sync += [high.eq(~high), crc.eq(crc16_step(crc, value))]
+                    m.d.comb += crc.valid.eq(1)
+                    m.d.sync += high.eq(~high)
                     with m.If(high):
                         m.d.sync += index.eq(index + 1)
                         m.next = "CHECK"
             with m.State("CRC"):
-                with m.If(emit(Mux(high, crc[8:], crc[:8]))):
+                with m.If(emit(crc.crc.word_select(high, 8))):
                     m.d.sync += high.eq(~high)
                     with m.If(high):
                         m.d.comb += self.done.eq(1)
