@@ -11,6 +11,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.crc.catalog import CRC16_CCITT_FALSE
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
 
 from spikeforge.protocol import (
     BROADCAST,
@@ -29,9 +30,19 @@ from spikeforge.protocol import (
     Status,
 )
 
-__all__ = ["FrameReceiver", "FrameTransmitter", "HostLink"]
+__all__ = ["FrameReceiver", "FrameTransmitter", "HostLink", "SocRegisters", "register_bus"]
 
 HEADER_BYTES = 9   # seq, opcode, core, address (4), length (2)
+
+
+def check_cores(cores, what):
+    if not isinstance(cores, int) or not 1 <= cores < SOC:
+        raise ValueError(f"{what} core count must be between 1 and {SOC - 1}, not {cores!r}")
+
+
+def check_lanes(lanes):
+    if not isinstance(lanes, int) or lanes < 1 or lanes & (lanes - 1):
+        raise ValueError(f"Lane count must be a power of two, not {lanes!r}")
 
 
 def header_layout() -> data.StructLayout:
@@ -244,6 +255,155 @@ class FrameTransmitter(wiring.Component):
                         m.next = "IDLE"
         return m
 
+def register_bus() -> wiring.Signature:
+    """The port of :class:`SocRegisters`, as the one that reads and writes them sees it.
+
+    ``addr`` is the offset of a register (a :class:`~spikeforge.protocol.SocReg`), as wide as a
+    frame's ``address`` plus a word's index in it, so that no offset past the end wraps round.
+    ``r_data`` is the register there and ``r_ok`` says it exists; ``w_ok`` says a write of
+    ``w_data`` there would be taken, and ``w_en`` makes it. All of them are combinational.
+    """
+    return wiring.Signature({
+        "addr": Out(range((1 << header_layout()["address"].width) + MAX_WORDS)),
+        "r_data": In(16),
+        "r_ok": In(1),
+        "w_data": Out(16),
+        "w_ok": In(1),
+        "w_en": Out(1),
+    })
+
+
+class SocRegisters(wiring.Component):
+    """The registers of core :data:`~spikeforge.protocol.SOC`: the link's counters, the cores'
+    routing bits and the Q-K units' configuration (:class:`~spikeforge.protocol.SocReg`).
+
+    Parameters
+    ----------
+    cores : int
+        Routing registers, ``SocReg.LINK`` on, one a core.
+    lanes : int
+        Binary16 values in a beat: a Q-K unit's ``CHANNELS`` must be a multiple of it.
+    qk_units : int
+        Q-K units, each with :data:`~spikeforge.protocol.QK_REGS` registers, ``SocReg.QK`` on.
+    qk_limits : tuple of int
+        The most ``TOKENS``, ``CHANNELS`` and ``TIMESTEPS`` a Q-K unit takes (and its reset
+        values).
+
+    Members
+    -------
+    bus : In(:func:`register_bus`)
+        Reads and writes. The counters are read only; a routing register takes
+        :class:`~spikeforge.protocol.Link` bits; a Q-K register takes a value in its range, and
+        only while its unit is not busy. A write is made at the end of the cycle of ``w_en``.
+    rx_byte, tx_byte, frame, bad_frame, active : In(1)
+        Each cycle one is high, ``RX_BYTES``, ``TX_BYTES``, ``FRAMES``, ``BAD_FRAMES`` or
+        ``ACTIVE_CYCLES`` counts one (modulo 2**32).
+    link : Out(LINK_BITS · cores)
+        The routing registers.
+    qk : Out(16 · QK_REGS · qk_units)
+        The Q-K units' registers.
+    qk_busy : In(qk_units)
+        A Q-K unit is in a sample: its registers refuse writes.
+    qk_active : In(qk_units)
+        The Q-K units working this cycle, each counted in ``QK_CYCLES``.
+    """
+
+    def __init__(self, *, cores: int, lanes: int, qk_units: int = 0,
+                 qk_limits: tuple = (1, 1, 1)):
+        check_cores(cores, "SoC register")
+        check_lanes(lanes)
+        if not isinstance(qk_units, int) or qk_units < 0:
+            raise ValueError(f"Q-K unit count must be a non-negative integer, not {qk_units!r}")
+        if (len(qk_limits) != 3 or
+                any(not isinstance(v, int) or not 1 <= v < 1 << 16 for v in qk_limits)):
+            raise ValueError("Q-K limits must be three integers (tokens, channels, timesteps) "
+                             f"between 1 and 65535, not {qk_limits!r}")
+        self._cores, self._lanes = cores, lanes
+        self._qk_units, self._qk_limits = qk_units, tuple(qk_limits)
+        qk_ports = {"qk": Out(16 * QK_REGS * qk_units), "qk_busy": In(qk_units),
+                    "qk_active": In(qk_units)} if qk_units else {}
+        super().__init__({
+            "bus": In(register_bus()),
+            "rx_byte": In(1),
+            "tx_byte": In(1),
+            "frame": In(1),
+            "bad_frame": In(1),
+            "active": In(1),
+            "link": Out(LINK_BITS * cores),
+            **qk_ports,
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, U, L = self._cores, self._qk_units, LINK_BITS
+        bus, word = self.bus, self.bus.w_data
+
+        counted = [r for r in SocReg if r < SocReg.LINK]
+        counters = {r: Signal(32, name=r.name.lower()) for r in counted}
+        events = {SocReg.RX_BYTES: self.rx_byte, SocReg.TX_BYTES: self.tx_byte,
+                  SocReg.FRAMES: self.frame, SocReg.BAD_FRAMES: self.bad_frame,
+                  SocReg.ACTIVE_CYCLES: self.active,
+                  SocReg.QK_CYCLES: sum(self.qk_active) if U else 0}
+        m.d.sync += [counters[r].eq(counters[r] + events[r]) for r in counted]
+        halves = [counters[r].word_select(h, 16) for r in counted for h in range(2)]
+        assert [2 * k for k in range(len(counted))] == counted
+        counter_ok = bus.addr < len(halves)
+
+        link = Signal(L * n)
+        m.d.comb += self.link.eq(link)
+        links = [link.word_select(c, L) for c in range(n)]
+        link_c = bus.addr - SocReg.LINK
+        link_ok = (bus.addr >= SocReg.LINK) & (bus.addr < SocReg.LINK + n)
+
+        # The Q-K units' registers: SocReg.QK + QK_REGS·u + r.
+        max_tokens, max_channels, max_steps = self._qk_limits
+        qk_init = {QkReg.KIND: 0, QkReg.TOKENS: max_tokens, QkReg.CHANNELS: max_channels,
+                   QkReg.TIMESTEPS: max_steps, QkReg.V_TH: 0x3800, QkReg.V_RESET: 0,
+                   QkReg.INV_TAU: 0x3800, QkReg.DECAY: 0x3800}
+        qk_regs = [Signal(16, init=qk_init[r], name=f"qk{u}_{r.name.lower()}")
+                   for u in range(U) for r in QkReg]
+        if U:
+            m.d.comb += self.qk.eq(Cat(*qk_regs))
+        qk_r = bus.addr - SocReg.QK
+        qk_ok = (bus.addr >= SocReg.QK) & (bus.addr < SocReg.QK + QK_REGS * U)
+        field_bits = exact_log2(QK_REGS)
+        qk_value_ok = Signal()
+        with m.Switch(qk_r[:field_bits]):
+            with m.Case(QkReg.KIND):
+                m.d.comb += qk_value_ok.eq(word < 2)
+            with m.Case(QkReg.TOKENS):
+                m.d.comb += qk_value_ok.eq((word >= 1) & (word <= max_tokens))
+            with m.Case(QkReg.CHANNELS):
+                lane_bits = exact_log2(self._lanes)
+                m.d.comb += qk_value_ok.eq((word >= 1) & (word <= max_channels)
+                                           & (word[:lane_bits] == 0 if lane_bits else 1))
+            with m.Case(QkReg.TIMESTEPS):
+                m.d.comb += qk_value_ok.eq((word >= 1) & (word <= max_steps))
+            with m.Default():
+                m.d.comb += qk_value_ok.eq(1)
+        unit = qk_r[field_bits:field_bits + ceil_log2(U)]
+        qk_idle = ~self.qk_busy.bit_select(unit, 1) if U else Const(1)
+
+        with m.If(counter_ok):
+            m.d.comb += [bus.r_ok.eq(1),
+                         bus.r_data.eq(Array(halves)[bus.addr[:ceil_log2(len(halves))]])]
+        with m.Elif(link_ok):
+            m.d.comb += [bus.r_ok.eq(1), bus.r_data.eq(Array(links)[link_c[:ceil_log2(n)]])]
+        with m.Elif(qk_ok):
+            m.d.comb += bus.r_ok.eq(1)
+            if U:
+                m.d.comb += bus.r_data.eq(Array(qk_regs)[qk_r[:ceil_log2(len(qk_regs))]])
+        m.d.comb += bus.w_ok.eq((link_ok & (word >> L == 0)) | (qk_ok & qk_value_ok & qk_idle))
+        with m.If(bus.w_en & bus.w_ok & link_ok):
+            for c in range(n):
+                with m.If(link_c == c):
+                    m.d.sync += links[c].eq(word)
+        with m.If(bus.w_en & bus.w_ok & qk_ok):
+            for k, reg in enumerate(qk_regs):
+                with m.If(qk_r == k):
+                    m.d.sync += reg.eq(word)
+        return m
+
 
 class HostLink(wiring.Component):
     """Executes command frames on ``cores`` cores and answers each with a reply frame.
@@ -290,9 +450,7 @@ class HostLink(wiring.Component):
 
     def __init__(self, *, cores: int, lanes: int, fan_in: int, identity: tuple,
                  timeout: int = 1 << 20, qk_units: int = 0, qk_limits: tuple = (1, 1, 1)):
-        if not isinstance(cores, int) or not 1 <= cores < SOC:
-            raise ValueError(f"Host link core count must be between 1 and {SOC - 1}, "
-                             f"not {cores!r}")
+        check_cores(cores, "Host link")
         if len(identity) > MAX_WORDS:
             raise ValueError("Identity must fit one reply")
         self._cores, self._lanes, self._fan_in = cores, lanes, fan_in
@@ -354,21 +512,21 @@ class HostLink(wiring.Component):
         last_words = Signal(range(MAX_WORDS + 1))
         have_last = Signal()
         L = LINK_BITS
-        link = Signal(L * n)
-        counters = [Signal(32, name=name) for name in ("rx_bytes", "tx_bytes", "frames",
-                                                       "bad_frames", "active_cycles",
-                                                       "qk_cycles")]
+        U = self._qk_units
+        m.submodules.regs = regs = SocRegisters(cores=n, lanes=P, qk_units=U,
+                                                qk_limits=self._qk_limits)
+        link = regs.link
         m.d.comb += [self.link.eq(link), rx.rd_addr.eq(index),
                      self.out_sel.eq(core), self.bus_core.eq(target)]
         word = rx.rd_data
-        m.d.sync += [counters[0].eq(counters[0] + (self.i.valid & self.i.ready)),
-                     counters[1].eq(counters[1] + (self.o.valid & self.o.ready)),
-                     counters[4].eq(counters[4] + self.active)]
-        if self._qk_units:
-            m.d.sync += counters[5].eq(counters[5] + sum(self.qk_active))
+        m.d.comb += [regs.rx_byte.eq(self.i.valid & self.i.ready),
+                     regs.tx_byte.eq(self.o.valid & self.o.ready),
+                     regs.active.eq(self.active)]
+        if U:
+            m.d.comb += [self.qk.eq(regs.qk), regs.qk_busy.eq(self.qk_busy),
+                         regs.qk_active.eq(self.qk_active)]
 
         is_core = core < n
-        links = Array(link[L * c:L * c + L] for c in range(n))
         fp_to_next, bp_to_prev, split = (
             [link[L * c + bit.bit_length() - 1] for c in range(n)]
             for bit in (Link.FP_TO_NEXT, Link.BP_TO_PREV, Link.SPLIT))
@@ -379,40 +537,7 @@ class HostLink(wiring.Component):
         bp_linked = is_core & Array(
             [bp_to_prev[c + 1] | split[c + 1] for c in range(n - 1)] + [Const(0, 1)])[core]
         identity = Array(Const(w, 16) for w in self._identity)
-
-        soc_offset = cmd.address + index
-        soc_counter = Array(counters)[soc_offset[1:4]]
-        soc_counter_ok = soc_offset < 2 * len(counters)
-        soc_link_c = soc_offset - SocReg.LINK
-        soc_link_ok = (soc_offset >= SocReg.LINK) & (soc_offset < SocReg.LINK + n)
-
-        # The Q-K units' registers: SocReg.QK + 8·u + r.
-        U = self._qk_units
-        max_tokens, max_channels, max_steps = self._qk_limits
-        qk_init = {QkReg.KIND: 0, QkReg.TOKENS: max_tokens, QkReg.CHANNELS: max_channels,
-                   QkReg.TIMESTEPS: max_steps, QkReg.V_TH: 0x3800, QkReg.V_RESET: 0,
-                   QkReg.INV_TAU: 0x3800, QkReg.DECAY: 0x3800}
-        qk_regs = [Signal(16, init=qk_init[r], name=f"qk{u}_{r.name.lower()}")
-                   for u in range(U) for r in QkReg]
-        if U:
-            m.d.comb += self.qk.eq(Cat(*qk_regs))
-        soc_qk = soc_offset - SocReg.QK
-        soc_qk_ok = (soc_offset >= SocReg.QK) & (soc_offset < SocReg.QK + QK_REGS * U)
-        qk_field = soc_qk[:3]
-        qk_value_ok = Signal()
-        with m.Switch(qk_field):
-            with m.Case(QkReg.KIND):
-                m.d.comb += qk_value_ok.eq(word < 2)
-            with m.Case(QkReg.TOKENS):
-                m.d.comb += qk_value_ok.eq((word >= 1) & (word <= max_tokens))
-            with m.Case(QkReg.CHANNELS):
-                m.d.comb += qk_value_ok.eq((word >= 1) & (word <= max_channels)
-                                           & (word[:lane_bits] == 0 if lane_bits else 1))
-            with m.Case(QkReg.TIMESTEPS):
-                m.d.comb += qk_value_ok.eq((word >= 1) & (word <= max_steps))
-            with m.Default():
-                m.d.comb += qk_value_ok.eq(1)
-        qk_idle = ~self.qk_busy.bit_select(soc_qk[3:8], 1) if U else Const(1)
+        m.d.comb += [regs.bus.addr.eq(cmd.address + index), regs.bus.w_data.eq(word)]
 
         def reply(m, value, words=0):
             m.d.sync += [status.eq(value), count.eq(words)]
@@ -499,18 +624,13 @@ class HostLink(wiring.Component):
             with m.State("READ"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(core == SOC):
-                    with m.If(soc_counter_ok):
-                        put(m, index, Mux(soc_offset[0], soc_counter[16:], soc_counter[:16]))
-                    with m.Elif(soc_link_ok):
-                        put(m, index, links[soc_link_c[:8]])
-                    with m.Elif(soc_qk_ok):
-                        put(m, index, Array(qk_regs)[soc_qk[:8]] if U else 0)
-                    with m.Else():
-                        reply(m, Status.BAD_ADDRESS)
-                    with m.If(soc_counter_ok | soc_link_ok | soc_qk_ok):
+                    with m.If(regs.bus.r_ok):
+                        put(m, index, regs.bus.r_data)
                         m.d.sync += index.eq(index + 1)
                         with m.If(index == count - 1):
                             reply(m, Status.OK, count)
+                    with m.Else():
+                        reply(m, Status.BAD_ADDRESS)
                 with m.Else():
                     m.d.comb += [self.bus_en.eq(1), self.bus_addr.eq(cmd.address + index)]
                     m.next = "READ_WAIT"
@@ -543,18 +663,10 @@ class HostLink(wiring.Component):
             with m.State("WRITE"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(core == SOC):
-                    with m.If(~(soc_link_ok & (word >> L == 0))
-                              & ~(soc_qk_ok & qk_value_ok & qk_idle)):
+                    with m.If(~regs.bus.w_ok):
                         reply(m, Status.BAD_ADDRESS)
                     with m.Else():
-                        with m.If(~probe & soc_link_ok):
-                            for c in range(n):
-                                with m.If(soc_link_c == c):
-                                    m.d.sync += link[L * c:L * c + L].eq(word)
-                        with m.If(~probe & soc_qk_ok):
-                            for k, reg in enumerate(qk_regs):
-                                with m.If(soc_qk == k):
-                                    m.d.sync += reg.eq(word)
+                        m.d.comb += regs.bus.w_en.eq(~probe)
                         m.d.sync += index.eq(index + 1)
                         m.next = "WRITE_FETCH"
                 with m.Else():
@@ -673,11 +785,11 @@ class HostLink(wiring.Component):
                              tx.send.payload.words.eq(count), self.busy.eq(1)]
                 with m.If(tx.send.ready):
                     with m.If(record):
+                        m.d.comb += regs.frame.eq(1)
                         m.d.sync += [last_seq.eq(cmd.seq), last_status.eq(status),
-                                     last_words.eq(count), have_last.eq(1),
-                                     counters[2].eq(counters[2] + 1)]
+                                     last_words.eq(count), have_last.eq(1)]
                     with m.If(status != Status.OK):
-                        m.d.sync += counters[3].eq(counters[3] + 1)
+                        m.d.comb += regs.bad_frame.eq(1)
                     m.next = "SENDING"
             with m.State("SENDING"):
                 m.d.comb += self.busy.eq(1)

@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
+import gc
 import random
 
+import pytest
 from amaranth.sim import Simulator
 
 from spikeforge import protocol as p
-from spikeforge.hw.hostlink import FrameReceiver, FrameTransmitter
-from spikeforge.protocol import Opcode, Status
+from spikeforge.hw.hostlink import FrameReceiver, FrameTransmitter, SocRegisters
+from spikeforge.protocol import Link, Opcode, QkReg, SocReg, Status
 
 
 def simulate(dut, bench):
@@ -100,3 +102,80 @@ def test_transmitter_sends_frames_the_host_decodes():
         assert decoder.dropped == 0
 
     simulate(dut, bench)
+
+
+def test_soc_registers_count_and_keep_routing_and_qk_values():
+    dut = SocRegisters(cores=3, lanes=2, qk_units=2, qk_limits=(4, 6, 3))
+
+    async def bench(ctx):
+        async def read(addr):
+            ctx.set(dut.bus.addr, addr)
+            return ctx.get(dut.bus.r_data) if ctx.get(dut.bus.r_ok) else None
+
+        async def write(addr, value):
+            ctx.set(dut.bus.addr, addr)
+            ctx.set(dut.bus.w_data, value)
+            ok = ctx.get(dut.bus.w_ok)
+            ctx.set(dut.bus.w_en, 1)
+            await ctx.tick()
+            ctx.set(dut.bus.w_en, 0)
+            return ok
+
+        events = [(dut.rx_byte, 5), (dut.tx_byte, 3), (dut.frame, 2), (dut.bad_frame, 1),
+                  (dut.active, 7)]
+        for k in range(8):
+            for port, count in events:
+                ctx.set(port, k < count)
+            ctx.set(dut.qk_active, 0b11 if k < 2 else 0b10 if k < 3 else 0)
+            await ctx.tick()
+        for port, _ in events:
+            ctx.set(port, 0)
+        ctx.set(dut.qk_active, 0)
+        assert [await read(a) for a in range(2 * 6 + 1)] == [5, 0, 3, 0, 2, 0, 1, 0, 7, 0,
+                                                             5, 0, None]
+        assert not await write(SocReg.FRAMES, 9)
+        assert await read(SocReg.FRAMES) == 2
+
+        assert [await read(SocReg.LINK + c) for c in range(4)] == [0, 0, 0, None]
+        assert await write(SocReg.LINK + 1, Link.FP_TO_NEXT | Link.SPLIT)
+        assert not await write(SocReg.LINK + 2, 1 << p.LINK_BITS)
+        assert not await write(SocReg.LINK + 3, 1)
+        assert [await read(SocReg.LINK + c) for c in range(3)] == [0, 5, 0]
+        assert ctx.get(dut.link) == 5 << p.LINK_BITS
+
+        unit1 = SocReg.QK + p.QK_REGS
+        assert [await read(unit1 + r) for r in QkReg] == [0, 4, 6, 3, 0x3800, 0, 0x3800, 0x3800]
+        assert await read(SocReg.QK + 2 * p.QK_REGS) is None
+        for reg, value, ok in ((QkReg.KIND, 1, True), (QkReg.KIND, 2, False),
+                               (QkReg.TOKENS, 0, False), (QkReg.TOKENS, 4, True),
+                               (QkReg.TOKENS, 5, False), (QkReg.CHANNELS, 3, False),
+                               (QkReg.CHANNELS, 8, False), (QkReg.CHANNELS, 2, True),
+                               (QkReg.TIMESTEPS, 4, False), (QkReg.TIMESTEPS, 1, True),
+                               (QkReg.V_TH, 0xBC00, True)):
+            assert await write(unit1 + reg, value) == ok, (reg, value)
+        ctx.set(dut.qk_busy, 0b10)
+        assert not await write(unit1 + QkReg.V_RESET, 0x3C00)
+        assert await write(SocReg.QK + QkReg.V_RESET, 0x3C00)
+        assert [await read(unit1 + r) for r in QkReg] == [1, 4, 2, 1, 0xBC00, 0, 0x3800, 0x3800]
+        qk = ctx.get(dut.qk)
+        assert [(qk >> 16 * k) & 0xFFFF for k in range(2 * p.QK_REGS)] == [
+            0, 4, 6, 3, 0x3800, 0x3C00, 0x3800, 0x3800, 1, 4, 2, 1, 0xBC00, 0, 0x3800, 0x3800]
+
+    simulate(dut, bench)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_parameters_are_checked():
+    with pytest.raises(ValueError, match=r"^SoC register core count must be between 1 and 253, "
+                                         r"not 254$"):
+        SocRegisters(cores=254, lanes=1)
+    with pytest.raises(ValueError, match=r"^Lane count must be a power of two, not 3$"):
+        SocRegisters(cores=2, lanes=3)
+    with pytest.raises(ValueError, match=r"^Q-K unit count must be a non-negative integer, "
+                                         r"not -1$"):
+        SocRegisters(cores=2, lanes=1, qk_units=-1)
+    with pytest.raises(ValueError, match=r"^Q-K limits must be three integers \(tokens, "
+                                         r"channels, timesteps\) between 1 and 65535, "
+                                         r"not \(4, 0, 3\)$"):
+        SocRegisters(cores=2, lanes=1, qk_units=1, qk_limits=(4, 0, 3))
+    gc.collect()
