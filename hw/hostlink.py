@@ -30,7 +30,8 @@ from spikeforge.protocol import (
     Status,
 )
 
-__all__ = ["FrameReceiver", "FrameTransmitter", "HostLink", "SocRegisters", "register_bus"]
+__all__ = ["BusAccess", "FrameReceiver", "FrameTransmitter", "HostLink", "SocRegisters",
+           "executor_members", "job_layout", "register_bus", "result_layout"]
 
 HEADER_BYTES = 9   # seq, opcode, core, address (4), length (2)
 
@@ -255,6 +256,42 @@ class FrameTransmitter(wiring.Component):
                         m.next = "IDLE"
         return m
 
+def job_layout() -> data.StructLayout:
+    """A command as the dispatcher hands it to an executor: its frame's header and ``arg``,
+    the first word of its payload."""
+    header = header_layout()
+    return data.StructLayout({name: header[name].shape
+                              for name in ("opcode", "core", "address", "words")}
+                             | {"arg": 16})
+
+
+def result_layout() -> data.StructLayout:
+    """An executor's answer to a command: the reply's status and its payload words, which the
+    executor has written into the reply buffer."""
+    return data.StructLayout({"status": header_layout()["status"].shape,
+                              "words": range(MAX_WORDS + 1)})
+
+
+def executor_members() -> dict:
+    """The members every executor has, as the executor sees them.
+
+    ``i`` takes a command, and only while the executor is idle; ``o`` gives its result once
+    it is done. ``rd_addr`` / ``rd_data`` read the frame's payload (one cycle latency),
+    ``wr_en`` / ``wr_addr`` / ``wr_data`` write the reply's payload. An idle executor drives
+    ``rd_addr`` and the reply-buffer members to 0, so that the link can OR those of all its
+    executors together.
+    """
+    return {
+        "i": In(stream.Signature(job_layout())),
+        "o": Out(stream.Signature(result_layout())),
+        "rd_addr": Out(range(MAX_WORDS)),
+        "rd_data": In(16),
+        "wr_en": Out(1),
+        "wr_addr": Out(range(MAX_WORDS)),
+        "wr_data": Out(16),
+    }
+
+
 def register_bus() -> wiring.Signature:
     """The port of :class:`SocRegisters`, as the one that reads and writes them sees it.
 
@@ -405,6 +442,150 @@ class SocRegisters(wiring.Component):
         return m
 
 
+class BusAccess(wiring.Component):
+    """Executes ``READ`` and ``WRITE`` commands on the cores' word bus and the SoC registers.
+
+    Parameters
+    ----------
+    cores : int
+        Cores on the bus; a ``BROADCAST`` write goes to each of them in turn.
+
+    Members
+    -------
+    i, o, rd_addr, rd_data, wr_en, wr_addr, wr_data : see :func:`executor_members`
+        A command's ``core`` is a core, ``BROADCAST`` (``WRITE`` only) or ``SOC``; a ``READ``
+        reads ``arg`` words from ``address`` on, a ``WRITE`` writes the payload's ``words``
+        words there. The dispatcher has checked core and lengths. The result is ``OK`` (with
+        the words read) or ``BAD_ADDRESS`` at the first word refused.
+    bus_en, bus_we, bus_probe, bus_core, bus_addr, bus_wdata : Out
+        A request on the word bus of core ``bus_core`` (:class:`~spikeforge.hw.core.Core`'s
+        bus), valid in the cycle of ``bus_en``.
+    bus_ack, bus_err, bus_rdata : In
+        Its answer, in a later cycle of ``bus_ack``.
+    regs : Out(:func:`register_bus`)
+        The SoC registers, for core ``SOC``.
+
+    A ``WRITE`` is first checked word by word, with ``bus_probe`` set on every target core, or
+    with ``w_ok`` of the registers, and written only if every word passed, so that a bad frame
+    changes nothing. A core's word takes two cycles and the bus's answer; a register's one.
+    """
+
+    def __init__(self, *, cores: int):
+        check_cores(cores, "Bus access")
+        self._cores = cores
+        super().__init__({
+            **executor_members(),
+            "bus_en": Out(1),
+            "bus_we": Out(1),
+            "bus_probe": Out(1),
+            "bus_core": Out(range(max(cores, 2))),
+            "bus_addr": Out(32),
+            "bus_wdata": Out(16),
+            "bus_ack": In(1),
+            "bus_err": In(1),
+            "bus_rdata": In(16),
+            "regs": Out(register_bus()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self._cores
+        job = Signal(job_layout())
+        core, word = job.core, self.rd_data
+        index = Signal(range(MAX_WORDS + 1))
+        count = Signal(range(MAX_WORDS + 1))        # words to read, then words read
+        target = Signal(range(max(n, 2)))           # core of a broadcast
+        probe = Signal()
+        status = Signal.like(self.o.payload.status)
+        m.d.comb += [self.rd_addr.eq(index), self.bus_core.eq(target),
+                     self.regs.addr.eq(job.address + index), self.regs.w_data.eq(word),
+                     self.o.payload.status.eq(status), self.o.payload.words.eq(count)]
+
+        def reply(value, words=0):
+            m.d.sync += [status.eq(value), count.eq(words)]
+            m.next = "REPLY"
+
+        def put(value):
+            m.d.comb += [self.wr_en.eq(1), self.wr_addr.eq(index), self.wr_data.eq(value)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [job.eq(self.i.payload), index.eq(0), probe.eq(1),
+                                 count.eq(self.i.payload.arg),
+                                 target.eq(Mux(self.i.payload.core < n, self.i.payload.core, 0))]
+                    with m.If(self.i.payload.opcode == Opcode.READ):
+                        m.next = "READ"
+                    with m.Else():
+                        m.next = "WRITE_FETCH"
+
+            with m.State("READ"):
+                with m.If(core == SOC):
+                    with m.If(self.regs.r_ok):
+                        put(self.regs.r_data)
+                        m.d.sync += index.eq(index + 1)
+                        with m.If(index == count - 1):
+                            reply(Status.OK, count)
+                    with m.Else():
+                        reply(Status.BAD_ADDRESS)
+                with m.Else():
+                    m.d.comb += [self.bus_en.eq(1), self.bus_addr.eq(job.address + index)]
+                    m.next = "READ_WAIT"
+            with m.State("READ_WAIT"):
+                m.d.comb += self.bus_addr.eq(job.address + index)
+                with m.If(self.bus_ack):
+                    with m.If(self.bus_err):
+                        reply(Status.BAD_ADDRESS)
+                    with m.Else():
+                        put(self.bus_rdata)
+                        m.d.sync += index.eq(index + 1)
+                        with m.If(index == count - 1):
+                            reply(Status.OK, count)
+                        with m.Else():
+                            m.next = "READ"
+
+            # A probe pass over every target core, then the write pass.
+            with m.State("WRITE_FETCH"):
+                with m.If(index == job.words):
+                    with m.If((core == BROADCAST) & (target != n - 1)):
+                        m.d.sync += [target.eq(target + 1), index.eq(0)]
+                    with m.Elif(probe):
+                        m.d.sync += [probe.eq(0), index.eq(0),
+                                     target.eq(Mux(core == BROADCAST, 0, target))]
+                    with m.Else():
+                        reply(Status.OK)
+                with m.Else():
+                    m.next = "WRITE"
+            with m.State("WRITE"):
+                with m.If(core == SOC):
+                    with m.If(~self.regs.w_ok):
+                        reply(Status.BAD_ADDRESS)
+                    with m.Else():
+                        m.d.comb += self.regs.w_en.eq(~probe)
+                        m.d.sync += index.eq(index + 1)
+                        m.next = "WRITE_FETCH"
+                with m.Else():
+                    m.d.comb += [self.bus_en.eq(1), self.bus_we.eq(1),
+                                 self.bus_probe.eq(probe), self.bus_addr.eq(job.address + index),
+                                 self.bus_wdata.eq(word)]
+                    m.next = "WRITE_WAIT"
+            with m.State("WRITE_WAIT"):
+                with m.If(self.bus_ack):
+                    with m.If(self.bus_err):
+                        reply(Status.BAD_ADDRESS)
+                    with m.Else():
+                        m.d.sync += index.eq(index + 1)
+                        m.next = "WRITE_FETCH"
+
+            with m.State("REPLY"):
+                m.d.comb += self.o.valid.eq(1)
+                with m.If(self.o.ready):
+                    m.d.sync += index.eq(0)
+                    m.next = "IDLE"
+        return m
+
+
 class HostLink(wiring.Component):
     """Executes command frames on ``cores`` cores and answers each with a reply frame.
 
@@ -498,8 +679,6 @@ class HostLink(wiring.Component):
         core = cmd.core
         index = Signal(range(MAX_WORDS + 1))       # payload word
         count = Signal(range(MAX_WORDS + 1))       # reply words, or words to handle
-        target = Signal(range(max(n, 2)))          # core of a broadcast
-        probe = Signal()
         beat = Signal(16 * P)
         lane_k = Signal(range(P + 1))
         in_step = Signal(range(MAX_WORDS + 1))     # beats into the timestep
@@ -516,8 +695,18 @@ class HostLink(wiring.Component):
         m.submodules.regs = regs = SocRegisters(cores=n, lanes=P, qk_units=U,
                                                 qk_limits=self._qk_limits)
         link = regs.link
-        m.d.comb += [self.link.eq(link), rx.rd_addr.eq(index),
-                     self.out_sel.eq(core), self.bus_core.eq(target)]
+        m.submodules.access = access = BusAccess(cores=n)
+        wiring.connect(m, access.regs, regs.bus)
+        for name in ("bus_en", "bus_we", "bus_probe", "bus_core", "bus_addr", "bus_wdata"):
+            m.d.comb += getattr(self, name).eq(getattr(access, name))
+        for name in ("bus_ack", "bus_err", "bus_rdata"):
+            m.d.comb += getattr(access, name).eq(getattr(self, name))
+        wr_en, wr_addr, wr_data = Signal(), Signal(range(MAX_WORDS)), Signal(16)
+        m.d.comb += [self.link.eq(link), rx.rd_addr.eq(index | access.rd_addr),
+                     access.rd_data.eq(rx.rd_data),
+                     tx.wr_en.eq(wr_en | access.wr_en), tx.wr_addr.eq(wr_addr | access.wr_addr),
+                     tx.wr_data.eq(wr_data | access.wr_data),
+                     self.out_sel.eq(core)]
         word = rx.rd_data
         m.d.comb += [regs.rx_byte.eq(self.i.valid & self.i.ready),
                      regs.tx_byte.eq(self.o.valid & self.o.ready),
@@ -537,14 +726,13 @@ class HostLink(wiring.Component):
         bp_linked = is_core & Array(
             [bp_to_prev[c + 1] | split[c + 1] for c in range(n - 1)] + [Const(0, 1)])[core]
         identity = Array(Const(w, 16) for w in self._identity)
-        m.d.comb += [regs.bus.addr.eq(cmd.address + index), regs.bus.w_data.eq(word)]
 
         def reply(m, value, words=0):
             m.d.sync += [status.eq(value), count.eq(words)]
             m.next = "SEND"
 
         def put(m, position, value):
-            m.d.comb += [tx.wr_en.eq(1), tx.wr_addr.eq(position), tx.wr_data.eq(value)]
+            m.d.comb += [wr_en.eq(1), wr_addr.eq(position), wr_data.eq(value)]
 
         m.d.comb += self.busy.eq(rx.receiving)
         with m.FSM():
@@ -557,8 +745,7 @@ class HostLink(wiring.Component):
 
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [record.eq(1), target.eq(Mux(is_core, core, 0)), probe.eq(1),
-                             rem.eq(cmd.words >> lane_bits), in_step.eq(0)]
+                m.d.sync += [record.eq(1), rem.eq(cmd.words >> lane_bits), in_step.eq(0)]
                 op, words = cmd.opcode, cmd.words
                 with m.If(cmd.status != Status.OK):
                     m.d.sync += record.eq(0)
@@ -583,11 +770,14 @@ class HostLink(wiring.Component):
                              (op == Opcode.ERRORS_OUT)) &
                             ((words != 1) | (word == 0) | (word > MAX_WORDS))):
                     reply(m, Status.BAD_LENGTH)
-                with m.Elif(op == Opcode.READ):
-                    m.d.sync += count.eq(word)
-                    m.next = "READ"
-                with m.Elif(op == Opcode.WRITE):
-                    m.next = "WRITE_FETCH"
+                with m.Elif((op == Opcode.READ) | (op == Opcode.WRITE)):
+                    m.d.comb += [access.i.valid.eq(1), access.i.payload.opcode.eq(op),
+                                 access.i.payload.core.eq(core),
+                                 access.i.payload.address.eq(cmd.address),
+                                 access.i.payload.words.eq(words),
+                                 access.i.payload.arg.eq(word)]
+                    with m.If(access.i.ready):
+                        m.next = "EXECUTE"
                 with m.Elif(op == Opcode.SPIKES_IN):
                     m.next = "SCAN_FETCH"
                 with m.Elif(op == Opcode.ERRORS_IN):
@@ -620,68 +810,18 @@ class HostLink(wiring.Component):
                 with m.If(index == len(self._identity) - 1):
                     reply(m, Status.OK, len(self._identity))
 
-            # READ: one bus read a word, or the link's own registers.
-            with m.State("READ"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(core == SOC):
-                    with m.If(regs.bus.r_ok):
-                        put(m, index, regs.bus.r_data)
-                        m.d.sync += index.eq(index + 1)
-                        with m.If(index == count - 1):
-                            reply(m, Status.OK, count)
-                    with m.Else():
-                        reply(m, Status.BAD_ADDRESS)
-                with m.Else():
-                    m.d.comb += [self.bus_en.eq(1), self.bus_addr.eq(cmd.address + index)]
-                    m.next = "READ_WAIT"
-            with m.State("READ_WAIT"):
-                m.d.comb += [self.busy.eq(1), self.bus_addr.eq(cmd.address + index)]
-                with m.If(self.bus_ack):
-                    with m.If(self.bus_err):
-                        reply(m, Status.BAD_ADDRESS)
-                    with m.Else():
-                        put(m, index, self.bus_rdata)
-                        m.d.sync += index.eq(index + 1)
-                        with m.If(index == count - 1):
-                            reply(m, Status.OK, count)
-                        with m.Else():
-                            m.next = "READ"
-
-            # WRITE: a probe pass over every target core, then the write pass.
-            with m.State("WRITE_FETCH"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(index == cmd.words):
-                    with m.If((core == BROADCAST) & (target != n - 1)):
-                        m.d.sync += [target.eq(target + 1), index.eq(0)]
-                    with m.Elif(probe):
-                        m.d.sync += [probe.eq(0), index.eq(0),
-                                     target.eq(Mux(core == BROADCAST, 0, target))]
-                    with m.Else():
-                        reply(m, Status.OK)
-                with m.Else():
-                    m.next = "WRITE"
-            with m.State("WRITE"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(core == SOC):
-                    with m.If(~regs.bus.w_ok):
-                        reply(m, Status.BAD_ADDRESS)
-                    with m.Else():
-                        m.d.comb += regs.bus.w_en.eq(~probe)
-                        m.d.sync += index.eq(index + 1)
-                        m.next = "WRITE_FETCH"
-                with m.Else():
-                    m.d.comb += [self.bus_en.eq(1), self.bus_we.eq(1),
-                                 self.bus_probe.eq(probe), self.bus_addr.eq(cmd.address + index),
-                                 self.bus_wdata.eq(word)]
-                    m.next = "WRITE_WAIT"
-            with m.State("WRITE_WAIT"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(self.bus_ack):
-                    with m.If(self.bus_err):
-                        reply(m, Status.BAD_ADDRESS)
-                    with m.Else():
-                        m.d.sync += index.eq(index + 1)
-                        m.next = "WRITE_FETCH"
+            with m.State("EXECUTE"):
+                m.d.comb += [tx.send.valid.eq(access.o.valid), tx.send.payload.seq.eq(cmd.seq),
+                             tx.send.payload.status.eq(access.o.payload.status),
+                             tx.send.payload.words.eq(access.o.payload.words), self.busy.eq(1),
+                             access.o.ready.eq(tx.send.ready)]
+                with m.If(tx.send.valid & tx.send.ready):
+                    m.d.comb += regs.frame.eq(1)
+                    m.d.sync += [last_seq.eq(cmd.seq), last_status.eq(access.o.payload.status),
+                                 last_words.eq(access.o.payload.words), have_last.eq(1)]
+                    with m.If(access.o.payload.status != Status.OK):
+                        m.d.comb += regs.bad_frame.eq(1)
+                    m.next = "SENDING"
 
             # SPIKES_IN: every event index checked, then the words streamed.
             with m.State("SCAN_FETCH"):

@@ -3,10 +3,12 @@ import gc
 import random
 
 import pytest
+from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
 from spikeforge import protocol as p
-from spikeforge.hw.hostlink import FrameReceiver, FrameTransmitter, SocRegisters
+from spikeforge.hw.hostlink import BusAccess, FrameReceiver, FrameTransmitter, SocRegisters
 from spikeforge.protocol import Link, Opcode, QkReg, SocReg, Status
 
 
@@ -179,3 +181,122 @@ def test_parameters_are_checked():
                                          r"not \(4, 0, 3\)$"):
         SocRegisters(cores=2, lanes=1, qk_units=1, qk_limits=(4, 0, 3))
     gc.collect()
+
+
+class ExecutorBench(Elaboratable):
+    """An executor between a payload buffer the testbench fills (``load_*``) and a reply buffer
+    it reads back (``reply_addr`` / ``reply_data``), with ``parts`` beside it."""
+
+    def __init__(self, dut, connect=lambda m, dut: None, **parts):
+        self.dut, self._connect, self._parts = dut, connect, parts
+        self.load_en, self.load_addr, self.load_data = Signal(), Signal(9), Signal(16)
+        self.reply_addr, self.reply_data = Signal(9), Signal(16)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = self.dut
+        for name, part in self._parts.items():
+            m.submodules[name] = part
+        self._connect(m, self.dut)
+        m.submodules.payload = payload = memory.Memory(shape=16, depth=p.MAX_WORDS, init=[])
+        m.submodules.reply = reply = memory.Memory(shape=16, depth=p.MAX_WORDS, init=[])
+        load, rd = payload.write_port(), payload.read_port()
+        wr, back = reply.write_port(), reply.read_port(domain="comb")
+        m.d.comb += [load.en.eq(self.load_en), load.addr.eq(self.load_addr),
+                     load.data.eq(self.load_data), rd.addr.eq(self.dut.rd_addr),
+                     self.dut.rd_data.eq(rd.data), wr.en.eq(self.dut.wr_en),
+                     wr.addr.eq(self.dut.wr_addr), wr.data.eq(self.dut.wr_data),
+                     back.addr.eq(self.reply_addr), self.reply_data.eq(back.data)]
+        return m
+
+
+async def execute(ctx, bench, rng, opcode, core=0, address=0, payload=(), arg=None):
+    """Run one command on ``bench``'s executor: its status and reply words."""
+    dut = bench.dut
+    for k, word in enumerate(payload):
+        ctx.set(bench.load_en, 1)
+        ctx.set(bench.load_addr, k)
+        ctx.set(bench.load_data, word)
+        await ctx.tick()
+    ctx.set(bench.load_en, 0)
+    assert ctx.get(dut.i.ready)
+    assert (ctx.get(dut.rd_addr), ctx.get(dut.wr_en), ctx.get(dut.wr_addr),
+            ctx.get(dut.wr_data)) == (0, 0, 0, 0)
+    arg = payload[0] if arg is None and payload else arg or 0
+    ctx.set(dut.i.payload, {"opcode": opcode, "core": core, "address": address,
+                            "words": len(payload), "arg": arg})
+    ctx.set(dut.i.valid, 1)
+    await ctx.tick()
+    ctx.set(dut.i.valid, 0)
+    result = await take(ctx, dut.o, rng, limit=20000)
+    reply = []
+    for k in range(result.words):
+        ctx.set(bench.reply_addr, k)
+        reply.append(ctx.get(bench.reply_data))
+    return Status(result.status), reply
+
+
+def test_bus_access_reads_and_writes_cores_and_registers():
+    cores = 3
+    dut = BusAccess(cores=cores)
+    regs = SocRegisters(cores=cores, lanes=1)
+    bench = ExecutorBench(dut, lambda m, dut: wiring.connect(m, dut.regs, regs.bus), regs=regs)
+    rng = random.Random(3)
+    memory_ = {(c, a): rng.randrange(1 << 16) for c in range(cores) for a in range(100, 110)}
+    refused = {(2, 105)}
+    log = []
+
+    async def bus(ctx):
+        while True:
+            _, _, en, we, probe, core, addr, wdata = await ctx.tick().sample(
+                dut.bus_en, dut.bus_we, dut.bus_probe, dut.bus_core, dut.bus_addr,
+                dut.bus_wdata)
+            if not en:
+                continue
+            log.append((core, addr, we and (wdata, probe)))
+            for _ in range(rng.randrange(3)):
+                await ctx.tick()
+            ok = (core, addr) in memory_ and (core, addr) not in refused
+            ctx.set(dut.bus_ack, 1)
+            ctx.set(dut.bus_err, not ok)
+            ctx.set(dut.bus_rdata, memory_.get((core, addr), 0))
+            if ok and we and not probe:
+                memory_[core, addr] = wdata
+            await ctx.tick()
+            ctx.set(dut.bus_ack, 0)
+
+    async def body(ctx):
+        run = execute
+        assert await run(ctx, bench, rng, Opcode.READ, 1, 102, arg=3) == (
+            Status.OK, [memory_[1, 102 + k] for k in range(3)])
+        assert log == [(1, 102 + k, False) for k in range(3)]
+        assert await run(ctx, bench, rng, Opcode.READ, 0, 108, arg=3) == (Status.BAD_ADDRESS, [])
+
+        log.clear()
+        assert await run(ctx, bench, rng, Opcode.WRITE, p.BROADCAST, 103, [7, 8]) == (Status.OK,
+                                                                                   [])
+        assert log == [(c, 103 + k, (v, probe)) for probe in (1, 0) for c in range(cores)
+                       for k, v in enumerate((7, 8))]
+        assert [memory_[c, 103 + k] for c in range(cores) for k in range(2)] == [7, 8] * 3
+
+        log.clear()
+        before = dict(memory_)
+        assert await run(ctx, bench, rng, Opcode.WRITE, p.BROADCAST, 104, [1, 2]) == (
+            Status.BAD_ADDRESS, [])
+        assert log[-1] == (2, 105, (2, 1)) and all(probe for *_, (_, probe) in log)
+        assert memory_ == before
+
+        assert await run(ctx, bench, rng, Opcode.WRITE, p.SOC, SocReg.LINK + 1, [5, 3]) == (
+            Status.OK, [])
+        assert await run(ctx, bench, rng, Opcode.WRITE, p.SOC, SocReg.LINK, [1, 2, 3, 4]) == (
+            Status.BAD_ADDRESS, [])
+        assert await run(ctx, bench, rng, Opcode.READ, p.SOC, SocReg.LINK, arg=3) == (
+            Status.OK, [0, 5, 3])
+        assert await run(ctx, bench, rng, Opcode.READ, p.SOC, SocReg.LINK + 1, arg=3) == (
+            Status.BAD_ADDRESS, [])
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-8)
+    sim.add_process(bus)
+    sim.add_testbench(body)
+    sim.run()
