@@ -7,6 +7,9 @@ reply buffer, which keeps the last reply for a resend; :class:`HostLink` execute
 time on the cores' word bus and streams, and answers it.
 """
 
+import functools
+import operator
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.crc.catalog import CRC16_CCITT_FALSE
@@ -17,6 +20,7 @@ from spikeforge.protocol import (
     BROADCAST,
     COMMAND_SYNC,
     EVENT_INDEX,
+    EVENT_SPIKE,
     LINK_BITS,
     MAX_PAYLOAD,
     MAX_WORDS,
@@ -30,8 +34,9 @@ from spikeforge.protocol import (
     Status,
 )
 
-__all__ = ["BusAccess", "FrameReceiver", "FrameTransmitter", "HostLink", "SocRegisters",
-           "executor_members", "job_layout", "register_bus", "result_layout"]
+__all__ = ["BusAccess", "FrameReceiver", "FrameTransmitter", "HostLink", "InputForwarder",
+           "OutputCollector", "SocRegisters", "executor_members", "job_layout", "register_bus",
+           "result_layout"]
 
 HEADER_BYTES = 9   # seq, opcode, core, address (4), length (2)
 
@@ -586,6 +591,251 @@ class BusAccess(wiring.Component):
         return m
 
 
+class InputForwarder(wiring.Component):
+    """Executes ``SPIKES_IN`` and ``ERRORS_IN`` commands: their payload to a core's input
+    streams.
+
+    Parameters
+    ----------
+    lanes : int
+        Binary16 values in an error beat.
+    fan_in : int
+        Spike events must have an index below this.
+    timeout : int
+        Cycles a stream may leave a word untaken before the command is abandoned.
+
+    Members
+    -------
+    i, o, rd_addr, rd_data, wr_en, wr_addr, wr_data : see :func:`executor_members`
+        ``SPIKES_IN``: the payload's event words, every one checked first: an event with an
+        index of ``fan_in`` or more is answered with ``BAD_ADDRESS`` and nothing is sent.
+        ``ERRORS_IN``: the payload's words, ``lanes`` to a beat, in timesteps of ``address``
+        beats: a payload of no whole number of timesteps is answered with ``BAD_LENGTH`` and
+        nothing is sent. The dispatcher has checked that ``address`` is 1 .. ``MAX_WORDS``
+        and the words a multiple of ``lanes``. Replies have no payload.
+    spikes : Out(stream.Signature(...))
+        ``{core, word}``: an event word for core ``core``'s FP engine, one a payload word.
+    errors : Out(stream.Signature(...))
+        ``{core, value, last}``: an error beat for core ``core``'s BP engine, the first word in
+        the lowest lane; ``last`` on the last beat of each timestep.
+
+    A word that the stream does not take within ``timeout`` cycles is withdrawn and the
+    command answered with ``TIMEOUT``; the words before it have been sent.
+    """
+
+    def __init__(self, *, lanes: int, fan_in: int, timeout: int):
+        check_lanes(lanes)
+        if not isinstance(fan_in, int) or not 1 <= fan_in <= EVENT_INDEX + 1:
+            raise ValueError(f"Fan-in must be between 1 and {EVENT_INDEX + 1}, not {fan_in!r}")
+        if not isinstance(timeout, int) or timeout < 1:
+            raise ValueError(f"Stream time-out must be a positive integer, not {timeout!r}")
+        self._lanes, self._fan_in, self._timeout = lanes, fan_in, timeout
+        core = job_layout()["core"].shape
+        super().__init__({
+            **executor_members(),
+            "spikes": Out(stream.Signature(data.StructLayout({"core": core, "word": 16}))),
+            "errors": Out(stream.Signature(data.StructLayout(
+                {"core": core, "value": 16 * lanes, "last": 1}))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        P = self._lanes
+        job = Signal(job_layout())
+        word = self.rd_data
+        index = Signal(range(MAX_WORDS + 1))
+        beat = Signal(16 * P)
+        lane_k = Signal(range(P + 1))
+        in_step = Signal(range(MAX_WORDS + 1))      # beats into the timestep
+        rem = Signal(range(MAX_WORDS + 1))          # beats not yet divided into timesteps
+        watchdog = Signal(range(self._timeout + 1))
+        status = Signal.like(self.o.payload.status)
+        m.d.comb += [self.rd_addr.eq(index), self.o.payload.status.eq(status),
+                     self.spikes.payload.core.eq(job.core),
+                     self.spikes.payload.word.eq(word),
+                     self.errors.payload.core.eq(job.core),
+                     self.errors.payload.value.eq(beat),
+                     self.errors.payload.last.eq(in_step == job.address - 1)]
+
+        def reply(value):
+            m.d.sync += status.eq(value)
+            m.next = "REPLY"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [job.eq(self.i.payload), index.eq(0), watchdog.eq(0),
+                                 rem.eq(self.i.payload.words >> exact_log2(P)), in_step.eq(0)]
+                    with m.If(self.i.payload.opcode == Opcode.SPIKES_IN):
+                        m.next = "SCAN_FETCH"
+                    with m.Else():
+                        m.next = "DIVIDE"
+
+            # SPIKES_IN: every event index checked, then the words streamed.
+            with m.State("SCAN_FETCH"):
+                with m.If(index == job.words):
+                    m.d.sync += index.eq(0)
+                    m.next = "PUSH_FETCH"
+                with m.Else():
+                    m.next = "SCAN"
+            with m.State("SCAN"):
+                with m.If((word & EVENT_SPIKE).any() & ((word & EVENT_INDEX) >= self._fan_in)):
+                    reply(Status.BAD_ADDRESS)
+                with m.Else():
+                    m.d.sync += index.eq(index + 1)
+                    m.next = "SCAN_FETCH"
+            with m.State("PUSH_FETCH"):
+                with m.If(index == job.words):
+                    reply(Status.OK)
+                with m.Else():
+                    m.next = "PUSH"
+            with m.State("PUSH"):
+                m.d.comb += self.spikes.valid.eq(1)
+                m.d.sync += watchdog.eq(watchdog + 1)
+                with m.If(self.spikes.ready):
+                    m.d.sync += [index.eq(index + 1), watchdog.eq(0)]
+                    m.next = "PUSH_FETCH"
+                with m.Elif(watchdog == self._timeout):
+                    reply(Status.TIMEOUT)
+
+            # ERRORS_IN: the beats must be whole timesteps of ``address`` beats each.
+            with m.State("DIVIDE"):
+                with m.If(rem >= job.address):
+                    m.d.sync += rem.eq(rem - job.address)
+                with m.Elif(rem != 0):
+                    reply(Status.BAD_LENGTH)
+                with m.Else():
+                    m.d.sync += lane_k.eq(0)
+                    m.next = "BEAT_FETCH"
+            with m.State("BEAT_FETCH"):
+                with m.If(index == job.words):
+                    reply(Status.OK)
+                with m.Else():
+                    m.next = "BEAT"
+            with m.State("BEAT"):
+                m.d.sync += [beat.eq(Cat(beat[16:], word) if P > 1 else word),
+                             index.eq(index + 1), lane_k.eq(lane_k + 1)]
+                with m.If(lane_k == P - 1):
+                    m.next = "BEAT_PUSH"
+                with m.Else():
+                    m.next = "BEAT_FETCH"
+            with m.State("BEAT_PUSH"):
+                m.d.comb += self.errors.valid.eq(1)
+                m.d.sync += watchdog.eq(watchdog + 1)
+                with m.If(self.errors.ready):
+                    m.d.sync += [lane_k.eq(0), watchdog.eq(0),
+                                 in_step.eq(Mux(self.errors.payload.last, 0, in_step + 1))]
+                    m.next = "BEAT_FETCH"
+                with m.Elif(watchdog == self._timeout):
+                    reply(Status.TIMEOUT)
+
+            with m.State("REPLY"):
+                m.d.comb += self.o.valid.eq(1)
+                with m.If(self.o.ready):
+                    m.d.sync += index.eq(0)
+                    m.next = "IDLE"
+        return m
+
+
+class OutputCollector(wiring.Component):
+    """Executes ``SPIKES_OUT`` and ``ERRORS_OUT`` commands: a core's output FIFO into the
+    reply.
+
+    Parameters
+    ----------
+    cores : int
+        Cores whose output FIFOs ``out_sel`` selects.
+    lanes : int
+        Binary16 values in an error beat.
+
+    Members
+    -------
+    i, o, rd_addr, rd_data, wr_en, wr_addr, wr_data : see :func:`executor_members`
+        The reply holds what is waiting in core ``core``'s FIFO when the command is taken, but
+        at most ``arg`` words (``SPIKES_OUT``) or beats (``ERRORS_OUT``, ``lanes`` words each,
+        the lowest lane first) and at most a reply's payload. The result is always ``OK``.
+    out_sel : Out
+        The core whose FIFOs are connected: that of the command being executed, or while idle
+        that of the command offered on ``i``, whose fill levels the command is taken with.
+    spikes_out, spikes_level, errors_out, errors_level : In
+        Core ``out_sel``'s output FIFOs of event words and error beats, and their fill levels.
+    """
+
+    def __init__(self, *, cores: int, lanes: int):
+        check_cores(cores, "Output collector")
+        check_lanes(lanes)
+        self._lanes = lanes
+        super().__init__({
+            **executor_members(),
+            "out_sel": Out(range(max(cores, 2))),
+            "spikes_out": In(stream.Signature(16)),
+            "spikes_level": In(32),
+            "errors_out": In(stream.Signature(16 * lanes)),
+            "errors_level": In(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        P = self._lanes
+        job = Signal(job_layout())
+        arg = self.i.payload.arg
+        index = Signal(range(MAX_WORDS + 1))
+        count = Signal(range(MAX_WORDS + 1))        # words to take, or words taken
+        rem = Signal(range(MAX_WORDS + 1))          # beats to take
+        beat = Signal(16 * P)
+        lane_k = Signal(range(P + 1))
+        m.d.comb += [self.o.payload.status.eq(Status.OK), self.o.payload.words.eq(count)]
+
+        def put(position, value):
+            m.d.comb += [self.wr_en.eq(1), self.wr_addr.eq(position), self.wr_data.eq(value)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.i.ready.eq(1), self.out_sel.eq(self.i.payload.core)]
+                with m.If(self.i.valid):
+                    m.d.sync += [job.eq(self.i.payload), index.eq(0)]
+                    with m.If(self.i.payload.opcode == Opcode.SPIKES_OUT):
+                        m.d.sync += count.eq(Mux(arg < self.spikes_level, arg,
+                                                 self.spikes_level))
+                        m.next = "SPIKES_OUT"
+                    with m.Else():
+                        limit = Mux(arg < self.errors_level, arg, self.errors_level)
+                        m.d.sync += [rem.eq(Mux(limit > MAX_WORDS // P, MAX_WORDS // P, limit)),
+                                     count.eq(0)]
+                        m.next = "ERRORS_OUT"
+            with m.State("SPIKES_OUT"):
+                m.d.comb += self.out_sel.eq(job.core)
+                with m.If(index == count):
+                    m.next = "REPLY"
+                with m.Else():
+                    m.d.comb += self.spikes_out.ready.eq(1)
+                    with m.If(self.spikes_out.valid):
+                        put(index, self.spikes_out.payload)
+                        m.d.sync += index.eq(index + 1)
+            with m.State("ERRORS_OUT"):
+                m.d.comb += self.out_sel.eq(job.core)
+                with m.If(rem == 0):
+                    m.next = "REPLY"
+                with m.Else():
+                    m.d.comb += self.errors_out.ready.eq(1)
+                    with m.If(self.errors_out.valid):
+                        m.d.sync += [beat.eq(self.errors_out.payload), lane_k.eq(0)]
+                        m.next = "ERRORS_WORDS"
+            with m.State("ERRORS_WORDS"):
+                m.d.comb += self.out_sel.eq(job.core)
+                put(count, beat[:16])
+                m.d.sync += [beat.eq(beat >> 16), count.eq(count + 1), lane_k.eq(lane_k + 1)]
+                with m.If(lane_k == P - 1):
+                    m.d.sync += rem.eq(rem - 1)
+                    m.next = "ERRORS_OUT"
+            with m.State("REPLY"):
+                m.d.comb += [self.out_sel.eq(job.core), self.o.valid.eq(1)]
+                with m.If(self.o.ready):
+                    m.next = "IDLE"
+        return m
+
+
 class HostLink(wiring.Component):
     """Executes command frames on ``cores`` cores and answers each with a reply frame.
 
@@ -669,7 +919,6 @@ class HostLink(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n, P = self._cores, self._lanes
-        lane_bits = P.bit_length() - 1
         m.submodules.rx = rx = FrameReceiver(self._timeout)
         m.submodules.tx = tx = FrameTransmitter()
         wiring.connect(m, wiring.flipped(self.i), rx.i)
@@ -677,13 +926,8 @@ class HostLink(wiring.Component):
 
         cmd = Signal(header_layout())
         core = cmd.core
-        index = Signal(range(MAX_WORDS + 1))       # payload word
-        count = Signal(range(MAX_WORDS + 1))       # reply words, or words to handle
-        beat = Signal(16 * P)
-        lane_k = Signal(range(P + 1))
-        in_step = Signal(range(MAX_WORDS + 1))     # beats into the timestep
-        rem = Signal(range(MAX_WORDS + 1))
-        watchdog = Signal(range(self._timeout + 1))
+        index = Signal(range(MAX_WORDS + 1))       # identity word
+        count = Signal(range(MAX_WORDS + 1))       # reply words
         status = Signal(8)
         record = Signal()
         last_seq = Signal(8)
@@ -696,17 +940,40 @@ class HostLink(wiring.Component):
                                                 qk_limits=self._qk_limits)
         link = regs.link
         m.submodules.access = access = BusAccess(cores=n)
+        m.submodules.forward = forward = InputForwarder(lanes=P, fan_in=self._fan_in,
+                                                        timeout=self._timeout)
+        m.submodules.collect = collect = OutputCollector(cores=n, lanes=P)
+        executors = {(Opcode.READ, Opcode.WRITE): access,
+                     (Opcode.SPIKES_IN, Opcode.ERRORS_IN): forward,
+                     (Opcode.SPIKES_OUT, Opcode.ERRORS_OUT): collect}
         wiring.connect(m, access.regs, regs.bus)
         for name in ("bus_en", "bus_we", "bus_probe", "bus_core", "bus_addr", "bus_wdata"):
             m.d.comb += getattr(self, name).eq(getattr(access, name))
         for name in ("bus_ack", "bus_err", "bus_rdata"):
             m.d.comb += getattr(access, name).eq(getattr(self, name))
+        wiring.connect(m, forward.spikes, wiring.flipped(self.spikes))
+        wiring.connect(m, forward.errors, wiring.flipped(self.errors))
+        wiring.connect(m, wiring.flipped(self.spikes_out), collect.spikes_out)
+        wiring.connect(m, wiring.flipped(self.errors_out), collect.errors_out)
+        m.d.comb += [self.out_sel.eq(collect.out_sel),
+                     collect.spikes_level.eq(self.spikes_level),
+                     collect.errors_level.eq(self.errors_level)]
+
         wr_en, wr_addr, wr_data = Signal(), Signal(range(MAX_WORDS)), Signal(16)
-        m.d.comb += [self.link.eq(link), rx.rd_addr.eq(index | access.rd_addr),
-                     access.rd_data.eq(rx.rd_data),
-                     tx.wr_en.eq(wr_en | access.wr_en), tx.wr_addr.eq(wr_addr | access.wr_addr),
-                     tx.wr_data.eq(wr_data | access.wr_data),
-                     self.out_sel.eq(core)]
+        m.d.comb += self.link.eq(link)
+        def any_of(values):
+            return functools.reduce(operator.or_, values)
+
+        parts = executors.values()
+        m.d.comb += [rx.rd_addr.eq(any_of(e.rd_addr for e in parts)),
+                     tx.wr_en.eq(any_of([wr_en, *(e.wr_en for e in parts)])),
+                     tx.wr_addr.eq(any_of([wr_addr, *(e.wr_addr for e in parts)])),
+                     tx.wr_data.eq(any_of([wr_data, *(e.wr_data for e in parts)]))]
+        for e in executors.values():
+            m.d.comb += e.rd_data.eq(rx.rd_data)
+            m.d.comb += [e.i.payload.opcode.eq(cmd.opcode), e.i.payload.core.eq(core),
+                         e.i.payload.address.eq(cmd.address), e.i.payload.words.eq(cmd.words),
+                         e.i.payload.arg.eq(rx.rd_data)]
         word = rx.rd_data
         m.d.comb += [regs.rx_byte.eq(self.i.valid & self.i.ready),
                      regs.tx_byte.eq(self.o.valid & self.o.ready),
@@ -716,85 +983,103 @@ class HostLink(wiring.Component):
                          regs.qk_active.eq(self.qk_active)]
 
         is_core = core < n
-        fp_to_next, bp_to_prev, split = (
-            [link[L * c + bit.bit_length() - 1] for c in range(n)]
-            for bit in (Link.FP_TO_NEXT, Link.BP_TO_PREV, Link.SPLIT))
+        links = [link.word_select(c, L) for c in range(n)]
+
+        def routed(c, flag):
+            return (links[c] & flag).any()
+
         # A core's input spikes come from another core (or are shared with it), or its input
         # errors do: the host may not send them too.
         fp_linked = is_core & Array(
-            [split[0]] + [fp_to_next[c - 1] | split[c] for c in range(1, n)])[core]
+            [routed(0, Link.SPLIT)] +
+            [routed(c - 1, Link.FP_TO_NEXT) | routed(c, Link.SPLIT) for c in range(1, n)])[core]
         bp_linked = is_core & Array(
-            [bp_to_prev[c + 1] | split[c + 1] for c in range(n - 1)] + [Const(0, 1)])[core]
+            [routed(c + 1, Link.BP_TO_PREV) | routed(c + 1, Link.SPLIT) for c in range(n - 1)]
+            + [Const(0, 1)])[core]
         identity = Array(Const(w, 16) for w in self._identity)
 
-        def reply(m, value, words=0):
+        def reply(value, words=0):
             m.d.sync += [status.eq(value), count.eq(words)]
             m.next = "SEND"
 
-        def put(m, position, value):
-            m.d.comb += [wr_en.eq(1), wr_addr.eq(position), wr_data.eq(value)]
+        def answer(valid, value, words, recorded):
+            m.d.comb += [tx.send.valid.eq(valid), tx.send.payload.seq.eq(cmd.seq),
+                         tx.send.payload.status.eq(value), tx.send.payload.words.eq(words)]
+            with m.If(tx.send.valid & tx.send.ready):
+                with m.If(recorded):
+                    m.d.comb += regs.frame.eq(1)
+                    m.d.sync += [last_seq.eq(cmd.seq), last_status.eq(value),
+                                 last_words.eq(words), have_last.eq(1)]
+                with m.If(value != Status.OK):
+                    m.d.comb += regs.bad_frame.eq(1)
+                m.next = "SENDING"
 
         m.d.comb += self.busy.eq(rx.receiving)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += rx.o.ready.eq(1)
-                m.d.sync += [index.eq(0), watchdog.eq(0), record.eq(0)]
+                m.d.sync += [index.eq(0), record.eq(0)]
                 with m.If(rx.o.valid):
                     m.d.sync += cmd.eq(rx.o.payload)
                     m.next = "CHECK"
 
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [record.eq(1), rem.eq(cmd.words >> lane_bits), in_step.eq(0)]
+                m.d.sync += record.eq(1)
                 op, words = cmd.opcode, cmd.words
                 with m.If(cmd.status != Status.OK):
                     m.d.sync += record.eq(0)
-                    reply(m, cmd.status)
+                    reply(cmd.status)
                 with m.Elif(have_last & (cmd.seq == last_seq)):
                     m.d.sync += record.eq(0)
                     m.next = "REPLAY"
-                with m.Elif(~Cat(op == o for o in Opcode).any()):
-                    reply(m, Status.BAD_OPCODE)
+                with m.Elif(~op.matches(*Opcode)):
+                    reply(Status.BAD_OPCODE)
                 with m.Elif(op == Opcode.IDENTIFY):
                     m.next = "IDENTIFY"
                 with m.Elif((op == Opcode.READ) & ~is_core & (core != SOC)):
-                    reply(m, Status.BAD_CORE)
+                    reply(Status.BAD_CORE)
                 with m.Elif((op == Opcode.WRITE) & ~is_core & (core != SOC) &
                             (core != BROADCAST)):
-                    reply(m, Status.BAD_CORE)
-                with m.Elif((op >= Opcode.SPIKES_IN) & (~is_core |
-                            ((op == Opcode.SPIKES_IN) & fp_linked) |
-                            ((op == Opcode.ERRORS_IN) & bp_linked))):
-                    reply(m, Status.BAD_CORE)
-                with m.Elif(((op == Opcode.READ) | (op == Opcode.SPIKES_OUT) |
-                             (op == Opcode.ERRORS_OUT)) &
+                    reply(Status.BAD_CORE)
+                with m.Elif(op.matches(Opcode.SPIKES_IN, Opcode.ERRORS_IN, Opcode.SPIKES_OUT,
+                                       Opcode.ERRORS_OUT) &
+                            (~is_core | ((op == Opcode.SPIKES_IN) & fp_linked) |
+                             ((op == Opcode.ERRORS_IN) & bp_linked))):
+                    reply(Status.BAD_CORE)
+                with m.Elif(op.matches(Opcode.READ, Opcode.SPIKES_OUT, Opcode.ERRORS_OUT) &
                             ((words != 1) | (word == 0) | (word > MAX_WORDS))):
-                    reply(m, Status.BAD_LENGTH)
-                with m.Elif((op == Opcode.READ) | (op == Opcode.WRITE)):
-                    m.d.comb += [access.i.valid.eq(1), access.i.payload.opcode.eq(op),
-                                 access.i.payload.core.eq(core),
-                                 access.i.payload.address.eq(cmd.address),
-                                 access.i.payload.words.eq(words),
-                                 access.i.payload.arg.eq(word)]
-                    with m.If(access.i.ready):
-                        m.next = "EXECUTE"
-                with m.Elif(op == Opcode.SPIKES_IN):
-                    m.next = "SCAN_FETCH"
-                with m.Elif(op == Opcode.ERRORS_IN):
-                    with m.If((cmd.address == 0) | (cmd.address > MAX_WORDS)):
-                        reply(m, Status.BAD_ADDRESS)
-                    with m.Elif(words[:lane_bits] != 0 if lane_bits else 0):
-                        reply(m, Status.BAD_LENGTH)
-                    with m.Else():
-                        m.next = "DIVIDE"
-                with m.Elif(op == Opcode.SPIKES_OUT):
-                    m.d.sync += count.eq(Mux(word < self.spikes_level, word, self.spikes_level))
-                    m.next = "SPIKES_OUT"
-                with m.Else():
-                    limit = Mux(word < self.errors_level, word, self.errors_level)
-                    m.d.sync += [rem.eq(Mux(limit > MAX_WORDS // P, MAX_WORDS // P, limit)),
-                                 count.eq(0)]
-                    m.next = "ERRORS_OUT"
+                    reply(Status.BAD_LENGTH)
+                with m.Elif((op == Opcode.ERRORS_IN) &
+                            ((cmd.address == 0) | (cmd.address > MAX_WORDS))):
+                    reply(Status.BAD_ADDRESS)
+                with m.Elif((op == Opcode.ERRORS_IN) & words[:exact_log2(P)].any()):
+                    reply(Status.BAD_LENGTH)
+                for ops, executor in executors.items():
+                    with m.Elif(op.matches(*ops)):
+                        m.d.comb += executor.i.valid.eq(1)
+                        with m.If(executor.i.ready):
+                            m.next = "EXECUTE"
+
+            with m.State("IDENTIFY"):
+                m.d.comb += [self.busy.eq(1), wr_en.eq(1), wr_addr.eq(index),
+                             wr_data.eq(identity[index])]
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == len(self._identity) - 1):
+                    reply(Status.OK, len(self._identity))
+
+            with m.State("EXECUTE"):
+                m.d.comb += self.busy.eq(1)
+                with m.Switch(cmd.opcode):
+                    for ops, executor in executors.items():
+                        with m.Case(*ops):
+                            result = executor.o
+                            m.d.comb += result.ready.eq(tx.send.ready)
+                            answer(result.valid, result.payload.status, result.payload.words, 1)
+
+            with m.State("SEND"):
+                m.d.comb += self.busy.eq(1)
+                answer(1, status, count, record)
 
             with m.State("REPLAY"):
                 m.d.comb += [tx.send.valid.eq(1), tx.send.payload.seq.eq(last_seq),
@@ -803,134 +1088,6 @@ class HostLink(wiring.Component):
                 with m.If(tx.send.ready):
                     m.next = "SENDING"
 
-            with m.State("IDENTIFY"):
-                m.d.comb += self.busy.eq(1)
-                put(m, index, identity[index])
-                m.d.sync += index.eq(index + 1)
-                with m.If(index == len(self._identity) - 1):
-                    reply(m, Status.OK, len(self._identity))
-
-            with m.State("EXECUTE"):
-                m.d.comb += [tx.send.valid.eq(access.o.valid), tx.send.payload.seq.eq(cmd.seq),
-                             tx.send.payload.status.eq(access.o.payload.status),
-                             tx.send.payload.words.eq(access.o.payload.words), self.busy.eq(1),
-                             access.o.ready.eq(tx.send.ready)]
-                with m.If(tx.send.valid & tx.send.ready):
-                    m.d.comb += regs.frame.eq(1)
-                    m.d.sync += [last_seq.eq(cmd.seq), last_status.eq(access.o.payload.status),
-                                 last_words.eq(access.o.payload.words), have_last.eq(1)]
-                    with m.If(access.o.payload.status != Status.OK):
-                        m.d.comb += regs.bad_frame.eq(1)
-                    m.next = "SENDING"
-
-            # SPIKES_IN: every event index checked, then the words streamed.
-            with m.State("SCAN_FETCH"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(index == cmd.words):
-                    m.d.sync += index.eq(0)
-                    m.next = "PUSH_FETCH"
-                with m.Else():
-                    m.next = "SCAN"
-            with m.State("SCAN"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(word[14] & ((word & EVENT_INDEX) >= self._fan_in)):
-                    reply(m, Status.BAD_ADDRESS)
-                with m.Else():
-                    m.d.sync += index.eq(index + 1)
-                    m.next = "SCAN_FETCH"
-            with m.State("PUSH_FETCH"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(index == cmd.words):
-                    reply(m, Status.OK)
-                with m.Else():
-                    m.next = "PUSH"
-            with m.State("PUSH"):
-                m.d.comb += [self.busy.eq(1), self.spikes.valid.eq(1),
-                             self.spikes.payload.core.eq(core), self.spikes.payload.word.eq(word)]
-                m.d.sync += watchdog.eq(watchdog + 1)
-                with m.If(self.spikes.ready):
-                    m.d.sync += [index.eq(index + 1), watchdog.eq(0)]
-                    m.next = "PUSH_FETCH"
-                with m.Elif(watchdog == self._timeout):
-                    reply(m, Status.TIMEOUT)
-
-            # ERRORS_IN: the beats must be whole timesteps of ``address`` beats each.
-            with m.State("DIVIDE"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(rem >= cmd.address):
-                    m.d.sync += rem.eq(rem - cmd.address)
-                with m.Elif(rem != 0):
-                    reply(m, Status.BAD_LENGTH)
-                with m.Else():
-                    m.d.sync += lane_k.eq(0)
-                    m.next = "BEAT_FETCH"
-            with m.State("BEAT_FETCH"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(index == cmd.words):
-                    reply(m, Status.OK)
-                with m.Else():
-                    m.next = "BEAT"
-            with m.State("BEAT"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [beat.eq(Cat(beat[16:], word) if P > 1 else word),
-                             index.eq(index + 1), lane_k.eq(lane_k + 1)]
-                with m.If(lane_k == P - 1):
-                    m.next = "BEAT_PUSH"
-                with m.Else():
-                    m.next = "BEAT_FETCH"
-            with m.State("BEAT_PUSH"):
-                last = in_step == cmd.address - 1
-                m.d.comb += [self.busy.eq(1), self.errors.valid.eq(1),
-                             self.errors.payload.core.eq(core),
-                             self.errors.payload.value.eq(beat),
-                             self.errors.payload.last.eq(last)]
-                m.d.sync += watchdog.eq(watchdog + 1)
-                with m.If(self.errors.ready):
-                    m.d.sync += [lane_k.eq(0), watchdog.eq(0),
-                                 in_step.eq(Mux(last, 0, in_step + 1))]
-                    m.next = "BEAT_FETCH"
-                with m.Elif(watchdog == self._timeout):
-                    reply(m, Status.TIMEOUT)
-
-            # SPIKES_OUT / ERRORS_OUT: only what is waiting in the core's FIFO.
-            with m.State("SPIKES_OUT"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(index == count):
-                    reply(m, Status.OK, count)
-                with m.Else():
-                    m.d.comb += self.spikes_out.ready.eq(1)
-                    with m.If(self.spikes_out.valid):
-                        put(m, index, self.spikes_out.payload)
-                        m.d.sync += index.eq(index + 1)
-            with m.State("ERRORS_OUT"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(rem == 0):
-                    reply(m, Status.OK, count)
-                with m.Else():
-                    m.d.comb += self.errors_out.ready.eq(1)
-                    with m.If(self.errors_out.valid):
-                        m.d.sync += [beat.eq(self.errors_out.payload), lane_k.eq(0)]
-                        m.next = "ERRORS_WORDS"
-            with m.State("ERRORS_WORDS"):
-                m.d.comb += self.busy.eq(1)
-                put(m, count, beat[:16])
-                m.d.sync += [beat.eq(beat >> 16), count.eq(count + 1), lane_k.eq(lane_k + 1)]
-                with m.If(lane_k == P - 1):
-                    m.d.sync += rem.eq(rem - 1)
-                    m.next = "ERRORS_OUT"
-
-            with m.State("SEND"):
-                m.d.comb += [tx.send.valid.eq(1), tx.send.payload.seq.eq(cmd.seq),
-                             tx.send.payload.status.eq(status),
-                             tx.send.payload.words.eq(count), self.busy.eq(1)]
-                with m.If(tx.send.ready):
-                    with m.If(record):
-                        m.d.comb += regs.frame.eq(1)
-                        m.d.sync += [last_seq.eq(cmd.seq), last_status.eq(status),
-                                     last_words.eq(count), have_last.eq(1)]
-                    with m.If(status != Status.OK):
-                        m.d.comb += regs.bad_frame.eq(1)
-                    m.next = "SENDING"
             with m.State("SENDING"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(tx.done):

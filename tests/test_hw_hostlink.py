@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
+import collections
 import gc
 import random
 
@@ -8,7 +9,14 @@ from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
 from spikeforge import protocol as p
-from spikeforge.hw.hostlink import BusAccess, FrameReceiver, FrameTransmitter, SocRegisters
+from spikeforge.hw.hostlink import (
+    BusAccess,
+    FrameReceiver,
+    FrameTransmitter,
+    InputForwarder,
+    OutputCollector,
+    SocRegisters,
+)
 from spikeforge.protocol import Link, Opcode, QkReg, SocReg, Status
 
 
@@ -298,5 +306,124 @@ def test_bus_access_reads_and_writes_cores_and_registers():
     sim = Simulator(bench)
     sim.add_clock(1e-8)
     sim.add_process(bus)
+    sim.add_testbench(body)
+    sim.run()
+
+
+class Sink:
+    """Takes a stream's elements with random backpressure, or none while ``stalled``."""
+
+    def __init__(self, port, rng):
+        self.port, self.rng, self.got, self.stalled = port, rng, [], False
+
+    async def process(self, ctx):
+        while True:
+            ready = not self.stalled and self.rng.random() < 0.6
+            ctx.set(self.port.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(self.port.valid, self.port.payload)
+            if valid and ready:
+                self.got.append(payload)
+
+
+def test_input_forwarder_checks_then_streams_spikes_and_error_beats():
+    dut = InputForwarder(lanes=2, fan_in=10, timeout=50)
+    bench = ExecutorBench(dut)
+    rng = random.Random(4)
+    spikes, errors = Sink(dut.spikes, rng), Sink(dut.errors, rng)
+    events = [p.event_word(3), p.event_word(9), p.event_word(12, spike=False),
+              p.event_word(0, spike=False, last=True), p.event_word(1)]
+
+    async def body(ctx):
+        run = execute
+        assert await run(ctx, bench, rng, Opcode.SPIKES_IN, 2, 0, events) == (Status.OK, [])
+        assert [(s.core, s.word) for s in spikes.got] == [(2, w) for w in events]
+        spikes.got.clear()
+        assert await run(ctx, bench, rng, Opcode.SPIKES_IN, 1, 0,
+                         [p.event_word(2), p.event_word(10), p.event_word(4)]) == (
+            Status.BAD_ADDRESS, [])
+
+        words = [rng.randrange(1 << 16) for _ in range(8)]
+        assert await run(ctx, bench, rng, Opcode.ERRORS_IN, 1, 2, words) == (Status.OK, [])
+        assert [(e.core, e.value, e.last) for e in errors.got] == [
+            (1, words[2 * k] | words[2 * k + 1] << 16, k % 2) for k in range(4)]
+        errors.got.clear()
+        assert await run(ctx, bench, rng, Opcode.ERRORS_IN, 1, 2, words[:6]) == (
+            Status.BAD_LENGTH, [])
+        assert await run(ctx, bench, rng, Opcode.ERRORS_IN, 0, 1, words[:2]) == (Status.OK, [])
+        assert [(e.core, e.last) for e in errors.got] == [(0, 1)]
+
+        spikes.stalled = True
+        assert await run(ctx, bench, rng, Opcode.SPIKES_IN, 0, 0, events) == (Status.TIMEOUT,
+                                                                             [])
+        assert await run(ctx, bench, rng, Opcode.ERRORS_IN, 0, 1, words[:2]) == (Status.OK, [])
+        assert spikes.got == [] and len(errors.got) == 2
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-8)
+    sim.add_process(spikes.process)
+    sim.add_process(errors.process)
+    sim.add_testbench(body)
+    sim.run()
+
+
+def test_output_collector_takes_only_what_is_waiting():
+    lanes = 2
+    dut = OutputCollector(cores=3, lanes=lanes)
+    bench = ExecutorBench(dut)
+    rng = random.Random(5)
+    fifos = {"spikes": collections.deque(), "errors": collections.deque()}
+    core = [0]
+
+    def fifo_process(name):
+        port, level = getattr(dut, f"{name}_out"), getattr(dut, f"{name}_level")
+
+        async def process(ctx):
+            while True:
+                q = fifos[name]
+                ctx.set(port.valid, bool(q))
+                ctx.set(port.payload, q[0] if q else 0)
+                ctx.set(level, len(q))
+                _, _, ready, sel = await ctx.tick().sample(port.ready, dut.out_sel)
+                if ready and q:
+                    assert sel == core[0]
+                    q.popleft()
+        return process
+
+    async def body(ctx):
+        run = execute
+        core[0] = 2
+        ctx.set(dut.i.payload.core, 2)
+        assert ctx.get(dut.out_sel) == 2
+        spikes = [rng.randrange(1 << 16) for _ in range(5)]
+        fifos["spikes"].extend(spikes[:3])
+        await ctx.tick()
+        assert await run(ctx, bench, rng, Opcode.SPIKES_OUT, 2, 0, arg=5) == (Status.OK,
+                                                                             spikes[:3])
+        fifos["spikes"].extend(spikes[3:])
+        await ctx.tick()
+        assert await run(ctx, bench, rng, Opcode.SPIKES_OUT, 2, 0, arg=1) == (Status.OK,
+                                                                             spikes[3:4])
+        assert list(fifos["spikes"]) == spikes[4:]
+
+        core[0] = 1
+        beats = [rng.randrange(1 << 16 * lanes) for _ in range(300)]
+        fifos["errors"].extend(beats[:2])
+        await ctx.tick()
+        words = [(b >> 16 * k) & 0xFFFF for b in beats for k in range(lanes)]
+        assert await run(ctx, bench, rng, Opcode.ERRORS_OUT, 1, 0, arg=3) == (Status.OK,
+                                                                             words[:4])
+        fifos["errors"].extend(beats[2:])
+        await ctx.tick()
+        assert await run(ctx, bench, rng, Opcode.ERRORS_OUT, 1, 0, arg=p.MAX_WORDS) == (
+            Status.OK, words[4:4 + p.MAX_WORDS])
+        assert len(fifos["errors"]) == 300 - 2 - p.MAX_WORDS // lanes
+        fifos["errors"].clear()
+        await ctx.tick()
+        assert await run(ctx, bench, rng, Opcode.ERRORS_OUT, 1, 0, arg=4) == (Status.OK, [])
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-8)
+    sim.add_process(fifo_process("spikes"))
+    sim.add_process(fifo_process("errors"))
     sim.add_testbench(body)
     sim.run()
