@@ -3,8 +3,11 @@
 
 :class:`FrameReceiver` parses command frames from a byte stream (CRC, length and inter-byte
 time-out checks) into a payload buffer; :class:`FrameTransmitter` sends a reply frame from a
-reply buffer, which keeps the last reply for a resend; :class:`HostLink` executes one frame at a
-time on the cores' word bus and streams, and answers it.
+reply buffer, which keeps the last reply for a resend. :class:`CommandDispatcher` checks each
+frame and hands it to its executor: :class:`BusAccess` (``READ``, ``WRITE`` on the cores' word
+bus and :class:`SocRegisters`), :class:`InputForwarder` (``SPIKES_IN``, ``ERRORS_IN``) or
+:class:`OutputCollector` (``SPIKES_OUT``, ``ERRORS_OUT``), which reads the frame's payload and
+writes the reply's. :class:`HostLink` joins them: one frame at a time, each answered.
 """
 
 import functools
@@ -34,9 +37,9 @@ from spikeforge.protocol import (
     Status,
 )
 
-__all__ = ["BusAccess", "FrameReceiver", "FrameTransmitter", "HostLink", "InputForwarder",
-           "OutputCollector", "SocRegisters", "executor_members", "job_layout", "register_bus",
-           "result_layout"]
+__all__ = ["BusAccess", "CommandDispatcher", "FrameReceiver", "FrameTransmitter", "HostLink",
+           "InputForwarder", "OutputCollector", "SocRegisters", "executor_members", "job_layout",
+           "register_bus", "reply_layout", "result_layout"]
 
 HEADER_BYTES = 9   # seq, opcode, core, address (4), length (2)
 
@@ -193,8 +196,7 @@ class FrameTransmitter(wiring.Component):
             "wr_en": In(1),
             "wr_addr": In(range(MAX_WORDS)),
             "wr_data": In(16),
-            "send": In(stream.Signature(data.StructLayout(
-                {"seq": 8, "status": 8, "words": range(MAX_WORDS + 1)}))),
+            "send": In(stream.Signature(reply_layout())),
             "o": Out(stream.Signature(8)),
             "done": Out(1),
         })
@@ -295,6 +297,22 @@ def executor_members() -> dict:
         "wr_addr": Out(range(MAX_WORDS)),
         "wr_data": Out(16),
     }
+
+
+def reply_layout() -> data.StructLayout:
+    """A reply to send: the command's ``seq``, the status and the payload words (in the reply
+    buffer)."""
+    header = header_layout()
+    return data.StructLayout({"seq": header["seq"].shape, "status": header["status"].shape,
+                              "words": header["words"].shape})
+
+
+# The executors of the dispatcher's commands, each with the opcodes it executes.
+EXECUTORS = {
+    "access": (Opcode.READ, Opcode.WRITE),
+    "forward": (Opcode.SPIKES_IN, Opcode.ERRORS_IN),
+    "collect": (Opcode.SPIKES_OUT, Opcode.ERRORS_OUT),
+}
 
 
 def register_bus() -> wiring.Signature:
@@ -836,8 +854,204 @@ class OutputCollector(wiring.Component):
         return m
 
 
+class CommandDispatcher(wiring.Component):
+    """Checks each command frame, hands it to the executor of its opcode and answers it.
+
+    Parameters
+    ----------
+    cores : int
+        Cores behind the link, reached as ``core`` 0 .. ``cores - 1`` of a frame.
+    lanes : int
+        Binary16 values in an error beat: an ``ERRORS_IN`` payload is whole beats.
+    identity : tuple of int
+        The payload of the ``IDENTIFY`` reply.
+
+    Members
+    -------
+    i : In(stream.Signature(header_layout()))
+        Frames from :class:`FrameReceiver`, one at a time: the next is taken once the reply
+        to this one has been sent, and ``release`` then pulses.
+    rd_data : In(16)
+        The frame's first payload word (the executors keep the payload buffer's address at 0
+        while they are idle).
+    access, forward, collect : Out(stream.Signature(job_layout()))
+        Commands for :class:`BusAccess` (``READ``, ``WRITE``), :class:`InputForwarder`
+        (``SPIKES_IN``, ``ERRORS_IN``) and :class:`OutputCollector` (``SPIKES_OUT``,
+        ``ERRORS_OUT``), once their core, lengths and addresses are checked.
+    access_result, forward_result, collect_result : In(stream.Signature(result_layout()))
+        Their answers.
+    o : Out(stream.Signature(reply_layout()))
+        The reply to send (:class:`FrameTransmitter`'s ``send``); ``sent`` pulses when it
+        has been sent.
+    wr_en, wr_addr, wr_data : Out
+        The ``IDENTIFY`` reply's payload into the reply buffer; 0 otherwise.
+    link : In(LINK_BITS · cores)
+        The routing bits: a core whose input spikes or errors come from another core takes
+        none from the host (``BAD_CORE``).
+    frame, bad_frame : Out(1)
+        Pulse as a reply is taken: a frame was executed, or answered with an error status.
+    busy : Out(1)
+        A frame is being checked, executed or answered.
+
+    A frame with a bad status, opcode, core, length or address is answered here and reaches
+    no executor. A frame whose ``seq`` is that of the last frame executed is answered with the
+    last reply again, without its payload being written anew, and is not counted.
+    """
+
+    def __init__(self, *, cores: int, lanes: int, identity: tuple):
+        check_cores(cores, "Dispatcher")
+        check_lanes(lanes)
+        if (not 1 <= len(identity) <= MAX_WORDS or
+                any(not isinstance(w, int) or not 0 <= w < 1 << 16 for w in identity)):
+            raise ValueError(f"Identity must be 1 to {MAX_WORDS} words of 16 bits, "
+                             f"not {identity!r}")
+        self._cores, self._lanes, self._identity = cores, lanes, tuple(identity)
+        jobs = {name: Out(stream.Signature(job_layout())) for name in EXECUTORS}
+        results = {f"{name}_result": In(stream.Signature(result_layout()))
+                   for name in EXECUTORS}
+        super().__init__({
+            "i": In(stream.Signature(header_layout())),
+            "release": Out(1),
+            "rd_data": In(16),
+            **jobs,
+            **results,
+            "o": Out(stream.Signature(reply_layout())),
+            "sent": In(1),
+            "wr_en": Out(1),
+            "wr_addr": Out(range(MAX_WORDS)),
+            "wr_data": Out(16),
+            "link": In(LINK_BITS * cores),
+            "frame": Out(1),
+            "bad_frame": Out(1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, P = self._cores, self._lanes
+        cmd = Signal(header_layout())
+        op, core, words, word = cmd.opcode, cmd.core, cmd.words, self.rd_data
+        index = Signal(range(MAX_WORDS + 1))        # identity word
+        count = Signal(range(MAX_WORDS + 1))        # reply words
+        status = Signal.like(cmd.status)
+        record = Signal()
+        last = Signal(reply_layout())
+        have_last = Signal()
+        for name in EXECUTORS:
+            job = getattr(self, name).payload
+            m.d.comb += [job.opcode.eq(op), job.core.eq(core), job.address.eq(cmd.address),
+                         job.words.eq(words), job.arg.eq(word)]
+
+        is_core = core < n
+        links = [self.link.word_select(c, LINK_BITS) for c in range(n)]
+
+        def routed(c, flag):
+            return (links[c] & flag).any()
+
+        # A core's input spikes come from another core (or are shared with it), or its input
+        # errors do: the host may not send them too.
+        fp_linked = is_core & Array(
+            [routed(0, Link.SPLIT)] +
+            [routed(c - 1, Link.FP_TO_NEXT) | routed(c, Link.SPLIT) for c in range(1, n)])[core]
+        bp_linked = is_core & Array(
+            [routed(c + 1, Link.BP_TO_PREV) | routed(c + 1, Link.SPLIT) for c in range(n - 1)]
+            + [Const(0, 1)])[core]
+
+        def reply(value, words=0):
+            m.d.sync += [status.eq(value), count.eq(words)]
+            m.next = "SEND"
+
+        def answer(valid, value, words, recorded):
+            m.d.comb += [self.o.valid.eq(valid), self.o.payload.seq.eq(cmd.seq),
+                         self.o.payload.status.eq(value), self.o.payload.words.eq(words)]
+            with m.If(self.o.valid & self.o.ready):
+                with m.If(recorded):
+                    m.d.comb += self.frame.eq(1)
+                    m.d.sync += [last.eq(self.o.payload), have_last.eq(1)]
+                m.d.comb += self.bad_frame.eq(value != Status.OK)
+                m.next = "SENDING"
+
+        m.d.comb += self.busy.eq(1)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.busy.eq(0), self.i.ready.eq(1)]
+                m.d.sync += [index.eq(0), record.eq(0)]
+                with m.If(self.i.valid):
+                    m.d.sync += cmd.eq(self.i.payload)
+                    m.next = "CHECK"
+
+            with m.State("CHECK"):
+                m.d.sync += record.eq(1)
+                with m.If(cmd.status != Status.OK):
+                    m.d.sync += record.eq(0)
+                    reply(cmd.status)
+                with m.Elif(have_last & (cmd.seq == last.seq)):
+                    m.d.sync += record.eq(0)
+                    m.next = "REPLAY"
+                with m.Elif(~op.matches(*Opcode)):
+                    reply(Status.BAD_OPCODE)
+                with m.Elif(op == Opcode.IDENTIFY):
+                    m.next = "IDENTIFY"
+                with m.Elif((op == Opcode.READ) & ~is_core & (core != SOC)):
+                    reply(Status.BAD_CORE)
+                with m.Elif((op == Opcode.WRITE) & ~is_core & (core != SOC) &
+                            (core != BROADCAST)):
+                    reply(Status.BAD_CORE)
+                with m.Elif(op.matches(*EXECUTORS["forward"], *EXECUTORS["collect"]) &
+                            (~is_core | ((op == Opcode.SPIKES_IN) & fp_linked) |
+                             ((op == Opcode.ERRORS_IN) & bp_linked))):
+                    reply(Status.BAD_CORE)
+                with m.Elif(op.matches(Opcode.READ, *EXECUTORS["collect"]) &
+                            ((words != 1) | (word == 0) | (word > MAX_WORDS))):
+                    reply(Status.BAD_LENGTH)
+                with m.Elif((op == Opcode.ERRORS_IN) &
+                            ((cmd.address == 0) | (cmd.address > MAX_WORDS))):
+                    reply(Status.BAD_ADDRESS)
+                with m.Elif((op == Opcode.ERRORS_IN) & words[:exact_log2(P)].any()):
+                    reply(Status.BAD_LENGTH)
+                for name, ops in EXECUTORS.items():
+                    with m.Elif(op.matches(*ops)):
+                        m.d.comb += getattr(self, name).valid.eq(1)
+                        with m.If(getattr(self, name).ready):
+                            m.next = "EXECUTE"
+
+            with m.State("IDENTIFY"):
+                identity = Array(Const(w, 16) for w in self._identity)
+                m.d.comb += [self.wr_en.eq(1), self.wr_addr.eq(index),
+                             self.wr_data.eq(identity[index])]
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == len(self._identity) - 1):
+                    reply(Status.OK, len(self._identity))
+
+            with m.State("EXECUTE"):
+                with m.Switch(op):
+                    for name, ops in EXECUTORS.items():
+                        with m.Case(*ops):
+                            result = getattr(self, f"{name}_result")
+                            m.d.comb += result.ready.eq(self.o.ready)
+                            answer(result.valid, result.payload.status, result.payload.words, 1)
+
+            with m.State("SEND"):
+                answer(1, status, count, record)
+
+            with m.State("REPLAY"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(last)]
+                with m.If(self.o.ready):
+                    m.next = "SENDING"
+
+            with m.State("SENDING"):
+                with m.If(self.sent):
+                    m.d.comb += self.release.eq(1)
+                    m.next = "IDLE"
+        return m
+
+
 class HostLink(wiring.Component):
     """Executes command frames on ``cores`` cores and answers each with a reply frame.
+
+    The frames pass :class:`FrameReceiver`, :class:`CommandDispatcher` and one of its
+    executors, the replies :class:`FrameTransmitter`; the link's own registers are
+    :class:`SocRegisters`.
 
     Parameters
     ----------
@@ -918,34 +1132,44 @@ class HostLink(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        n, P = self._cores, self._lanes
+        n, P, U = self._cores, self._lanes, self._qk_units
         m.submodules.rx = rx = FrameReceiver(self._timeout)
         m.submodules.tx = tx = FrameTransmitter()
-        wiring.connect(m, wiring.flipped(self.i), rx.i)
-        wiring.connect(m, tx.o, wiring.flipped(self.o))
-
-        cmd = Signal(header_layout())
-        core = cmd.core
-        index = Signal(range(MAX_WORDS + 1))       # identity word
-        count = Signal(range(MAX_WORDS + 1))       # reply words
-        status = Signal(8)
-        record = Signal()
-        last_seq = Signal(8)
-        last_status = Signal(8)
-        last_words = Signal(range(MAX_WORDS + 1))
-        have_last = Signal()
-        L = LINK_BITS
-        U = self._qk_units
+        m.submodules.dispatcher = dispatcher = CommandDispatcher(cores=n, lanes=P,
+                                                                 identity=self._identity)
         m.submodules.regs = regs = SocRegisters(cores=n, lanes=P, qk_units=U,
                                                 qk_limits=self._qk_limits)
-        link = regs.link
-        m.submodules.access = access = BusAccess(cores=n)
-        m.submodules.forward = forward = InputForwarder(lanes=P, fan_in=self._fan_in,
-                                                        timeout=self._timeout)
-        m.submodules.collect = collect = OutputCollector(cores=n, lanes=P)
-        executors = {(Opcode.READ, Opcode.WRITE): access,
-                     (Opcode.SPIKES_IN, Opcode.ERRORS_IN): forward,
-                     (Opcode.SPIKES_OUT, Opcode.ERRORS_OUT): collect}
+        executors = {
+            "access": BusAccess(cores=n),
+            "forward": InputForwarder(lanes=P, fan_in=self._fan_in, timeout=self._timeout),
+            "collect": OutputCollector(cores=n, lanes=P),
+        }
+        assert executors.keys() == EXECUTORS.keys()
+        for name, executor in executors.items():
+            m.submodules[name] = executor
+            wiring.connect(m, getattr(dispatcher, name), executor.i)
+            wiring.connect(m, executor.o, getattr(dispatcher, f"{name}_result"))
+            m.d.comb += executor.rd_data.eq(rx.rd_data)
+
+        wiring.connect(m, wiring.flipped(self.i), rx.i)
+        wiring.connect(m, rx.o, dispatcher.i)
+        wiring.connect(m, dispatcher.o, tx.send)
+        wiring.connect(m, tx.o, wiring.flipped(self.o))
+        m.d.comb += [dispatcher.rd_data.eq(rx.rd_data), rx.release.eq(dispatcher.release),
+                     dispatcher.sent.eq(tx.done), self.busy.eq(rx.receiving | dispatcher.busy)]
+
+        # Only one part at a time reads the payload or writes the reply, and the others hold
+        # their ports at 0: the ports are ORed together.
+        def any_of(values):
+            return functools.reduce(operator.or_, values)
+
+        writers = [dispatcher, *executors.values()]
+        m.d.comb += [rx.rd_addr.eq(any_of(e.rd_addr for e in executors.values())),
+                     tx.wr_en.eq(any_of(w.wr_en for w in writers)),
+                     tx.wr_addr.eq(any_of(w.wr_addr for w in writers)),
+                     tx.wr_data.eq(any_of(w.wr_data for w in writers))]
+
+        access, forward, collect = executors.values()
         wiring.connect(m, access.regs, regs.bus)
         for name in ("bus_en", "bus_we", "bus_probe", "bus_core", "bus_addr", "bus_wdata"):
             m.d.comb += getattr(self, name).eq(getattr(access, name))
@@ -959,138 +1183,12 @@ class HostLink(wiring.Component):
                      collect.spikes_level.eq(self.spikes_level),
                      collect.errors_level.eq(self.errors_level)]
 
-        wr_en, wr_addr, wr_data = Signal(), Signal(range(MAX_WORDS)), Signal(16)
-        m.d.comb += self.link.eq(link)
-        def any_of(values):
-            return functools.reduce(operator.or_, values)
-
-        parts = executors.values()
-        m.d.comb += [rx.rd_addr.eq(any_of(e.rd_addr for e in parts)),
-                     tx.wr_en.eq(any_of([wr_en, *(e.wr_en for e in parts)])),
-                     tx.wr_addr.eq(any_of([wr_addr, *(e.wr_addr for e in parts)])),
-                     tx.wr_data.eq(any_of([wr_data, *(e.wr_data for e in parts)]))]
-        for e in executors.values():
-            m.d.comb += e.rd_data.eq(rx.rd_data)
-            m.d.comb += [e.i.payload.opcode.eq(cmd.opcode), e.i.payload.core.eq(core),
-                         e.i.payload.address.eq(cmd.address), e.i.payload.words.eq(cmd.words),
-                         e.i.payload.arg.eq(rx.rd_data)]
-        word = rx.rd_data
-        m.d.comb += [regs.rx_byte.eq(self.i.valid & self.i.ready),
+        m.d.comb += [dispatcher.link.eq(regs.link), self.link.eq(regs.link),
+                     regs.rx_byte.eq(self.i.valid & self.i.ready),
                      regs.tx_byte.eq(self.o.valid & self.o.ready),
+                     regs.frame.eq(dispatcher.frame), regs.bad_frame.eq(dispatcher.bad_frame),
                      regs.active.eq(self.active)]
         if U:
             m.d.comb += [self.qk.eq(regs.qk), regs.qk_busy.eq(self.qk_busy),
                          regs.qk_active.eq(self.qk_active)]
-
-        is_core = core < n
-        links = [link.word_select(c, L) for c in range(n)]
-
-        def routed(c, flag):
-            return (links[c] & flag).any()
-
-        # A core's input spikes come from another core (or are shared with it), or its input
-        # errors do: the host may not send them too.
-        fp_linked = is_core & Array(
-            [routed(0, Link.SPLIT)] +
-            [routed(c - 1, Link.FP_TO_NEXT) | routed(c, Link.SPLIT) for c in range(1, n)])[core]
-        bp_linked = is_core & Array(
-            [routed(c + 1, Link.BP_TO_PREV) | routed(c + 1, Link.SPLIT) for c in range(n - 1)]
-            + [Const(0, 1)])[core]
-        identity = Array(Const(w, 16) for w in self._identity)
-
-        def reply(value, words=0):
-            m.d.sync += [status.eq(value), count.eq(words)]
-            m.next = "SEND"
-
-        def answer(valid, value, words, recorded):
-            m.d.comb += [tx.send.valid.eq(valid), tx.send.payload.seq.eq(cmd.seq),
-                         tx.send.payload.status.eq(value), tx.send.payload.words.eq(words)]
-            with m.If(tx.send.valid & tx.send.ready):
-                with m.If(recorded):
-                    m.d.comb += regs.frame.eq(1)
-                    m.d.sync += [last_seq.eq(cmd.seq), last_status.eq(value),
-                                 last_words.eq(words), have_last.eq(1)]
-                with m.If(value != Status.OK):
-                    m.d.comb += regs.bad_frame.eq(1)
-                m.next = "SENDING"
-
-        m.d.comb += self.busy.eq(rx.receiving)
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += rx.o.ready.eq(1)
-                m.d.sync += [index.eq(0), record.eq(0)]
-                with m.If(rx.o.valid):
-                    m.d.sync += cmd.eq(rx.o.payload)
-                    m.next = "CHECK"
-
-            with m.State("CHECK"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += record.eq(1)
-                op, words = cmd.opcode, cmd.words
-                with m.If(cmd.status != Status.OK):
-                    m.d.sync += record.eq(0)
-                    reply(cmd.status)
-                with m.Elif(have_last & (cmd.seq == last_seq)):
-                    m.d.sync += record.eq(0)
-                    m.next = "REPLAY"
-                with m.Elif(~op.matches(*Opcode)):
-                    reply(Status.BAD_OPCODE)
-                with m.Elif(op == Opcode.IDENTIFY):
-                    m.next = "IDENTIFY"
-                with m.Elif((op == Opcode.READ) & ~is_core & (core != SOC)):
-                    reply(Status.BAD_CORE)
-                with m.Elif((op == Opcode.WRITE) & ~is_core & (core != SOC) &
-                            (core != BROADCAST)):
-                    reply(Status.BAD_CORE)
-                with m.Elif(op.matches(Opcode.SPIKES_IN, Opcode.ERRORS_IN, Opcode.SPIKES_OUT,
-                                       Opcode.ERRORS_OUT) &
-                            (~is_core | ((op == Opcode.SPIKES_IN) & fp_linked) |
-                             ((op == Opcode.ERRORS_IN) & bp_linked))):
-                    reply(Status.BAD_CORE)
-                with m.Elif(op.matches(Opcode.READ, Opcode.SPIKES_OUT, Opcode.ERRORS_OUT) &
-                            ((words != 1) | (word == 0) | (word > MAX_WORDS))):
-                    reply(Status.BAD_LENGTH)
-                with m.Elif((op == Opcode.ERRORS_IN) &
-                            ((cmd.address == 0) | (cmd.address > MAX_WORDS))):
-                    reply(Status.BAD_ADDRESS)
-                with m.Elif((op == Opcode.ERRORS_IN) & words[:exact_log2(P)].any()):
-                    reply(Status.BAD_LENGTH)
-                for ops, executor in executors.items():
-                    with m.Elif(op.matches(*ops)):
-                        m.d.comb += executor.i.valid.eq(1)
-                        with m.If(executor.i.ready):
-                            m.next = "EXECUTE"
-
-            with m.State("IDENTIFY"):
-                m.d.comb += [self.busy.eq(1), wr_en.eq(1), wr_addr.eq(index),
-                             wr_data.eq(identity[index])]
-                m.d.sync += index.eq(index + 1)
-                with m.If(index == len(self._identity) - 1):
-                    reply(Status.OK, len(self._identity))
-
-            with m.State("EXECUTE"):
-                m.d.comb += self.busy.eq(1)
-                with m.Switch(cmd.opcode):
-                    for ops, executor in executors.items():
-                        with m.Case(*ops):
-                            result = executor.o
-                            m.d.comb += result.ready.eq(tx.send.ready)
-                            answer(result.valid, result.payload.status, result.payload.words, 1)
-
-            with m.State("SEND"):
-                m.d.comb += self.busy.eq(1)
-                answer(1, status, count, record)
-
-            with m.State("REPLAY"):
-                m.d.comb += [tx.send.valid.eq(1), tx.send.payload.seq.eq(last_seq),
-                             tx.send.payload.status.eq(last_status),
-                             tx.send.payload.words.eq(last_words), self.busy.eq(1)]
-                with m.If(tx.send.ready):
-                    m.next = "SENDING"
-
-            with m.State("SENDING"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(tx.done):
-                    m.d.comb += rx.release.eq(1)
-                    m.next = "IDLE"
         return m

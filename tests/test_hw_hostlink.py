@@ -10,7 +10,9 @@ from amaranth.sim import Simulator
 
 from spikeforge import protocol as p
 from spikeforge.hw.hostlink import (
+    EXECUTORS,
     BusAccess,
+    CommandDispatcher,
     FrameReceiver,
     FrameTransmitter,
     InputForwarder,
@@ -425,5 +427,128 @@ def test_output_collector_takes_only_what_is_waiting():
     sim.add_clock(1e-8)
     sim.add_process(fifo_process("spikes"))
     sim.add_process(fifo_process("errors"))
+    sim.add_testbench(body)
+    sim.run()
+
+
+def test_dispatcher_checks_hands_over_and_answers_every_frame():
+    cores, identity = 3, (5, 3, 2, 9)
+    dut = CommandDispatcher(cores=cores, lanes=2, identity=identity)
+    rng = random.Random(6)
+    jobs, results = [], {name: [] for name in EXECUTORS}
+    seen = {"frame": 0, "bad_frame": 0, "writes": {}}
+
+    def executor(name):
+        job, result = getattr(dut, name), getattr(dut, f"{name}_result")
+
+        async def process(ctx):
+            ctx.set(job.ready, 1)
+            while True:
+                _, _, valid, payload = await ctx.tick().sample(job.valid, job.payload)
+                if not valid:
+                    continue
+                jobs.append((name, Opcode(payload.opcode), payload.core, payload.address,
+                             payload.words, payload.arg))
+                ctx.set(job.ready, 0)
+                for _ in range(rng.randrange(1, 4)):
+                    await ctx.tick()
+                status, words = results[name].pop(0) if results[name] else (Status.OK, 0)
+                ctx.set(result.payload, {"status": status, "words": words})
+                ctx.set(result.valid, 1)
+                await ctx.tick().until(result.ready)
+                ctx.set(result.valid, 0)
+                ctx.set(job.ready, 1)
+        return process
+
+    async def monitor(ctx):
+        while True:
+            _, _, frame, bad, wr_en, wr_addr, wr_data = await ctx.tick().sample(
+                dut.frame, dut.bad_frame, dut.wr_en, dut.wr_addr, dut.wr_data)
+            seen["frame"] += frame
+            seen["bad_frame"] += bad
+            if wr_en:
+                seen["writes"][wr_addr] = wr_data
+
+    async def body(ctx):
+        seq = 0
+
+        async def send(opcode, core=0, address=0, words=1, arg=1, status=Status.OK, again=False):
+            nonlocal seq
+            seq += not again
+            assert not ctx.get(dut.busy)
+            ctx.set(dut.rd_data, arg)
+            ctx.set(dut.i.payload, {"seq": seq, "opcode": opcode, "core": core,
+                                    "address": address, "words": words, "status": status})
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick().until(dut.i.ready)
+            ctx.set(dut.i.valid, 0)
+            reply = await take(ctx, dut.o, rng)
+            assert ctx.get(dut.busy) and not ctx.get(dut.i.ready)
+            await ctx.tick().repeat(3)
+            ctx.set(dut.sent, 1)
+            assert ctx.get(dut.release)
+            await ctx.tick()
+            ctx.set(dut.sent, 0)
+            assert reply.seq == seq
+            return Status(reply.status), reply.words
+
+        def counted():
+            counts = (seen["frame"], seen["bad_frame"])
+            seen["frame"] = seen["bad_frame"] = 0
+            return counts
+
+        assert await send(Opcode.IDENTIFY, words=0) == (Status.OK, len(identity))
+        assert seen["writes"] == dict(enumerate(identity))
+        assert await send(Opcode.READ, status=Status.BAD_CRC) == (Status.BAD_CRC, 0)
+        assert await send(0x7F) == (Status.BAD_OPCODE, 0)
+        assert counted() == (2, 2)
+        for opcode, core, words, arg in ((Opcode.READ, cores, 1, 1),
+                                         (Opcode.READ, p.BROADCAST, 1, 1),
+                                         (Opcode.SPIKES_IN, p.SOC, 1, 1),
+                                         (Opcode.ERRORS_OUT, p.BROADCAST, 1, 1)):
+            assert await send(opcode, core, 0, words, arg) == (Status.BAD_CORE, 0)
+        for opcode, words, arg in ((Opcode.READ, 2, 1), (Opcode.READ, 1, 0),
+                                   (Opcode.SPIKES_OUT, 1, p.MAX_WORDS + 1),
+                                   (Opcode.ERRORS_IN, 3, 0)):
+            assert await send(opcode, 1, 1, words, arg) == (Status.BAD_LENGTH, 0)
+        for address in (0, p.MAX_WORDS + 1):
+            assert await send(Opcode.ERRORS_IN, 1, address, 4) == (Status.BAD_ADDRESS, 0)
+        assert jobs == [] and counted() == (10, 10)
+
+        results["access"].append((Status.OK, 7))
+        assert await send(Opcode.READ, p.SOC, 0x200, 1, 7) == (Status.OK, 7)
+        assert await send(Opcode.WRITE, p.BROADCAST, 12, 4, 0xBEEF) == (Status.OK, 0)
+        results["forward"].append((Status.TIMEOUT, 0))
+        assert await send(Opcode.SPIKES_IN, 2, 0, 6, 3) == (Status.TIMEOUT, 0)
+        assert await send(Opcode.ERRORS_IN, 0, 3, 6, 3) == (Status.OK, 0)
+        results["collect"].append((Status.OK, 3))
+        assert await send(Opcode.ERRORS_OUT, 1, 0, 1, 5) == (Status.OK, 3)
+        assert jobs == [("access", Opcode.READ, p.SOC, 0x200, 1, 7),
+                        ("access", Opcode.WRITE, p.BROADCAST, 12, 4, 0xBEEF),
+                        ("forward", Opcode.SPIKES_IN, 2, 0, 6, 3),
+                        ("forward", Opcode.ERRORS_IN, 0, 3, 6, 3),
+                        ("collect", Opcode.ERRORS_OUT, 1, 0, 1, 5)]
+        assert counted() == (5, 1)
+
+        assert await send(Opcode.SPIKES_IN, 2, again=True) == (Status.OK, 3)
+        assert len(jobs) == 5 and counted() == (0, 0)
+
+        jobs.clear()
+        ctx.set(dut.link, (Link.FP_TO_NEXT | Link.BP_TO_PREV) << p.LINK_BITS)
+        assert await send(Opcode.SPIKES_IN, 2, 0, 2) == (Status.BAD_CORE, 0)
+        assert await send(Opcode.ERRORS_IN, 0, 1, 2) == (Status.BAD_CORE, 0)
+        assert await send(Opcode.SPIKES_IN, 1, 0, 2) == (Status.OK, 0)
+        assert await send(Opcode.ERRORS_IN, 1, 1, 2) == (Status.OK, 0)
+        ctx.set(dut.link, Link.SPLIT << 2 * p.LINK_BITS)
+        assert await send(Opcode.SPIKES_IN, 2, 0, 2) == (Status.BAD_CORE, 0)
+        assert await send(Opcode.ERRORS_IN, 1, 1, 2) == (Status.BAD_CORE, 0)
+        assert [job[:3] for job in jobs] == [("forward", Opcode.SPIKES_IN, 1),
+                                             ("forward", Opcode.ERRORS_IN, 1)]
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for name in EXECUTORS:
+        sim.add_process(executor(name))
+    sim.add_process(monitor)
     sim.add_testbench(body)
     sim.run()
