@@ -12,6 +12,7 @@ writes the reply's. :class:`HostLink` joins them: one frame at a time, each answ
 
 import functools
 import operator
+import struct
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
@@ -21,6 +22,7 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from spikeforge.protocol import (
     BROADCAST,
+    COMMAND_HEADER,
     COMMAND_SYNC,
     EVENT_INDEX,
     EVENT_SPIKE,
@@ -28,6 +30,7 @@ from spikeforge.protocol import (
     MAX_PAYLOAD,
     MAX_WORDS,
     QK_REGS,
+    REPLY_HEADER,
     REPLY_SYNC,
     SOC,
     Link,
@@ -38,10 +41,10 @@ from spikeforge.protocol import (
 )
 
 __all__ = ["BusAccess", "CommandDispatcher", "FrameReceiver", "FrameTransmitter", "HostLink",
-           "InputForwarder", "OutputCollector", "SocRegisters", "executor_members", "job_layout",
-           "register_bus", "reply_layout", "result_layout"]
+           "InputForwarder", "OutputCollector", "SocRegisters", "command_header", "errors_layout",
+           "executor_members", "header_layout", "job_layout", "register_bus", "reply_header",
+           "reply_layout", "result_layout", "spikes_layout"]
 
-HEADER_BYTES = 9   # seq, opcode, core, address (4), length (2)
 
 
 def check_cores(cores, what):
@@ -54,9 +57,31 @@ def check_lanes(lanes):
         raise ValueError(f"Lane count must be a power of two, not {lanes!r}")
 
 
+def frame_header(header: struct.Struct, fields: tuple) -> data.StructLayout:
+    """The fields of a frame's little-endian ``header`` after its sync byte, in the order in
+    which the bytes are sent."""
+    codes = header.format.lstrip("<")
+    assert len(codes) == 1 + len(fields) and struct.calcsize(codes[0]) == 1
+    return data.StructLayout({name: 8 * struct.calcsize(code)
+                              for name, code in zip(fields, codes[1:], strict=True)})
+
+
+def command_header() -> data.StructLayout:
+    return frame_header(COMMAND_HEADER, ("seq", "opcode", "core", "address", "length"))
+
+
+def reply_header() -> data.StructLayout:
+    return frame_header(REPLY_HEADER, ("seq", "status", "length"))
+
+
 def header_layout() -> data.StructLayout:
-    return data.StructLayout({"seq": 8, "opcode": 8, "core": 8, "address": 32,
-                              "words": range(MAX_WORDS + 1), "status": 8})
+    """A command frame as :class:`FrameReceiver` gives it: its header, its payload in words
+    and its status."""
+    command = command_header()
+    return data.StructLayout({name: command[name].shape
+                              for name in ("seq", "opcode", "core", "address")}
+                             | {"words": range(MAX_WORDS + 1),
+                                "status": reply_header()["status"].shape})
 
 
 class FrameReceiver(wiring.Component):
@@ -98,22 +123,23 @@ class FrameReceiver(wiring.Component):
         m.d.comb += [rd.addr.eq(self.rd_addr), self.rd_data.eq(rd.data)]
 
         m.submodules.crc = crc = CRC16_CCITT_FALSE(data_width=8).create()
-        header = Signal(8 * HEADER_BYTES)
-        count = Signal(range(MAX_PAYLOAD + HEADER_BYTES + 1))
+        layout = command_header()
+        header = Signal(layout)
+        header_bytes = layout.size // 8
+        count = Signal(range(MAX_PAYLOAD + header_bytes + 1))
         low = Signal(8)
         crc_low = Signal(8)
         idle = Signal(range(self._timeout + 1))
-        length = header[8 * 7:8 * 9]
+        length = header.length
         byte = self.i.payload
+        shifted = Cat(header.as_value()[8:], byte)      # the header with this byte in
         m.d.comb += crc.data.eq(byte)
 
-        m.d.comb += self.o.payload.seq.eq(header[0:8])
-        m.d.comb += self.o.payload.opcode.eq(header[8:16])
-        m.d.comb += self.o.payload.core.eq(header[16:24])
-        m.d.comb += self.o.payload.address.eq(header[24:56])
+        for name in ("seq", "opcode", "core", "address"):
+            m.d.comb += self.o.payload[name].eq(header[name])
         m.d.comb += self.o.payload.words.eq(length[1:])
 
-        status = Signal(8)
+        status = Signal.like(self.o.payload.status)
         m.d.comb += self.o.payload.status.eq(status)
         take = self.i.valid & self.i.ready
 
@@ -136,14 +162,14 @@ class FrameReceiver(wiring.Component):
                 receiving()
                 with m.If(take):
                     m.d.comb += crc.valid.eq(1)
-                    m.d.sync += header.eq(Cat(header[8:], byte))
-                    with m.If(count == HEADER_BYTES - 1):
+                    m.d.sync += header.eq(shifted)
+                    with m.If(count == header_bytes - 1):
                         m.d.sync += count.eq(0)
-                        bad = (Cat(header[8 * 8:], byte) > MAX_PAYLOAD) | header[8 * 8]
-                        with m.If(bad):
+                        arrived = layout(shifted).length
+                        with m.If((arrived > MAX_PAYLOAD) | arrived[0]):
                             m.d.sync += status.eq(Status.BAD_LENGTH)
                             m.next = "FRAME"
-                        with m.Elif(Cat(header[8 * 8:], byte) == 0):
+                        with m.Elif(arrived == 0):
                             m.next = "CRC"
                         with m.Else():
                             m.next = "PAYLOAD"
@@ -208,12 +234,12 @@ class FrameTransmitter(wiring.Component):
         rd = buffer.read_port()
         m.d.comb += [wr.en.eq(self.wr_en), wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data)]
 
-        seq = Signal(8)
-        status = Signal(8)
+        header = Signal(reply_header())
+        header_bytes = header.shape().size // 8
         words = Signal(range(MAX_WORDS + 1))
         m.submodules.crc = crc = CRC16_CCITT_FALSE(data_width=8).create()
         index = Signal(range(MAX_WORDS + 1))
-        head = Signal(range(5))
+        head = Signal(range(header_bytes + 1))
         high = Signal()
         m.d.comb += rd.addr.eq(index)
 
@@ -225,8 +251,9 @@ class FrameTransmitter(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += [self.send.ready.eq(1), crc.start.eq(1)]
                 with m.If(self.send.valid):
-                    m.d.sync += [seq.eq(self.send.payload.seq),
-                                 status.eq(self.send.payload.status),
+                    m.d.sync += [header.seq.eq(self.send.payload.seq),
+                                 header.status.eq(self.send.payload.status),
+                                 header.length.eq(self.send.payload.words << 1),
                                  words.eq(self.send.payload.words), head.eq(0), index.eq(0),
                                  high.eq(0)]
                     m.next = "SYNC"
@@ -234,13 +261,10 @@ class FrameTransmitter(wiring.Component):
                 with m.If(emit(REPLY_SYNC)):
                     m.next = "HEADER"
             with m.State("HEADER"):
-                length = Cat(Const(0, 1), words)
-                value = Signal(8)
-                m.d.comb += value.eq(Array([seq, status, length[:8], length[8:]])[head])
-                with m.If(emit(value)):
+                with m.If(emit(header.as_value().word_select(head, 8))):
                     m.d.comb += crc.valid.eq(1)
                     m.d.sync += head.eq(head + 1)
-                    with m.If(head == 3):
+                    with m.If(head == header_bytes - 1):
                         m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(index == words):
@@ -248,7 +272,7 @@ class FrameTransmitter(wiring.Component):
                 with m.Else():
                     m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
-                value = Mux(high, rd.data[8:], rd.data[:8])
+                value = rd.data.word_select(high, 8)
                 with m.If(emit(value)):
                     m.d.comb += crc.valid.eq(1)
                     m.d.sync += high.eq(~high)
@@ -270,6 +294,17 @@ def job_layout() -> data.StructLayout:
     return data.StructLayout({name: header[name].shape
                               for name in ("opcode", "core", "address", "words")}
                              | {"arg": 16})
+
+
+def spikes_layout() -> data.StructLayout:
+    """An input event word for a core's FP engine."""
+    return data.StructLayout({"core": header_layout()["core"].shape, "word": 16})
+
+
+def errors_layout(lanes: int) -> data.StructLayout:
+    """An error beat for a core's BP engine; ``last`` closes a timestep."""
+    return data.StructLayout({"core": header_layout()["core"].shape, "value": 16 * lanes,
+                              "last": 1})
 
 
 def result_layout() -> data.StructLayout:
@@ -648,12 +683,10 @@ class InputForwarder(wiring.Component):
         if not isinstance(timeout, int) or timeout < 1:
             raise ValueError(f"Stream time-out must be a positive integer, not {timeout!r}")
         self._lanes, self._fan_in, self._timeout = lanes, fan_in, timeout
-        core = job_layout()["core"].shape
         super().__init__({
             **executor_members(),
-            "spikes": Out(stream.Signature(data.StructLayout({"core": core, "word": 16}))),
-            "errors": Out(stream.Signature(data.StructLayout(
-                {"core": core, "value": 16 * lanes, "last": 1}))),
+            "spikes": Out(stream.Signature(spikes_layout())),
+            "errors": Out(stream.Signature(errors_layout(lanes))),
         })
 
     def elaborate(self, platform):
@@ -1117,9 +1150,8 @@ class HostLink(wiring.Component):
             "bus_ack": In(1),
             "bus_err": In(1),
             "bus_rdata": In(16),
-            "spikes": Out(stream.Signature(data.StructLayout({"core": 8, "word": 16}))),
-            "errors": Out(stream.Signature(data.StructLayout(
-                {"core": 8, "value": 16 * lanes, "last": 1}))),
+            "spikes": Out(stream.Signature(spikes_layout())),
+            "errors": Out(stream.Signature(errors_layout(lanes))),
             "out_sel": Out(range(max(cores, 2))),
             "spikes_out": In(stream.Signature(16)),
             "spikes_level": In(32),
