@@ -46,7 +46,6 @@ __all__ = ["BusAccess", "CommandDispatcher", "FrameReceiver", "FrameTransmitter"
            "reply_layout", "result_layout", "spikes_layout"]
 
 
-
 def check_cores(cores, what):
     if not isinstance(cores, int) or not 1 <= cores < SOC:
         raise ValueError(f"{what} core count must be between 1 and {SOC - 1}, not {cores!r}")
@@ -82,6 +81,88 @@ def header_layout() -> data.StructLayout:
                               for name in ("seq", "opcode", "core", "address")}
                              | {"words": range(MAX_WORDS + 1),
                                 "status": reply_header()["status"].shape})
+
+
+def reply_layout() -> data.StructLayout:
+    """A reply to send: the command's ``seq``, the status and the payload words (in the reply
+    buffer)."""
+    header = header_layout()
+    return data.StructLayout({"seq": header["seq"].shape, "status": header["status"].shape,
+                              "words": header["words"].shape})
+
+
+def job_layout() -> data.StructLayout:
+    """A command as the dispatcher hands it to an executor: its frame's header and ``arg``,
+    the first word of its payload."""
+    header = header_layout()
+    return data.StructLayout({name: header[name].shape
+                              for name in ("opcode", "core", "address", "words")}
+                             | {"arg": 16})
+
+
+def result_layout() -> data.StructLayout:
+    """An executor's answer to a command: the reply's status and its payload words, which the
+    executor has written into the reply buffer."""
+    header = header_layout()
+    return data.StructLayout({"status": header["status"].shape, "words": header["words"].shape})
+
+
+def spikes_layout() -> data.StructLayout:
+    """An input event word for a core's FP engine."""
+    return data.StructLayout({"core": header_layout()["core"].shape, "word": 16})
+
+
+def errors_layout(lanes: int) -> data.StructLayout:
+    """An error beat for a core's BP engine; ``last`` closes a timestep."""
+    return data.StructLayout({"core": header_layout()["core"].shape, "value": 16 * lanes,
+                              "last": 1})
+
+
+def executor_members() -> dict:
+    """The members every executor has, as the executor sees them.
+
+    ``i`` takes a command, and only while the executor is idle; ``o`` gives its result once
+    it is done. ``rd_addr`` / ``rd_data`` read the frame's payload (one cycle latency),
+    ``wr_en`` / ``wr_addr`` / ``wr_data`` write the reply's payload. An idle executor drives
+    ``rd_addr`` and the reply-buffer members to 0, so that the link can OR those of all its
+    executors together.
+    """
+    return {
+        "i": In(stream.Signature(job_layout())),
+        "o": Out(stream.Signature(result_layout())),
+        "rd_addr": Out(range(MAX_WORDS)),
+        "rd_data": In(16),
+        "wr_en": Out(1),
+        "wr_addr": Out(range(MAX_WORDS)),
+        "wr_data": Out(16),
+    }
+
+
+# The executors of the dispatcher's commands, each with the opcodes it executes.
+EXECUTORS = {
+    "access": (Opcode.READ, Opcode.WRITE),
+    "forward": (Opcode.SPIKES_IN, Opcode.ERRORS_IN),
+    "collect": (Opcode.SPIKES_OUT, Opcode.ERRORS_OUT),
+}
+
+
+def register_bus() -> wiring.Signature:
+    """The port of :class:`SocRegisters`, as the one that reads and writes them sees it.
+
+    ``addr`` is the offset of a register (a :class:`~spikeforge.protocol.SocReg`), as wide as a
+    frame's ``address`` plus a word's index in it, so that no offset past the end wraps round.
+    ``r_data`` is the register there and ``r_ok`` says it exists; ``w_ok`` says a write of
+    ``w_data`` there would be taken. These follow ``addr`` and ``w_data`` in the same cycle;
+    ``w_en`` makes the write at the end of the cycle.
+    """
+    return wiring.Signature({
+        "addr": Out(range((1 << header_layout()["address"].width) + MAX_WORDS)),
+        "r_data": In(16),
+        "r_ok": In(1),
+        "w_data": Out(16),
+        "w_ok": In(1),
+        "w_en": Out(1),
+    })
 
 
 class FrameReceiver(wiring.Component):
@@ -287,86 +368,6 @@ class FrameTransmitter(wiring.Component):
                         m.next = "IDLE"
         return m
 
-def job_layout() -> data.StructLayout:
-    """A command as the dispatcher hands it to an executor: its frame's header and ``arg``,
-    the first word of its payload."""
-    header = header_layout()
-    return data.StructLayout({name: header[name].shape
-                              for name in ("opcode", "core", "address", "words")}
-                             | {"arg": 16})
-
-
-def spikes_layout() -> data.StructLayout:
-    """An input event word for a core's FP engine."""
-    return data.StructLayout({"core": header_layout()["core"].shape, "word": 16})
-
-
-def errors_layout(lanes: int) -> data.StructLayout:
-    """An error beat for a core's BP engine; ``last`` closes a timestep."""
-    return data.StructLayout({"core": header_layout()["core"].shape, "value": 16 * lanes,
-                              "last": 1})
-
-
-def result_layout() -> data.StructLayout:
-    """An executor's answer to a command: the reply's status and its payload words, which the
-    executor has written into the reply buffer."""
-    return data.StructLayout({"status": header_layout()["status"].shape,
-                              "words": range(MAX_WORDS + 1)})
-
-
-def executor_members() -> dict:
-    """The members every executor has, as the executor sees them.
-
-    ``i`` takes a command, and only while the executor is idle; ``o`` gives its result once
-    it is done. ``rd_addr`` / ``rd_data`` read the frame's payload (one cycle latency),
-    ``wr_en`` / ``wr_addr`` / ``wr_data`` write the reply's payload. An idle executor drives
-    ``rd_addr`` and the reply-buffer members to 0, so that the link can OR those of all its
-    executors together.
-    """
-    return {
-        "i": In(stream.Signature(job_layout())),
-        "o": Out(stream.Signature(result_layout())),
-        "rd_addr": Out(range(MAX_WORDS)),
-        "rd_data": In(16),
-        "wr_en": Out(1),
-        "wr_addr": Out(range(MAX_WORDS)),
-        "wr_data": Out(16),
-    }
-
-
-def reply_layout() -> data.StructLayout:
-    """A reply to send: the command's ``seq``, the status and the payload words (in the reply
-    buffer)."""
-    header = header_layout()
-    return data.StructLayout({"seq": header["seq"].shape, "status": header["status"].shape,
-                              "words": header["words"].shape})
-
-
-# The executors of the dispatcher's commands, each with the opcodes it executes.
-EXECUTORS = {
-    "access": (Opcode.READ, Opcode.WRITE),
-    "forward": (Opcode.SPIKES_IN, Opcode.ERRORS_IN),
-    "collect": (Opcode.SPIKES_OUT, Opcode.ERRORS_OUT),
-}
-
-
-def register_bus() -> wiring.Signature:
-    """The port of :class:`SocRegisters`, as the one that reads and writes them sees it.
-
-    ``addr`` is the offset of a register (a :class:`~spikeforge.protocol.SocReg`), as wide as a
-    frame's ``address`` plus a word's index in it, so that no offset past the end wraps round.
-    ``r_data`` is the register there and ``r_ok`` says it exists; ``w_ok`` says a write of
-    ``w_data`` there would be taken, and ``w_en`` makes it. All of them are combinational.
-    """
-    return wiring.Signature({
-        "addr": Out(range((1 << header_layout()["address"].width) + MAX_WORDS)),
-        "r_data": In(16),
-        "r_ok": In(1),
-        "w_data": Out(16),
-        "w_ok": In(1),
-        "w_en": Out(1),
-    })
-
 
 class SocRegisters(wiring.Component):
     """The registers of core :data:`~spikeforge.protocol.SOC`: the link's counters, the cores'
@@ -409,10 +410,10 @@ class SocRegisters(wiring.Component):
         check_lanes(lanes)
         if not isinstance(qk_units, int) or qk_units < 0:
             raise ValueError(f"Q-K unit count must be a non-negative integer, not {qk_units!r}")
-        if (len(qk_limits) != 3 or
-                any(not isinstance(v, int) or not 1 <= v < 1 << 16 for v in qk_limits)):
+        if qk_units and (len(qk_limits) != 3 or
+                         any(not isinstance(v, int) or not 0 <= v < 1 << 16 for v in qk_limits)):
             raise ValueError("Q-K limits must be three integers (tokens, channels, timesteps) "
-                             f"between 1 and 65535, not {qk_limits!r}")
+                             f"between 0 and 65535, not {qk_limits!r}")
         self._cores, self._lanes = cores, lanes
         self._qk_units, self._qk_limits = qk_units, tuple(qk_limits)
         qk_ports = {"qk": Out(16 * QK_REGS * qk_units), "qk_busy": In(qk_units),
@@ -525,7 +526,8 @@ class BusAccess(wiring.Component):
 
     A ``WRITE`` is first checked word by word, with ``bus_probe`` set on every target core, or
     with ``w_ok`` of the registers, and written only if every word passed, so that a bad frame
-    changes nothing. A core's word takes two cycles and the bus's answer; a register's one.
+    changes nothing. A core's word takes a request cycle (and a fetch cycle when written) and
+    the bus's answer; a register's word one cycle to read and two to write.
     """
 
     def __init__(self, *, cores: int):
@@ -836,7 +838,8 @@ class OutputCollector(wiring.Component):
         rem = Signal(range(MAX_WORDS + 1))          # beats to take
         beat = Signal(16 * P)
         lane_k = Signal(range(P + 1))
-        m.d.comb += [self.o.payload.status.eq(Status.OK), self.o.payload.words.eq(count)]
+        m.d.comb += [self.o.payload.status.eq(Status.OK), self.o.payload.words.eq(count),
+                     self.out_sel.eq(job.core)]
 
         def put(position, value):
             m.d.comb += [self.wr_en.eq(1), self.wr_addr.eq(position), self.wr_data.eq(value)]
@@ -856,7 +859,6 @@ class OutputCollector(wiring.Component):
                                      count.eq(0)]
                         m.next = "ERRORS_OUT"
             with m.State("SPIKES_OUT"):
-                m.d.comb += self.out_sel.eq(job.core)
                 with m.If(index == count):
                     m.next = "REPLY"
                 with m.Else():
@@ -865,7 +867,6 @@ class OutputCollector(wiring.Component):
                         put(index, self.spikes_out.payload)
                         m.d.sync += index.eq(index + 1)
             with m.State("ERRORS_OUT"):
-                m.d.comb += self.out_sel.eq(job.core)
                 with m.If(rem == 0):
                     m.next = "REPLY"
                 with m.Else():
@@ -874,14 +875,13 @@ class OutputCollector(wiring.Component):
                         m.d.sync += [beat.eq(self.errors_out.payload), lane_k.eq(0)]
                         m.next = "ERRORS_WORDS"
             with m.State("ERRORS_WORDS"):
-                m.d.comb += self.out_sel.eq(job.core)
                 put(count, beat[:16])
                 m.d.sync += [beat.eq(beat >> 16), count.eq(count + 1), lane_k.eq(lane_k + 1)]
                 with m.If(lane_k == P - 1):
                     m.d.sync += rem.eq(rem - 1)
                     m.next = "ERRORS_OUT"
             with m.State("REPLY"):
-                m.d.comb += [self.out_sel.eq(job.core), self.o.valid.eq(1)]
+                m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
                     m.next = "IDLE"
         return m
@@ -922,13 +922,15 @@ class CommandDispatcher(wiring.Component):
         The routing bits: a core whose input spikes or errors come from another core takes
         none from the host (``BAD_CORE``).
     frame, bad_frame : Out(1)
-        Pulse as a reply is taken: a frame was executed, or answered with an error status.
+        Pulse as a reply is taken: ``frame`` for a frame with a good CRC and length (not a
+        repeat), ``bad_frame`` for a reply with an error status.
     busy : Out(1)
         A frame is being checked, executed or answered.
 
     A frame with a bad status, opcode, core, length or address is answered here and reaches
-    no executor. A frame whose ``seq`` is that of the last frame executed is answered with the
-    last reply again, without its payload being written anew, and is not counted.
+    no executor. A frame whose ``seq`` is that of the last frame with a good CRC and length is
+    answered with the last reply again (its payload is still in the reply buffer), and is not
+    executed or counted.
     """
 
     def __init__(self, *, cores: int, lanes: int, identity: tuple):
@@ -1129,6 +1131,7 @@ class HostLink(wiring.Component):
     def __init__(self, *, cores: int, lanes: int, fan_in: int, identity: tuple,
                  timeout: int = 1 << 20, qk_units: int = 0, qk_limits: tuple = (1, 1, 1)):
         check_cores(cores, "Host link")
+        check_lanes(lanes)
         if len(identity) > MAX_WORDS:
             raise ValueError("Identity must fit one reply")
         self._cores, self._lanes, self._fan_in = cores, lanes, fan_in

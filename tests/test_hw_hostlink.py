@@ -187,9 +187,9 @@ def test_parameters_are_checked():
                                          r"not -1$"):
         SocRegisters(cores=2, lanes=1, qk_units=-1)
     with pytest.raises(ValueError, match=r"^Q-K limits must be three integers \(tokens, "
-                                         r"channels, timesteps\) between 1 and 65535, "
-                                         r"not \(4, 0, 3\)$"):
-        SocRegisters(cores=2, lanes=1, qk_units=1, qk_limits=(4, 0, 3))
+                                         r"channels, timesteps\) between 0 and 65535, "
+                                         r"not \(4, 65536, 3\)$"):
+        SocRegisters(cores=2, lanes=1, qk_units=1, qk_limits=(4, 65536, 3))
     gc.collect()
 
 
