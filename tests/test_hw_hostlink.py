@@ -190,6 +190,19 @@ def test_parameters_are_checked():
                                          r"channels, timesteps\) between 0 and 65535, "
                                          r"not \(4, 65536, 3\)$"):
         SocRegisters(cores=2, lanes=1, qk_units=1, qk_limits=(4, 65536, 3))
+    with pytest.raises(ValueError, match=r"^Bus access core count must be between 1 and 253, "
+                                         r"not 0$"):
+        BusAccess(cores=0)
+    with pytest.raises(ValueError, match=r"^Fan-in must be between 1 and 16384, not 16385$"):
+        InputForwarder(lanes=1, fan_in=16385, timeout=10)
+    with pytest.raises(ValueError, match=r"^Stream time-out must be a positive integer, "
+                                         r"not 0$"):
+        InputForwarder(lanes=1, fan_in=8, timeout=0)
+    with pytest.raises(ValueError, match=r"^Lane count must be a power of two, not 6$"):
+        OutputCollector(cores=2, lanes=6)
+    with pytest.raises(ValueError, match=r"^Identity must be 1 to 512 words of 16 bits, "
+                                         r"not \(1, 65536\)$"):
+        CommandDispatcher(cores=2, lanes=1, identity=(1, 65536))
     gc.collect()
 
 
