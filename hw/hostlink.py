@@ -180,7 +180,8 @@ class FrameReceiver(wiring.Component):
     receiving : Out(1)
         A frame is partly received.
 
-    A frame whose next byte does not come within ``timeout`` cycles is dropped.
+    A frame whose next byte does not come within ``timeout`` cycles is dropped. The CRC
+    (:data:`~amaranth.lib.crc.catalog.CRC16_CCITT_FALSE`) takes a byte a cycle as it arrives.
     """
 
     def __init__(self, timeout: int):
@@ -296,6 +297,9 @@ class FrameTransmitter(wiring.Component):
         Bytes to the host.
     done : Out(1)
         Pulses when the last byte of a reply has been taken.
+
+    The CRC (:data:`~amaranth.lib.crc.catalog.CRC16_CCITT_FALSE`) takes a byte a cycle as it
+    is sent.
     """
 
     def __init__(self):
