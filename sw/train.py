@@ -168,6 +168,19 @@ def train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
     backend and every batch is compared bit for bit (:class:`~spikeforge.lockstep.Lockstep`):
     the first difference raises :class:`~spikeforge.lockstep.GoldenMismatch`.
     """
+    # The golden model's tensors are small: one thread runs them fastest, and does not slow to
+    # a crawl when another process holds the other cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(cfg, backend, json_path, checkpoint, progress, resume, check_golden)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
+          checkpoint: str | Path | None = None, progress: bool = True,
+          resume: str | Path | None = None, check_golden: str | Path | None = None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     torch.manual_seed(cfg.seed)
