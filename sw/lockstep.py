@@ -211,7 +211,7 @@ class Lockstep:
         self.epoch = self.batch = None
         self.batches = 0
         self.name = getattr(backend, "name", "golden")
-        self.precision = getattr(backend, "precision", "fp16")
+        self.precision = precision
         self.check_weights("before training")
 
     @property
