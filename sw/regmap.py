@@ -29,11 +29,17 @@ changes nothing. Registers holding binary16 values are marked ``(fp16)``.
 
 import enum
 
-__all__ = ["COUNTERS", "Command", "Counter", "ErrorFlag", "Reg", "Region", "Shortcut", "Status",
-           "address", "index_bits", "state_offset", "weight_offset"]
+from amaranth.lib import data
+from amaranth.lib import enum as hdl_enum
+
+__all__ = ["COUNTERS", "OFFSET_BITS", "Command", "Counter", "ErrorFlag", "Reg", "Region",
+           "Shortcut", "Status", "address", "address_layout", "index_bits", "state_offset",
+           "weight_offset"]
+
+OFFSET_BITS = 28
 
 
-class Region(enum.IntEnum):
+class Region(hdl_enum.IntEnum, shape=32 - OFFSET_BITS):
     REG = 0
     WEIGHT = 1
     GRAD = 2
@@ -42,7 +48,7 @@ class Region(enum.IntEnum):
     COUNTER = 5
 
 
-class Reg(enum.IntEnum):
+class Reg(hdl_enum.IntEnum, shape=5):
     COMMAND = 0      # write a Command
     STATUS = 1       # Status bits (read only)
     NEURONS = 2      # active neurons, 1 .. configured maximum
@@ -62,7 +68,7 @@ class Reg(enum.IntEnum):
     SHORTCUT = 16    # a Shortcut: this layer's end of a membrane shortcut (sc_o, sc_i)
 
 
-class Shortcut(enum.IntEnum):
+class Shortcut(hdl_enum.IntEnum, shape=2):
     """A membrane shortcut ``x_b = x_a + W_b·s``: layer b's current starts from layer a's."""
 
     NONE = 0
@@ -70,7 +76,7 @@ class Shortcut(enum.IntEnum):
     TARGET = 2       # b: a's currents in on sc_i, added before the LIF; its δX out on sc_o
 
 
-class Command(enum.IntEnum):
+class Command(hdl_enum.IntEnum, shape=3):
     NONE = 0
     BEGIN = 1        # start a sample: t = 0, membranes at V_reset, input log cleared
     UPDATE = 2       # W = W - lr·ΔW, then ΔW = 0
@@ -90,7 +96,7 @@ class ErrorFlag(enum.IntFlag):
     BUS = 4          # a bus access out of range, to a read-only region, or while busy
 
 
-class Counter(enum.IntEnum):
+class Counter(hdl_enum.IntEnum, shape=4):
     CYCLES = 0
     FP_BUSY = 1      # cycles the FP engine is accumulating or running the LIF pass
     FP_STALL = 2     # of those, cycles waiting for the output stream or a hazard
@@ -110,11 +116,16 @@ class Counter(enum.IntEnum):
 COUNTERS = tuple(c.name.lower() for c in Counter)
 
 
+def address_layout() -> data.StructLayout:
+    """A bus address: an offset within a :class:`Region`."""
+    return data.StructLayout({"offset": OFFSET_BITS, "region": Region})
+
+
 def address(region: Region, offset: int = 0) -> int:
     """The bus address of ``offset`` in ``region``."""
-    if not 0 <= offset < 1 << 28:
-        raise ValueError(f"offset must be between 0 and 2**28 - 1, not {offset!r}")
-    return int(region) << 28 | offset
+    if not 0 <= offset < 1 << OFFSET_BITS:
+        raise ValueError(f"offset must be between 0 and 2**{OFFSET_BITS} - 1, not {offset!r}")
+    return int(region) << OFFSET_BITS | offset
 
 
 def index_bits(count: int) -> int:

@@ -1,0 +1,299 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The datapath of a training core: its memories, its FP16 units and the LIF and BPTT passes,
+driven by the schedules of the core's engines (:mod:`spikeforge.hw.core_engines`).
+
+The datapath executes what the engines issue. Its memory ports are shared by phase (the
+sequencer's :class:`~spikeforge.hw.core_sequencer.Phase`) and by engine, in a fixed order of
+precedence, and the bus decoder's accesses (only while the core is idle) take precedence over
+all; the adders and multipliers are shared the same way: the FP accumulation, a shortcut's sum,
+``Wᵀ·δX`` and the update each use them in their own phases.
+"""
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from spikeforge.regmap import Counter
+
+from .core_engines import chunk_bits
+from .core_sequencer import Phase
+from .fp16 import FP16Adder, FP16Multiplier
+from .lanes import FP16Lanes, delay, lane
+from .neuron import BPTTUpdate, LIFUpdate
+from .skewmem import SkewedMemory
+
+__all__ = ["CoreDatapath", "WeightStore"]
+
+
+def _phase(phase, *phases):
+    return Cat(*(phase == p for p in phases)).any()
+
+
+class WeightStore(wiring.Component):
+    """The weights and accumulated gradients of a core, and who reads and writes them when.
+
+    Reads of ``W``: the FP accumulation's rows, ``Wᵀ·δX``'s columns, the update's rows; of
+    ``ΔW``: WG's rows, the update's. Writes of ``ΔW``: WG's sums, then the update's and the
+    clear's zeros; of ``W``: the update's results. A bus access overrides them all.
+    ``bump``: the reads and writes of :class:`~spikeforge.regmap.Counter`.
+    """
+
+    def __init__(self, *, neurons: int, fan_in: int, lanes: int, parts: SimpleNamespace):
+        self._sizes = dict(lanes=lanes, neurons=neurons, inputs=fan_in)
+        self._parts = parts
+        CH = neurons // lanes
+        super().__init__({
+            "wg_valid": In(1), "wg_value": In(16 * lanes),
+            "up_valid": In(1), "up_row": In(range(fan_in + 1)), "up_chunk": In(range(CH + 1)),
+            "up_value": In(16 * lanes),
+            "wdata": In(16), "w_data": Out(16 * lanes), "g_data": Out(16 * lanes),
+            "bump": Out(len(Counter)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._parts
+        P = self._sizes["lanes"]
+        m.submodules.wmem = wmem = SkewedMemory(**self._sizes)
+        m.submodules.gmem = gmem = SkewedMemory(**self._sizes)
+        m.d.comb += [self.w_data.eq(wmem.rd_data), self.g_data.eq(gmem.rd_data)]
+        phase = p.seq.phase
+        acc_fp = _phase(phase, Phase.FP_ACC, Phase.FP_DRAIN)
+        up_issue = p.walker.issue & (phase == Phase.UPDATE)
+        clr_issue = p.walker.issue & (phase == Phase.CLEAR)
+        bump = self.bump
+
+        def read(mem, counter, col, major, minor):
+            m.d.comb += [mem.rd_en.eq(1), mem.rd_col.eq(col), mem.rd_major.eq(major),
+                         mem.rd_minor.eq(minor), bump[counter].eq(1)]
+
+        def write(mem, counter, major, minor, value):
+            m.d.comb += [mem.wr_en.eq(1), mem.wr_major.eq(major), mem.wr_minor.eq(minor),
+                         mem.wr_data.eq(value), mem.wr_mask.eq(-1), bump[counter].eq(1)]
+
+        with m.If(p.issuer.valid & acc_fp):
+            read(wmem, Counter.W_READS, 0, p.issuer.row, p.issuer.chunk)
+        with m.Elif(p.columns.issue):
+            read(wmem, Counter.W_READS, 1, p.columns.n, p.columns.slot)
+        with m.Elif(up_issue):
+            read(wmem, Counter.W_READS, 0, p.walker.row, p.walker.chunk)
+        with m.If(p.wg.issue):
+            read(gmem, Counter.G_READS, 0, p.wg.row, p.wg.slot)
+        with m.Elif(up_issue):
+            read(gmem, Counter.G_READS, 0, p.walker.row, p.walker.chunk)
+        with m.If(self.wg_valid):
+            write(gmem, Counter.G_WRITES, p.wg.row_d, p.wg.chunk_d, self.wg_value)
+        with m.Elif(up_issue | clr_issue):
+            write(gmem, Counter.G_WRITES, p.walker.row, p.walker.chunk, 0)
+        with m.If(self.up_valid):
+            write(wmem, Counter.W_WRITES, self.up_row, self.up_chunk, self.up_value)
+
+        for mem, req in ((wmem, p.bus.w_req), (gmem, p.bus.g_req)):
+            with m.If(req.en & req.we):
+                m.d.comb += [mem.wr_en.eq(~req.probe), mem.wr_major.eq(req.major),
+                             mem.wr_minor.eq(req.minor), mem.wr_data.eq(Cat(*([self.wdata] * P))),
+                             mem.wr_mask.eq(1 << req.lane)]
+            with m.Elif(req.en):
+                m.d.comb += [mem.rd_en.eq(1), mem.rd_col.eq(0), mem.rd_major.eq(req.major),
+                             mem.rd_minor.eq(req.minor)]
+        return m
+
+
+class CoreDatapath(wiring.Component):
+    """The memories and FP16 units of a core, run by its engines (``parts``: the sequencer
+    ``seq``, the registers' ``settings``, the engines ``issuer``, ``serializer``, ``link``,
+    ``scanner``, ``columns``, ``wg``, ``walker``, the input-error sender ``out``, the bus decoder
+    ``bus`` and the core's streams ``bp_i``, ``psum_i`` and bus ``wdata``). It answers the engines
+    on their data inputs (the LIF pass's spikes to ``serializer.i``, the memories' read data).
+
+    ``bump``: the memory counters of :class:`~spikeforge.regmap.Counter`.
+    """
+
+    def __init__(self, *, neurons: int, fan_in: int, lanes: int, timesteps: int, reset: str,
+                 detach_reset: bool, surrogate, parts: SimpleNamespace):
+        self._N, self._F, self._P, self._T = neurons, fan_in, lanes, timesteps
+        self._neuron = dict(reset=reset, detach_reset=detach_reset, surrogate=surrogate)
+        self._parts = parts
+        cb = chunk_bits(neurons // lanes)
+        self._lif = LIFUpdate(lanes=lanes, reset=reset, tag_width=cb)
+        self._bptt = BPTTUpdate(lanes=lanes, tag_width=cb, **self._neuron)
+        super().__init__({"bump": Out(len(Counter)), "lif_out": Out(1)})
+
+    add_latency = property(lambda self: FP16Adder.LATENCY)
+    mul_latency = property(lambda self: FP16Multiplier.LATENCY)
+    lif_latency = property(lambda self: self._lif.latency)
+    bptt_latency = property(lambda self: self._bptt.latency)
+
+    def elaborate(self, platform):
+        m = Module()
+        p, s = self._parts, self._parts.settings
+        P, N, F, T = self._P, self._N, self._F, self._T
+        CH, FCH, cb = N // P, F // P, chunk_bits(N // P)
+        seq, phase = p.seq, p.seq.phase
+
+        def mem(name, shape, depth):
+            m.submodules[name] = store = memory.Memory(shape=shape, depth=depth, init=[])
+            return store
+
+        i_mem, v_mem, h_mem = mem("imem", 16 * P, CH), mem("vmem", 16 * P, T * CH), \
+            mem("hmem", 16 * P, T * CH)
+        s_mem, e_mem, d_mem = mem("smem", P, T * CH), mem("emem", 16 * P, T * CH), \
+            mem("dmem", 16 * P, CH)
+        nz_mem, a_mem = mem("nzmem", P, CH), mem("amem", 16 * P, FCH)
+        log_mem, cnt_mem = mem("logmem", range(F), T * F), mem("cntmem", range(F + 1), T)
+        i_rd, i_wr = i_mem.read_port(), i_mem.write_port()
+        v_rd, v_wr = v_mem.read_port(), v_mem.write_port()
+        h_rd, h_wr = h_mem.read_port(), h_mem.write_port()
+        s_rd, s_wr = s_mem.read_port(), s_mem.write_port()
+        e_rd, e_wr = e_mem.read_port(), e_mem.write_port()
+        d_rd_wt, d_rd_wg, d_wr = d_mem.read_port(), d_mem.read_port(), d_mem.write_port()
+        nz_rd, nz_wr = nz_mem.read_port(), nz_mem.write_port()
+        a_rd, a_wr = a_mem.read_port(), a_mem.write_port()
+        log_rd, log_wr = log_mem.read_port(), log_mem.write_port()
+        cnt_rd, cnt_wr = cnt_mem.read_port(), cnt_mem.write_port()
+
+        acc_add = FP16Lanes(m, "acc_add", FP16Adder, P)     # FP currents, Wᵀδ sums, update
+        wg_add = FP16Lanes(m, "wg_add", FP16Adder, P)       # WG
+        mul = FP16Lanes(m, "mul", FP16Multiplier, P)        # Wᵀδ products, lr·ΔW
+        la, lm = acc_add.latency, mul.latency
+        m.submodules.lif = lif = self._lif
+        m.submodules.bptt = bptt = self._bptt
+        for unit in (lif, bptt):
+            m.d.comb += [unit.c_v_th.eq(s.v_th), unit.c_v_reset.eq(s.v_reset),
+                         unit.c_inv_tau.eq(s.inv_tau)]
+        m.d.comb += bptt.c_decay.eq(s.decay)
+        m.submodules.weights = ws = WeightStore(neurons=N, fan_in=F, lanes=P, parts=p)
+
+        t_base_ch, t_base_f, r_base_ch = seq.t * CH, seq.t * F, seq.r * CH
+
+        def active_mask(chunk):
+            return Cat(*((chunk * P + k) < s.neurons for k in range(P)))
+
+        # ---- FP: the event log, the currents, the LIF pass ----
+        m.d.comb += [log_wr.en.eq(p.issuer.log_en), log_wr.addr.eq(t_base_f + p.issuer.count),
+                     log_wr.data.eq(p.issuer.log_data),
+                     cnt_wr.en.eq(seq.count_write), cnt_wr.addr.eq(seq.t),
+                     cnt_wr.data.eq(p.issuer.count)]
+        acc_fp = _phase(phase, Phase.FP_ACC, Phase.FP_DRAIN)
+        acc_valid_d = delay(m, p.issuer.valid, 1, "acc_valid")
+        acc_chunk_d = delay(m, p.issuer.chunk, 1 + la, "acc_chunk")
+        sc_fp = _phase(phase, Phase.FP_SC_OUT, Phase.FP_SC_ADD)
+        sc_bp = _phase(phase, Phase.BP_SC_OUT, Phase.BP_SC_ADD)
+        sc_rd = Signal(16 * P)
+        m.d.comb += [sc_rd.eq(Mux(sc_fp, i_rd.data, d_rd_wt.data)), p.link.data.eq(sc_rd)]
+        sc_sum = acc_add.o_valid & _phase(phase, Phase.FP_SC_ADD, Phase.BP_SC_ADD)
+        sc_nz = Cat(*((lane(acc_add.o_result, k)[:15] != 0) for k in range(P)))
+
+        lif_issue_d = delay(m, seq.lif_issue, 1, "lif_issue")
+        lif_chunk_d = delay(m, seq.lif_chunk, 1, "lif_chunk")
+        m.d.comb += [lif.i_valid.eq(lif_issue_d), lif.i_x.eq(i_rd.data),
+                     lif.i_v.eq(Mux(seq.t < s.tokens, Cat(*([s.v_reset] * P)), v_rd.data)),
+                     lif.i_tag.eq(lif_chunk_d), self.lif_out.eq(lif.o_valid)]
+        lif_chunk = lif.o_tag[:cb]
+        lif_mask = Signal(P)
+        m.d.comb += lif_mask.eq(lif.o_s & active_mask(lif_chunk))
+        with m.If(lif.o_valid):
+            m.d.comb += [
+                v_wr.en.eq(1), v_wr.addr.eq(r_base_ch + lif_chunk), v_wr.data.eq(lif.o_v),
+                h_wr.en.eq(1), h_wr.addr.eq(t_base_ch + lif_chunk), h_wr.data.eq(lif.o_h),
+                s_wr.en.eq(1), s_wr.addr.eq(t_base_ch + lif_chunk), s_wr.data.eq(lif_mask),
+                p.serializer.i.valid.eq(lif_mask.any()),
+                p.serializer.i.payload.mask.eq(lif_mask),
+                p.serializer.i.payload.chunk.eq(lif_chunk),
+            ]
+
+        # ---- BP: the BPTT pass, δX and its nonzero masks ----
+        bp_take = p.bp_i.valid & p.bp_i.ready & (phase == Phase.BP_RECV)
+        bp_g, bp_chunk, bp_valid = Signal(16 * P), Signal(range(CH)), Signal()
+        m.d.sync += [bp_valid.eq(bp_take), bp_g.eq(p.bp_i.payload.value), bp_chunk.eq(seq.rc)]
+        last_step = seq.bt + s.tokens >= s.timesteps   # no carry from a later timestep
+        m.d.comb += [bptt.i_valid.eq(bp_valid), bptt.i_g.eq(bp_g), bptt.i_h.eq(h_rd.data),
+                     bptt.i_s.eq(s_rd.data), bptt.i_eps.eq(Mux(last_step, 0, e_rd.data)),
+                     bptt.i_tag.eq(bp_chunk)]
+        bptt_chunk = bptt.o_tag[:cb]
+        nz = Cat(*((lane(bptt.o_dx, k)[:15] != 0) for k in range(P)))
+        with m.If(bptt.o_valid):
+            m.d.comb += [
+                e_wr.en.eq(1), e_wr.addr.eq(r_base_ch + bptt_chunk), e_wr.data.eq(bptt.o_eps),
+                d_wr.en.eq(1), d_wr.addr.eq(bptt_chunk), d_wr.data.eq(bptt.o_dx),
+                nz_wr.en.eq(1), nz_wr.addr.eq(bptt_chunk),
+                nz_wr.data.eq(nz & active_mask(bptt_chunk)),
+            ]
+        with m.Elif(sc_sum & sc_bp):
+            m.d.comb += [
+                d_wr.en.eq(1), d_wr.addr.eq(p.link.j_out), d_wr.data.eq(acc_add.o_result),
+                nz_wr.en.eq(1), nz_wr.addr.eq(p.link.j_out),
+                nz_wr.data.eq(sc_nz & active_mask(p.link.j_out)),
+            ]
+        m.d.comb += [nz_rd.addr.eq(p.scanner.addr), nz_rd.en.eq(1), d_rd_wt.en.eq(1),
+                     d_rd_wt.addr.eq(Mux(sc_bp, p.link.j, p.scanner.addr)),
+                     p.scanner.nz_data.eq(nz_rd.data), p.scanner.d_data.eq(d_rd_wt.data)]
+
+        # ---- WG, the input errors out, the update ----
+        m.d.comb += [cnt_rd.addr.eq(seq.t), log_rd.addr.eq(t_base_f + p.wg.entry),
+                     p.wg.count_data.eq(cnt_rd.data), p.wg.log_data.eq(log_rd.data),
+                     d_rd_wg.addr.eq(p.wg.slot), d_rd_wg.en.eq(1), p.out.data.eq(a_rd.data)]
+        wg_add.issue(m, p.wg.valid_d, ws.g_data, d_rd_wg.data)
+        update = _phase(phase, Phase.UPDATE, Phase.DRAIN_IDLE)
+        up_issue = p.walker.issue & (phase == Phase.UPDATE)
+        up_valid_d = delay(m, up_issue, 1, "up_valid")
+        up_w_d = delay(m, ws.w_data, lm, "up_w")
+        up_mul_valid = delay(m, up_valid_d, lm, "up_mulv")
+        m.d.comb += [ws.wg_valid.eq(wg_add.o_valid), ws.wg_value.eq(wg_add.o_result),
+                     ws.up_valid.eq(acc_add.o_valid & update), ws.up_value.eq(acc_add.o_result),
+                     ws.up_row.eq(delay(m, p.walker.row, 1 + lm + la, "up_row")),
+                     ws.up_chunk.eq(delay(m, p.walker.chunk, 1 + lm + la, "up_chunk")),
+                     ws.wdata.eq(p.wdata), p.bus.w_data.eq(ws.w_data),
+                     p.bus.g_data.eq(ws.g_data), self.bump.eq(ws.bump)]
+
+        # ---- the shared units, by phase ----
+        mul_b = Signal(16 * P)
+        with m.If(update):
+            mul.issue(m, up_valid_d, Cat(*([s.lr] * P)), ws.g_data)
+            acc_add.issue(m, up_mul_valid, up_w_d, mul.o_result, sub=1)
+        with m.Elif(_phase(phase, Phase.FP_SC_ADD, Phase.BP_SC_ADD)):
+            acc_add.issue(m, p.link.take_d, sc_rd, p.link.beat_d)
+        with m.Elif(_phase(phase, Phase.BP_WT, Phase.BP_OUT)):
+            m.d.comb += mul_b.eq(Cat(*([p.columns.mul_d] * P)))
+            mul.issue(m, p.columns.mul_valid, ws.w_data, mul_b)
+            acc_add.issue(m, mul.o_valid, a_rd.data, mul.o_result)
+        with m.Else():
+            acc_add.issue(m, acc_valid_d, i_rd.data, ws.w_data)
+
+        # ---- the currents, the Wᵀδ sums, the saved state ----
+        link = p.link
+        with m.If(p.issuer.valid & acc_fp):
+            m.d.comb += [i_rd.en.eq(1), i_rd.addr.eq(p.issuer.chunk)]
+        with m.Elif(seq.lif_issue):
+            m.d.comb += [i_rd.en.eq(1), i_rd.addr.eq(seq.lif_chunk),
+                         i_wr.en.eq(1), i_wr.addr.eq(seq.lif_chunk), i_wr.data.eq(0)]
+        with m.Elif((link.issue | link.take) & sc_fp):
+            m.d.comb += [i_rd.en.eq(1), i_rd.addr.eq(link.j)]
+        with m.If(acc_add.o_valid & acc_fp):
+            m.d.comb += [i_wr.en.eq(1), i_wr.addr.eq(acc_chunk_d), i_wr.data.eq(acc_add.o_result)]
+        with m.Elif(sc_sum & sc_fp):
+            m.d.comb += [i_wr.en.eq(1), i_wr.addr.eq(link.j_out), i_wr.data.eq(acc_add.o_result)]
+        m.d.comb += [v_rd.en.eq(1), v_rd.addr.eq(r_base_ch + seq.lif_chunk)]
+
+        with m.If(p.columns.a_read):
+            m.d.comb += [a_rd.en.eq(1), a_rd.addr.eq(p.columns.a_addr)]
+        with m.Elif(seq.out_issue):
+            m.d.comb += [a_rd.en.eq(1), a_rd.addr.eq(seq.out_j),
+                         a_wr.en.eq(1), a_wr.addr.eq(seq.out_j), a_wr.data.eq(0)]
+        with m.If(acc_add.o_valid & _phase(phase, Phase.BP_WT, Phase.BP_OUT)):
+            m.d.comb += [a_wr.en.eq(1), a_wr.addr.eq(p.columns.a_write_addr),
+                         a_wr.data.eq(acc_add.o_result)]
+        with m.If(seq.psum_take):
+            m.d.comb += [a_wr.en.eq(1), a_wr.addr.eq(seq.pj), a_wr.data.eq(p.psum_i.payload.value)]
+
+        with m.If(p.bus.state_req.en):
+            m.d.comb += [h_rd.en.eq(1), h_rd.addr.eq(p.bus.state_req.addr),
+                         s_rd.en.eq(1), s_rd.addr.eq(p.bus.state_req.addr)]
+        with m.Elif(bp_take):
+            m.d.comb += [h_rd.en.eq(1), h_rd.addr.eq(t_base_ch + seq.rc),
+                         s_rd.en.eq(1), s_rd.addr.eq(t_base_ch + seq.rc),
+                         e_rd.en.eq(1), e_rd.addr.eq(r_base_ch + seq.rc)]
+        m.d.comb += [p.bus.h_data.eq(h_rd.data), p.bus.s_data.eq(s_rd.data)]
+        return m
