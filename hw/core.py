@@ -70,11 +70,12 @@ from spikeforge.golden.surrogate import Surrogate
 from spikeforge.regmap import Counter
 
 from .core_control import BusDecoder, CoreRegisters, Counters
-from .core_datapath import CoreDatapath
+from .core_datapath import CoreDatapath, ErrorSums
 from .core_engines import (
     BeatSender,
     ColumnIssuer,
     EventIssuer,
+    EventLog,
     GradientSequencer,
     NonzeroScanner,
     RowWalker,
@@ -174,7 +175,7 @@ class Core(wiring.Component):
         m.submodules.regs = regs = CoreRegisters(**sizes)
         m.submodules.counters = counters = Counters()
         m.submodules.bus = bus = BusDecoder(**sizes)
-        m.submodules.seq = seq = CoreSequencer(**sizes, lif_depth=lif_depth, fp_drain=la + 2,
+        m.submodules.seq = seq = CoreSequencer(**sizes, fp_drain=la + 2,
                                                bp_drain=dp.bptt_latency + 2,
                                                update_drain=lm + la + 2)
         m.submodules.issuer = issuer = EventIssuer(fan_in=F, chunks=CH, hazard=la + 2)
@@ -184,12 +185,14 @@ class Core(wiring.Component):
         m.submodules.columns = columns = ColumnIssuer(neurons=N, fan_in=F, lanes=P,
                                                       mul_latency=lm, add_latency=la)
         m.submodules.wg = wg = GradientSequencer(fan_in=F, chunks=CH, add_latency=la)
-        m.submodules.walker = walker = RowWalker(rows=F, chunks=CH)
+        m.submodules.log = log = EventLog(fan_in=F, timesteps=T)
+        m.submodules.walker = walker = RowWalker(rows=F, chunks=CH, latency=1 + lm + la)
         m.submodules.out = out = BeatSender(P)
+        m.submodules.sums = sums = ErrorSums(fan_in=F, lanes=P)
         s, phase = regs.settings, seq.phase
         parts.__dict__.update(seq=seq, settings=s, issuer=issuer, serializer=ser, link=link,
                               scanner=scanner, columns=columns, wg=wg, walker=walker, out=out,
-                              bus=bus, bp_i=self.bp_i, psum_i=self.psum_i, wdata=self.bus_wdata)
+                              sums=sums, bus=bus, bp_i=self.bp_i, wdata=self.bus_wdata)
 
         # the bus, the registers, the counters
         for name in ("bus_en", "bus_we", "bus_probe", "bus_addr", "bus_wdata"):
@@ -211,10 +214,14 @@ class Core(wiring.Component):
             self.busy.eq(~idle), self.n_active.eq(s.neurons),
         ]
         m.d.comb += counters.bump.eq(seq.bump | dp.bump | (1 << Counter.CYCLES)
+                                     | (sums.stall << Counter.BP_STALL)
                                      | (issuer.log_en << Counter.FP_EVENTS)
                                      | ((ser.o.valid & ser.o.ready) << Counter.FP_OUT_EVENTS)
                                      | ((columns.i.valid & columns.i.ready) << Counter.BP_NEURONS)
                                      | (wg.active << Counter.WG_BUSY))
+        busy = CoreSequencer.busy(phase, acc_busy=issuer.busy, bp_input_error=s.bp_input_error,
+                                  wt_done=columns.done)
+        m.d.comb += [counters.bump[c].eq(value) for c, value in busy.items()]
         m.d.comb += counters.bump[Counter.FP_STALL].eq(    # the serializer's stall counts alone
             Mux(ser.stalled, seq.lif_chunk == s.chunks, seq.bump[Counter.FP_STALL]))
 
@@ -226,11 +233,13 @@ class Core(wiring.Component):
             seq.partial_in.eq(s.partial_in),
             seq.fp_done.eq(regs.fp_done), seq.bp_done.eq(regs.bp_done),
             seq.bp_valid.eq(self.bp_i.valid), seq.fp_ready.eq(self.fp_o.ready),
-            seq.psum_valid.eq(self.psum_i.valid), self.bp_i.ready.eq(seq.bp_ready),
-            self.psum_i.ready.eq(seq.psum_ready),
+            self.bp_i.ready.eq(seq.bp_ready), seq.psum_done.eq(sums.received),
+            sums.receive.eq(phase == Phase.BP_PSUM), sums.start.eq(seq.psum_start),
+            sums.count.eq(s.in_chunks),
             seq.acc_busy.eq(issuer.busy), seq.acc_close.eq(issuer.close),
-            seq.sc_done.eq(link.done), seq.sc_stall.eq(link.stall), seq.lif_out.eq(dp.lif_out),
-            seq.spk_level.eq(ser.level), seq.ser_busy.eq(ser.busy),
+            seq.sc_done.eq(link.done), seq.sc_stall.eq(link.stall),
+            seq.lif_room.eq(ser.room), seq.lif_empty.eq(ser.empty),
+            ser.lif_issue.eq(seq.lif_issue), ser.lif_out.eq(dp.lif_out),
             seq.wt_done.eq(columns.done), seq.wg_done.eq(wg.done),
             seq.out_room.eq(out.room), seq.out_empty.eq(out.empty),
             seq.walk_done.eq(walker.done),
@@ -246,6 +255,9 @@ class Core(wiring.Component):
             columns.start.eq(seq.wt_start), columns.in_chunks.eq(s.in_chunks),
             columns.scanning.eq(scanner.active), columns.counting.eq(phase == Phase.BP_WT),
             columns.clear.eq(phase == Phase.BP_RECV),
+            log.t.eq(seq.t), log.write.eq(issuer.log_en), log.index.eq(issuer.count),
+            log.value.eq(issuer.log_data), log.close.eq(seq.count_write),
+            log.entry.eq(wg.entry), wg.count_data.eq(log.count), wg.log_data.eq(log.input),
             wg.start.eq(seq.wg_start), wg.chunks.eq(s.chunks),
             wg.counting.eq(phase == Phase.BP_WT), wg.clear.eq(phase == Phase.BP_RECV),
             walker.start.eq(seq.walk_start),
@@ -257,6 +269,7 @@ class Core(wiring.Component):
         ]
         wiring.connect(m, wiring.flipped(self.fp_i), issuer.i)
         wiring.connect(m, scanner.o, columns.i)
+        wiring.connect(m, wiring.flipped(self.psum_i), sums.psum_i)
         wiring.connect(m, out.o, wiring.flipped(self.bp_o))
         wiring.connect(m, link.sc_o, wiring.flipped(self.sc_o))
         wiring.connect(m, wiring.flipped(self.sc_i), link.sc_i)

@@ -12,19 +12,19 @@ all; the adders and multipliers are shared the same way: the FP accumulation, a 
 from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import memory, wiring
+from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.regmap import Counter
 
-from .core_engines import chunk_bits
+from .core_engines import chunk_bits, error_layout
 from .core_sequencer import Phase
 from .fp16 import FP16Adder, FP16Multiplier
 from .lanes import FP16Lanes, delay, lane
 from .neuron import BPTTUpdate, LIFUpdate
 from .skewmem import SkewedMemory
 
-__all__ = ["CoreDatapath", "WeightStore"]
+__all__ = ["CoreDatapath", "ErrorSums", "StepState", "WeightStore"]
 
 
 def _phase(phase, *phases):
@@ -101,11 +101,111 @@ class WeightStore(wiring.Component):
         return m
 
 
+class StepState(wiring.Component):
+    """What back-propagation needs of each step, ``chunks`` lane vectors a step (addresses
+    ``step · chunks + chunk``): the charges ``H`` and spikes ``S`` of every step, and of every
+    token its membranes ``V`` and BPTT carries ``ε``.
+
+    The LIF pass reads ``V`` at ``v_addr`` (``v_data`` a cycle later) and writes ``V``, ``H``
+    and ``S`` (``lif_valid``); the BPTT pass reads ``H``, ``S`` and ``ε`` (``bp_read``) and
+    writes ``ε`` (``eps_valid``); a bus read of ``H`` and ``S`` (``bus_read``) goes first.
+    """
+
+    def __init__(self, *, neurons: int, lanes: int, timesteps: int):
+        P, self._P = lanes, lanes
+        self._depth = timesteps * (neurons // lanes)
+        addr = range(self._depth + neurons // lanes + 1)
+        super().__init__({
+            "v_addr": In(addr), "v_data": Out(16 * P),
+            "lif_valid": In(1), "lif_step": In(addr), "lif_token": In(addr),
+            "v": In(16 * P), "h": In(16 * P), "s": In(P),
+            "bp_read": In(1), "bp_step": In(addr), "bp_token": In(addr),
+            "h_data": Out(16 * P), "s_data": Out(P), "e_data": Out(16 * P),
+            "eps_valid": In(1), "eps_addr": In(addr), "eps": In(16 * P),
+            "bus_read": In(1), "bus_addr": In(addr),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        P, depth = self._P, self._depth
+        ports = {}
+        for name, shape in (("v", 16 * P), ("h", 16 * P), ("s", P), ("e", 16 * P)):
+            m.submodules[f"{name}mem"] = store = memory.Memory(shape=shape, depth=depth, init=[])
+            ports[name] = store.read_port(), store.write_port()
+        (v_rd, v_wr), (h_rd, h_wr), (s_rd, s_wr), (e_rd, e_wr) = ports.values()
+        m.d.comb += [v_rd.en.eq(1), v_rd.addr.eq(self.v_addr), self.v_data.eq(v_rd.data),
+                     self.h_data.eq(h_rd.data), self.s_data.eq(s_rd.data),
+                     self.e_data.eq(e_rd.data)]
+        with m.If(self.lif_valid):
+            m.d.comb += [v_wr.en.eq(1), v_wr.addr.eq(self.lif_token), v_wr.data.eq(self.v),
+                         h_wr.en.eq(1), h_wr.addr.eq(self.lif_step), h_wr.data.eq(self.h),
+                         s_wr.en.eq(1), s_wr.addr.eq(self.lif_step), s_wr.data.eq(self.s)]
+        with m.If(self.eps_valid):
+            m.d.comb += [e_wr.en.eq(1), e_wr.addr.eq(self.eps_addr), e_wr.data.eq(self.eps)]
+        with m.If(self.bus_read):
+            m.d.comb += [h_rd.en.eq(1), h_rd.addr.eq(self.bus_addr),
+                         s_rd.en.eq(1), s_rd.addr.eq(self.bus_addr)]
+        with m.Elif(self.bp_read):
+            m.d.comb += [h_rd.en.eq(1), h_rd.addr.eq(self.bp_step),
+                         s_rd.en.eq(1), s_rd.addr.eq(self.bp_step),
+                         e_rd.en.eq(1), e_rd.addr.eq(self.bp_token)]
+        return m
+
+
+class ErrorSums(wiring.Component):
+    """The sums ``Wᵀ·δX`` of a step's input errors, ``⌈inputs / lanes⌉`` lane vectors.
+
+    ``read`` chunk ``read_addr`` (``data`` a cycle later) for a sum; ``send`` reads chunk
+    ``send_addr`` out and clears it; a sum's result (``sum_valid``) is written to ``sum_addr``.
+    A split layer's sums start from another core's partial sums: while ``receive``, ``psum_i``'s
+    beats are written to the chunks in order from the first (``start``) until ``count`` are
+    (``received``); ``stall``: waiting for one.
+    """
+
+    def __init__(self, *, fan_in: int, lanes: int):
+        FCH = fan_in // lanes
+        self._lanes, self._FCH = lanes, FCH
+        super().__init__({
+            "read": In(1), "read_addr": In(range(FCH + 8)), "send": In(1),
+            "send_addr": In(range(FCH + 1)), "sum_valid": In(1), "sum_addr": In(range(FCH + 8)),
+            "sum": In(16 * lanes), "data": Out(16 * lanes),
+            "psum_i": In(stream.Signature(error_layout(lanes))), "receive": In(1), "start": In(1),
+            "count": In(range(FCH + 1)), "received": Out(1), "stall": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.sums = sums = memory.Memory(shape=16 * self._lanes, depth=self._FCH,
+                                                 init=[])
+        rd, wr = sums.read_port(), sums.write_port()
+        m.d.comb += self.data.eq(rd.data)
+        with m.If(self.read):
+            m.d.comb += [rd.en.eq(1), rd.addr.eq(self.read_addr)]
+        with m.Elif(self.send):
+            m.d.comb += [rd.en.eq(1), rd.addr.eq(self.send_addr),
+                         wr.en.eq(1), wr.addr.eq(self.send_addr), wr.data.eq(0)]
+        with m.If(self.sum_valid):
+            m.d.comb += [wr.en.eq(1), wr.addr.eq(self.sum_addr), wr.data.eq(self.sum)]
+        j = Signal.like(self.count)
+        with m.If(self.start):
+            m.d.sync += j.eq(0)
+        with m.If(self.receive):
+            m.d.comb += self.psum_i.ready.eq(j < self.count)
+            with m.If(j == self.count):
+                m.d.comb += self.received.eq(1)
+            with m.Elif(self.psum_i.valid):
+                m.d.comb += [wr.en.eq(1), wr.addr.eq(j), wr.data.eq(self.psum_i.payload.value)]
+                m.d.sync += j.eq(j + 1)
+            with m.Else():
+                m.d.comb += self.stall.eq(1)
+        return m
+
+
 class CoreDatapath(wiring.Component):
     """The memories and FP16 units of a core, run by its engines (``parts``: the sequencer
     ``seq``, the registers' ``settings``, the engines ``issuer``, ``serializer``, ``link``,
-    ``scanner``, ``columns``, ``wg``, ``walker``, the input-error sender ``out``, the bus decoder
-    ``bus`` and the core's streams ``bp_i``, ``psum_i`` and bus ``wdata``). It answers the engines
+    ``scanner``, ``columns``, ``wg``, ``walker``, the input-error sums ``sums`` and sender ``out``,
+    the bus decoder ``bus``, the core's stream ``bp_i`` and bus ``wdata``). It answers the engines
     on their data inputs (the LIF pass's spikes to ``serializer.i``, the memories' read data).
 
     ``bump``: the memory counters of :class:`~spikeforge.regmap.Counter`.
@@ -130,29 +230,18 @@ class CoreDatapath(wiring.Component):
         m = Module()
         p, s = self._parts, self._parts.settings
         P, N, F, T = self._P, self._N, self._F, self._T
-        CH, FCH, cb = N // P, F // P, chunk_bits(N // P)
+        CH, cb = N // P, chunk_bits(N // P)
         seq, phase = p.seq, p.seq.phase
 
         def mem(name, shape, depth):
             m.submodules[name] = store = memory.Memory(shape=shape, depth=depth, init=[])
             return store
 
-        i_mem, v_mem, h_mem = mem("imem", 16 * P, CH), mem("vmem", 16 * P, T * CH), \
-            mem("hmem", 16 * P, T * CH)
-        s_mem, e_mem, d_mem = mem("smem", P, T * CH), mem("emem", 16 * P, T * CH), \
-            mem("dmem", 16 * P, CH)
-        nz_mem, a_mem = mem("nzmem", P, CH), mem("amem", 16 * P, FCH)
-        log_mem, cnt_mem = mem("logmem", range(F), T * F), mem("cntmem", range(F + 1), T)
+        i_mem, d_mem, nz_mem = mem("imem", 16 * P, CH), mem("dmem", 16 * P, CH), \
+            mem("nzmem", P, CH)
         i_rd, i_wr = i_mem.read_port(), i_mem.write_port()
-        v_rd, v_wr = v_mem.read_port(), v_mem.write_port()
-        h_rd, h_wr = h_mem.read_port(), h_mem.write_port()
-        s_rd, s_wr = s_mem.read_port(), s_mem.write_port()
-        e_rd, e_wr = e_mem.read_port(), e_mem.write_port()
         d_rd_wt, d_rd_wg, d_wr = d_mem.read_port(), d_mem.read_port(), d_mem.write_port()
         nz_rd, nz_wr = nz_mem.read_port(), nz_mem.write_port()
-        a_rd, a_wr = a_mem.read_port(), a_mem.write_port()
-        log_rd, log_wr = log_mem.read_port(), log_mem.write_port()
-        cnt_rd, cnt_wr = cnt_mem.read_port(), cnt_mem.write_port()
 
         acc_add = FP16Lanes(m, "acc_add", FP16Adder, P)     # FP currents, Wᵀδ sums, update
         wg_add = FP16Lanes(m, "wg_add", FP16Adder, P)       # WG
@@ -165,17 +254,16 @@ class CoreDatapath(wiring.Component):
                          unit.c_inv_tau.eq(s.inv_tau)]
         m.d.comb += bptt.c_decay.eq(s.decay)
         m.submodules.weights = ws = WeightStore(neurons=N, fan_in=F, lanes=P, parts=p)
+        sums = p.sums
+        a_rd = SimpleNamespace(data=sums.data)
+        m.submodules.state = state = StepState(neurons=N, lanes=P, timesteps=T)
 
-        t_base_ch, t_base_f, r_base_ch = seq.t * CH, seq.t * F, seq.r * CH
+        t_base_ch, r_base_ch = seq.t * CH, seq.r * CH
 
         def active_mask(chunk):
             return Cat(*((chunk * P + k) < s.neurons for k in range(P)))
 
-        # ---- FP: the event log, the currents, the LIF pass ----
-        m.d.comb += [log_wr.en.eq(p.issuer.log_en), log_wr.addr.eq(t_base_f + p.issuer.count),
-                     log_wr.data.eq(p.issuer.log_data),
-                     cnt_wr.en.eq(seq.count_write), cnt_wr.addr.eq(seq.t),
-                     cnt_wr.data.eq(p.issuer.count)]
+        # ---- FP: the currents, the LIF pass ----
         acc_fp = _phase(phase, Phase.FP_ACC, Phase.FP_DRAIN)
         acc_valid_d = delay(m, p.issuer.valid, 1, "acc_valid")
         acc_chunk_d = delay(m, p.issuer.chunk, 1 + la, "acc_chunk")
@@ -189,16 +277,16 @@ class CoreDatapath(wiring.Component):
         lif_issue_d = delay(m, seq.lif_issue, 1, "lif_issue")
         lif_chunk_d = delay(m, seq.lif_chunk, 1, "lif_chunk")
         m.d.comb += [lif.i_valid.eq(lif_issue_d), lif.i_x.eq(i_rd.data),
-                     lif.i_v.eq(Mux(seq.t < s.tokens, Cat(*([s.v_reset] * P)), v_rd.data)),
+                     lif.i_v.eq(Mux(seq.t < s.tokens, Cat(*([s.v_reset] * P)), state.v_data)),
                      lif.i_tag.eq(lif_chunk_d), self.lif_out.eq(lif.o_valid)]
         lif_chunk = lif.o_tag[:cb]
         lif_mask = Signal(P)
         m.d.comb += lif_mask.eq(lif.o_s & active_mask(lif_chunk))
+        m.d.comb += [state.lif_valid.eq(lif.o_valid), state.lif_token.eq(r_base_ch + lif_chunk),
+                     state.lif_step.eq(t_base_ch + lif_chunk), state.v.eq(lif.o_v),
+                     state.h.eq(lif.o_h), state.s.eq(lif_mask)]
         with m.If(lif.o_valid):
             m.d.comb += [
-                v_wr.en.eq(1), v_wr.addr.eq(r_base_ch + lif_chunk), v_wr.data.eq(lif.o_v),
-                h_wr.en.eq(1), h_wr.addr.eq(t_base_ch + lif_chunk), h_wr.data.eq(lif.o_h),
-                s_wr.en.eq(1), s_wr.addr.eq(t_base_ch + lif_chunk), s_wr.data.eq(lif_mask),
                 p.serializer.i.valid.eq(lif_mask.any()),
                 p.serializer.i.payload.mask.eq(lif_mask),
                 p.serializer.i.payload.chunk.eq(lif_chunk),
@@ -209,14 +297,15 @@ class CoreDatapath(wiring.Component):
         bp_g, bp_chunk, bp_valid = Signal(16 * P), Signal(range(CH)), Signal()
         m.d.sync += [bp_valid.eq(bp_take), bp_g.eq(p.bp_i.payload.value), bp_chunk.eq(seq.rc)]
         last_step = seq.bt + s.tokens >= s.timesteps   # no carry from a later timestep
-        m.d.comb += [bptt.i_valid.eq(bp_valid), bptt.i_g.eq(bp_g), bptt.i_h.eq(h_rd.data),
-                     bptt.i_s.eq(s_rd.data), bptt.i_eps.eq(Mux(last_step, 0, e_rd.data)),
+        m.d.comb += [bptt.i_valid.eq(bp_valid), bptt.i_g.eq(bp_g), bptt.i_h.eq(state.h_data),
+                     bptt.i_s.eq(state.s_data), bptt.i_eps.eq(Mux(last_step, 0, state.e_data)),
                      bptt.i_tag.eq(bp_chunk)]
         bptt_chunk = bptt.o_tag[:cb]
         nz = Cat(*((lane(bptt.o_dx, k)[:15] != 0) for k in range(P)))
+        m.d.comb += [state.eps_valid.eq(bptt.o_valid),
+                     state.eps_addr.eq(r_base_ch + bptt_chunk), state.eps.eq(bptt.o_eps)]
         with m.If(bptt.o_valid):
             m.d.comb += [
-                e_wr.en.eq(1), e_wr.addr.eq(r_base_ch + bptt_chunk), e_wr.data.eq(bptt.o_eps),
                 d_wr.en.eq(1), d_wr.addr.eq(bptt_chunk), d_wr.data.eq(bptt.o_dx),
                 nz_wr.en.eq(1), nz_wr.addr.eq(bptt_chunk),
                 nz_wr.data.eq(nz & active_mask(bptt_chunk)),
@@ -232,19 +321,15 @@ class CoreDatapath(wiring.Component):
                      p.scanner.nz_data.eq(nz_rd.data), p.scanner.d_data.eq(d_rd_wt.data)]
 
         # ---- WG, the input errors out, the update ----
-        m.d.comb += [cnt_rd.addr.eq(seq.t), log_rd.addr.eq(t_base_f + p.wg.entry),
-                     p.wg.count_data.eq(cnt_rd.data), p.wg.log_data.eq(log_rd.data),
-                     d_rd_wg.addr.eq(p.wg.slot), d_rd_wg.en.eq(1), p.out.data.eq(a_rd.data)]
+        m.d.comb += [d_rd_wg.addr.eq(p.wg.slot), d_rd_wg.en.eq(1), p.out.data.eq(a_rd.data)]
         wg_add.issue(m, p.wg.valid_d, ws.g_data, d_rd_wg.data)
         update = _phase(phase, Phase.UPDATE, Phase.DRAIN_IDLE)
-        up_issue = p.walker.issue & (phase == Phase.UPDATE)
-        up_valid_d = delay(m, up_issue, 1, "up_valid")
+        up_valid_d = p.walker.issue_d
         up_w_d = delay(m, ws.w_data, lm, "up_w")
         up_mul_valid = delay(m, up_valid_d, lm, "up_mulv")
         m.d.comb += [ws.wg_valid.eq(wg_add.o_valid), ws.wg_value.eq(wg_add.o_result),
                      ws.up_valid.eq(acc_add.o_valid & update), ws.up_value.eq(acc_add.o_result),
-                     ws.up_row.eq(delay(m, p.walker.row, 1 + lm + la, "up_row")),
-                     ws.up_chunk.eq(delay(m, p.walker.chunk, 1 + lm + la, "up_chunk")),
+                     ws.up_row.eq(p.walker.row_d), ws.up_chunk.eq(p.walker.chunk_d),
                      ws.wdata.eq(p.wdata), p.bus.w_data.eq(ws.w_data),
                      p.bus.g_data.eq(ws.g_data), self.bump.eq(ws.bump)]
 
@@ -275,25 +360,16 @@ class CoreDatapath(wiring.Component):
             m.d.comb += [i_wr.en.eq(1), i_wr.addr.eq(acc_chunk_d), i_wr.data.eq(acc_add.o_result)]
         with m.Elif(sc_sum & sc_fp):
             m.d.comb += [i_wr.en.eq(1), i_wr.addr.eq(link.j_out), i_wr.data.eq(acc_add.o_result)]
-        m.d.comb += [v_rd.en.eq(1), v_rd.addr.eq(r_base_ch + seq.lif_chunk)]
+        m.d.comb += state.v_addr.eq(r_base_ch + seq.lif_chunk)
 
-        with m.If(p.columns.a_read):
-            m.d.comb += [a_rd.en.eq(1), a_rd.addr.eq(p.columns.a_addr)]
-        with m.Elif(seq.out_issue):
-            m.d.comb += [a_rd.en.eq(1), a_rd.addr.eq(seq.out_j),
-                         a_wr.en.eq(1), a_wr.addr.eq(seq.out_j), a_wr.data.eq(0)]
-        with m.If(acc_add.o_valid & _phase(phase, Phase.BP_WT, Phase.BP_OUT)):
-            m.d.comb += [a_wr.en.eq(1), a_wr.addr.eq(p.columns.a_write_addr),
-                         a_wr.data.eq(acc_add.o_result)]
-        with m.If(seq.psum_take):
-            m.d.comb += [a_wr.en.eq(1), a_wr.addr.eq(seq.pj), a_wr.data.eq(p.psum_i.payload.value)]
+        m.d.comb += [
+            sums.read.eq(p.columns.a_read), sums.read_addr.eq(p.columns.a_addr),
+            sums.send.eq(seq.out_issue), sums.send_addr.eq(seq.out_j),
+            sums.sum_valid.eq(acc_add.o_valid & _phase(phase, Phase.BP_WT, Phase.BP_OUT)),
+            sums.sum_addr.eq(p.columns.a_write_addr), sums.sum.eq(acc_add.o_result)]
 
-        with m.If(p.bus.state_req.en):
-            m.d.comb += [h_rd.en.eq(1), h_rd.addr.eq(p.bus.state_req.addr),
-                         s_rd.en.eq(1), s_rd.addr.eq(p.bus.state_req.addr)]
-        with m.Elif(bp_take):
-            m.d.comb += [h_rd.en.eq(1), h_rd.addr.eq(t_base_ch + seq.rc),
-                         s_rd.en.eq(1), s_rd.addr.eq(t_base_ch + seq.rc),
-                         e_rd.en.eq(1), e_rd.addr.eq(r_base_ch + seq.rc)]
-        m.d.comb += [p.bus.h_data.eq(h_rd.data), p.bus.s_data.eq(s_rd.data)]
+        m.d.comb += [state.bus_read.eq(p.bus.state_req.en),
+                     state.bus_addr.eq(p.bus.state_req.addr), state.bp_read.eq(bp_take),
+                     state.bp_step.eq(t_base_ch + seq.rc), state.bp_token.eq(r_base_ch + seq.rc),
+                     p.bus.h_data.eq(state.h_data), p.bus.s_data.eq(state.s_data)]
         return m

@@ -9,15 +9,16 @@ latencies of the adders (``la``) and multipliers (``lm``).
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.regmap import ErrorFlag
 
 from .lanes import delay, lowest_set
 
-__all__ = ["BeatSender", "ColumnIssuer", "EventIssuer", "GradientSequencer", "NonzeroScanner",
-           "RowWalker", "ShortcutLink", "SpikeSerializer", "error_layout", "event_layout"]
+__all__ = ["BeatSender", "ColumnIssuer", "EventIssuer", "EventLog", "GradientSequencer",
+           "NonzeroScanner", "RowWalker", "ShortcutLink", "SpikeSerializer", "error_layout",
+           "event_layout"]
 
 
 def event_layout(count: int) -> data.StructLayout:
@@ -108,12 +109,43 @@ class EventIssuer(wiring.Component):
         return m
 
 
+class EventLog(wiring.Component):
+    """The input spikes of every step, for WG: entry ``index`` of step ``t`` is input ``value``
+    (``write``), and ``close`` records the step's ``index`` entries. Reading, ``count`` is the
+    number of entries of step ``t`` and ``input`` entry ``entry``'s, a cycle after they are
+    given."""
+
+    def __init__(self, *, fan_in: int, timesteps: int):
+        self._F, self._T = fan_in, timesteps
+        super().__init__({
+            "t": In(range(timesteps + 1)), "write": In(1), "index": In(range(fan_in + 1)),
+            "value": In(range(fan_in)), "close": In(1), "entry": In(range(fan_in + 1)),
+            "count": Out(range(fan_in + 1)), "input": Out(range(fan_in)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        F, T = self._F, self._T
+        m.submodules.log = log = memory.Memory(shape=range(F), depth=T * F, init=[])
+        m.submodules.counts = counts = memory.Memory(shape=range(F + 1), depth=T, init=[])
+        log_rd, log_wr = log.read_port(), log.write_port()
+        cnt_rd, cnt_wr = counts.read_port(), counts.write_port()
+        m.d.comb += [log_wr.en.eq(self.write), log_wr.addr.eq(self.t * F + self.index),
+                     log_wr.data.eq(self.value),
+                     cnt_wr.en.eq(self.close), cnt_wr.addr.eq(self.t), cnt_wr.data.eq(self.index),
+                     cnt_rd.addr.eq(self.t), log_rd.addr.eq(self.t * F + self.entry),
+                     self.count.eq(cnt_rd.data), self.input.eq(log_rd.data)]
+        return m
+
+
 class SpikeSerializer(wiring.Component):
     """The LIF pass's spike masks out as spike events, one a cycle, lowest neuron first.
 
     ``i`` takes a chunk's mask of fired neurons (only non-empty ones) into a FIFO of ``depth``;
-    while ``enable`` is set, ``o`` gives their events (``spike = 1``, ``last = 0``). ``busy``: an
-    event is waiting; ``stalled``: it waits for ``o.ready``.
+    while ``enable`` is set, ``o`` gives their events (``spike = 1``, ``last = 0``).
+    ``stalled``: an event waits for ``o.ready``. The LIF pass issues a chunk (``lif_issue``) only
+    with ``room`` for its mask, counting the chunks in its pipeline until they come out
+    (``lif_out``); ``empty``: none in the pipeline, in the FIFO or waiting.
     """
 
     def __init__(self, *, neurons: int, lanes: int, depth: int):
@@ -122,7 +154,8 @@ class SpikeSerializer(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"mask": lanes, "chunk": chunk}))),
             "o": Out(stream.Signature(event_layout(neurons))),
-            "enable": In(1), "level": Out(range(depth + 1)), "busy": Out(1), "stalled": Out(1),
+            "enable": In(1), "stalled": Out(1),
+            "lif_issue": In(1), "lif_out": In(1), "room": Out(1), "empty": Out(1),
         })
 
     def elaborate(self, platform):
@@ -134,8 +167,12 @@ class SpikeSerializer(wiring.Component):
         mask, chunk = Signal(P), Signal.like(self.i.payload.chunk)
         lowest = lowest_set(m, mask, "lowest")
         rest = Signal(P)
-        valid, fire = self.busy, self.o.valid & self.o.ready
-        m.d.comb += [rest.eq(mask & (mask - 1)), self.level.eq(q.level),
+        valid, fire = Signal(), self.o.valid & self.o.ready
+        inflight = Signal(range(self._depth + 2))
+        m.d.sync += inflight.eq(inflight + self.lif_issue - self.lif_out)
+        m.d.comb += [self.room.eq(q.level + inflight < self._depth),
+                     self.empty.eq((inflight == 0) & (q.level == 0) & ~valid)]
+        m.d.comb += [rest.eq(mask & (mask - 1)),
                      self.o.valid.eq(valid & self.enable),
                      self.o.payload.index.eq(chunk * P + lowest), self.o.payload.spike.eq(1),
                      self.stalled.eq(valid & self.enable & ~self.o.ready)]
@@ -414,10 +451,13 @@ class GradientSequencer(wiring.Component):
 class RowWalker(wiring.Component):
     """Every lane vector of a ``rows × chunks`` memory, one a cycle (the update and the clear of
     the gradients): while ``enable``, ``issue`` chunk ``chunk`` of row ``row`` until ``done``.
-    ``start`` goes back to the first."""
+    ``start`` goes back to the first. ``issue_d`` is ``issue`` a cycle later, ``row_d`` and
+    ``chunk_d`` the chunk issued ``latency`` cycles before."""
 
-    def __init__(self, *, rows: int, chunks: int):
+    def __init__(self, *, rows: int, chunks: int, latency: int):
+        self._latency = latency
         super().__init__({
+            "issue_d": Out(1), "row_d": Out(range(rows + 1)), "chunk_d": Out(range(chunks + 1)),
             "start": In(1), "enable": In(1),
             "rows": In(range(rows + 1)), "chunks": In(range(chunks + 1)),
             "issue": Out(1), "done": Out(1),
@@ -434,4 +474,7 @@ class RowWalker(wiring.Component):
             m.d.sync += chunk.eq(chunk + 1)
             with m.If(chunk + 1 == self.chunks):
                 m.d.sync += [chunk.eq(0), row.eq(row + 1)]
+        m.d.comb += [self.issue_d.eq(delay(m, self.issue, 1, "up_valid")),
+                     self.row_d.eq(delay(m, row, self._latency, "up_row")),
+                     self.chunk_d.eq(delay(m, chunk, self._latency, "up_chunk"))]
         return m
