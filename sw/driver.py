@@ -44,14 +44,18 @@ from .regmap import Region, address
 from .session import (
     LINK_COUNTERS,
     STATUS_MEANING,
+    Action,
     BoardError,
     BoardTimeout,
     Commands,
     Done,
+    Failed,
     LinkError,
+    Request,
     Send,
     Session,
     Steps,
+    advance,
 )
 
 __all__ = [
@@ -332,27 +336,20 @@ class Board(Commands):
         return f"Board({self.url!r})"
 
     def _run(self, steps: Steps):
-        try:
-            request = next(steps)
-            while True:
-                try:
-                    payload = self._exchange(self._session.start(request))
-                except Exception as error:
-                    request = steps.throw(error)
-                else:
-                    request = steps.send(payload)
-        except StopIteration as stop:
-            return stop.value
+        step = advance(steps)
+        while isinstance(step, Request):
+            step = advance(steps, self._exchange(self._session.start(step)))
+        return step.payload
 
-    def _exchange(self, action) -> tuple:
-        while not isinstance(action, Done):
+    def _exchange(self, action: Action) -> Done | Failed:
+        while not isinstance(action, Done | Failed):
             if isinstance(action, Send):
                 self.transport.write(action.frame)
                 action = self._session.sent(time.monotonic())
             else:
                 data = self.transport.read(action.timeout)
                 action = self._session.received(data, time.monotonic())
-        return action.payload
+        return action
 
 
 def link_throughput(board: Board, *, core: int = 0, seconds: float = 1.0) -> dict:

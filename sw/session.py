@@ -18,16 +18,16 @@ Two layers serve every runner of the driver alike:
 (seconds of a monotonic clock); :class:`spikeforge.simlink.SimBoard` runs them in Amaranth's
 simulator, where its methods are awaited and time is counted in clock cycles.
 
-A runner's loop around a session, in full::
+A runner's exchange of one request with a session, in full::
 
     action = session.start(request)
-    while not isinstance(action, Done):
+    while not isinstance(action, Done | Failed):
         if isinstance(action, Send):
             link.write(action.frame)
             action = session.sent(now())
         else:
             action = session.received(link.read(action.timeout), now())
-    return action.payload
+    return action
 """
 
 import contextlib
@@ -55,7 +55,8 @@ from .regmap import COUNTERS, Command, Reg, Region, address
 
 __all__ = [
     "LINK_COUNTERS", "STATUS_MEANING", "Action", "BoardError", "BoardTimeout", "Commands",
-    "Done", "LinkError", "Receive", "Request", "Send", "Session", "Steps", "operation",
+    "Done", "Failed", "LinkError", "Receive", "Request", "Send", "Session", "Steps", "advance",
+    "operation",
 ]
 
 LINK_COUNTERS = ("rx_bytes", "tx_bytes", "frames", "bad_frames", "active_cycles", "qk_cycles")
@@ -124,12 +125,20 @@ class Receive(NamedTuple):
 
 
 class Done(NamedTuple):
-    """The command succeeded; ``payload`` is its reply's."""
+    """The command succeeded; ``payload`` is its reply's. (From :func:`advance`: the method
+    returned ``payload``.)"""
 
-    payload: tuple
+    payload: Any
 
 
-Action = Send | Receive | Done
+class Failed(NamedTuple):
+    """The command failed: ``error`` is the :class:`BoardError` or :class:`BoardTimeout` to
+    raise where it was requested."""
+
+    error: SpikeforgeError
+
+
+Action = Send | Receive | Done | Failed
 
 
 class Session:
@@ -158,10 +167,11 @@ class Session:
     frames, resends : int
         Commands started and frames resent.
 
-    :meth:`start` begins a command and every call after returns the next :data:`Action` or
-    raises: :class:`BoardError` for an error status (at once, or after the retries of
-    :attr:`~spikeforge.protocol.Status.BAD_CRC`), :class:`BoardTimeout` if no valid reply came.
-    Replies numbered otherwise than the command (stale, duplicated) are ignored.
+    :meth:`start` begins a command and every call after returns the next :data:`Action`, until
+    :class:`Done` or :class:`Failed`: with a :class:`BoardError` for an error status (at once,
+    or after the retries of :attr:`~spikeforge.protocol.Status.BAD_CRC`), with a
+    :class:`BoardTimeout` if no valid reply came. Replies numbered otherwise than the command
+    (stale, duplicated) are ignored.
     """
 
     def __init__(self, *, url: str, timeout: float, retries: int, seq: int, settle: float,
@@ -213,7 +223,7 @@ class Session:
                     self._request = None
                     return Done(reply.payload)
                 if reply.status != Status.BAD_CRC:
-                    raise self._failure()
+                    return self._failure()
                 return self._resend()
         if data and self._decoder.dropped != self._dropped:
             self._end = min(self._deadline, now + self.settle)
@@ -222,25 +232,27 @@ class Session:
             return self._resend()
         return Receive(remaining)
 
-    def _resend(self) -> Send:
+    def _resend(self) -> Send | Failed:
         if self._attempt == self.retries:
-            raise self._failure()
+            return self._failure()
         self._attempt += 1
         self.resends += 1
         return Send(self._frame)
 
-    def _failure(self) -> SpikeforgeError:
+    def _failure(self) -> Failed:
         opcode, core, address_, payload = self._request
         self._request = None
         where = {SOC: "the SoC", 0xFF: "every core"}.get(core, f"core {core}")
         what = f"{opcode.name} of {len(payload)} words to {where} at address {address_:#x}"
         if self._status is None:
-            return BoardTimeout(f"the board at {self.url} did not answer the {what} "
-                                f"({self.retries + 1} tries, {self.timeout:g} {self.unit} "
-                                f"each); is it running and connected?")
-        return BoardError(f"the board at {self.url} refused the {what}: {self._status.name}: "
-                          f"{STATUS_MEANING.get(self._status, 'unknown status')}",
-                          status=self._status, opcode=opcode, core=core, address=address_)
+            return Failed(BoardTimeout(f"the board at {self.url} did not answer the {what} "
+                                       f"({self.retries + 1} tries, {self.timeout:g} "
+                                       f"{self.unit} each); is it running and connected?"))
+        return Failed(BoardError(f"the board at {self.url} refused the {what}: "
+                                 f"{self._status.name}: "
+                                 f"{STATUS_MEANING.get(self._status, 'unknown status')}",
+                                 status=self._status, opcode=opcode, core=core,
+                                 address=address_))
 
 
 T = TypeVar("T")
@@ -249,13 +261,31 @@ Steps = Generator[Request, tuple, T]
 method's result."""
 
 
+def advance(steps: Steps, outcome: Done | Failed | None = None) -> "Request | Done":
+    """Resume a command-level method's ``steps`` with the ``outcome`` of its last request (its
+    payload sent in, its error thrown in; nothing to start them): the next :class:`Request`, or
+    :class:`Done` with the method's result. What the method raises propagates."""
+    try:
+        if isinstance(outcome, Failed):
+            return steps.throw(outcome.error)
+        return steps.send(None if outcome is None else outcome.payload)
+    except StopIteration as stop:
+        return Done(stop.value)
+
+
 class operation:
     """A command-level method of :class:`Commands`, written once as a generator of
     :class:`Request` s.
 
     Called on an instance, it hands the generator to the instance's ``_run``, so that it returns
     the result on a synchronous runner and an awaitable on an asynchronous one. Another
-    operation's body calls it through ``yield from self.name.steps(...)``.
+    operation's body calls it through ``yield from self.name.steps(...)``. A runner's ``_run``
+    is, but for I/O::
+
+        step = advance(steps)
+        while isinstance(step, Request):
+            step = advance(steps, exchange(session.start(step)))    # Done or Failed
+        return step.payload
     """
 
     def __init__(self, steps: Callable[..., Steps]):
