@@ -10,9 +10,9 @@ Two layers serve every runner of the driver alike:
   :data:`Action`.
 * :class:`Commands` holds the command-level methods (:meth:`~Commands.read`,
   :meth:`~Commands.write`, :meth:`~Commands.spikes_in`, ...), each written once as a generator
-  of :class:`Request` s (an :class:`operation`). A runner subclasses it and supplies ``_run``,
-  which sends each request through the session and its link, and sends the reply's payload back
-  into the generator (or throws the error in).
+  of requests (:class:`Request`, an :class:`operation`). A runner subclasses it and supplies
+  ``_run``, which sends each request through the session and its link, and sends the reply's
+  payload back into the generator (or throws the error in).
 
 :class:`spikeforge.driver.Board` runs them synchronously on a :class:`~spikeforge.driver.Transport`
 (seconds of a monotonic clock); :class:`spikeforge.simlink.SimBoard` runs them in Amaranth's
@@ -30,6 +30,7 @@ A runner's exchange of one request with a session, in full::
     return action
 """
 
+import abc
 import contextlib
 import functools
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -37,6 +38,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from .errors import ConfigError, SpikeforgeError
 from .protocol import (
+    BROADCAST,
     IDENTITY,
     LINK_BITS,
     MAX_WORDS,
@@ -242,7 +244,7 @@ class Session:
     def _failure(self) -> Failed:
         opcode, core, address_, payload = self._request
         self._request = None
-        where = {SOC: "the SoC", 0xFF: "every core"}.get(core, f"core {core}")
+        where = {SOC: "the SoC", BROADCAST: "every core"}.get(core, f"core {core}")
         what = f"{opcode.name} of {len(payload)} words to {where} at address {address_:#x}"
         if self._status is None:
             return Failed(BoardTimeout(f"the board at {self.url} did not answer the {what} "
@@ -261,7 +263,7 @@ Steps = Generator[Request, tuple, T]
 method's result."""
 
 
-def advance(steps: Steps, outcome: Done | Failed | None = None) -> "Request | Done":
+def advance(steps: Steps, outcome: Done | Failed | None = None) -> Request | Done:
     """Resume a command-level method's ``steps`` with the ``outcome`` of its last request (its
     payload sent in, its error thrown in; nothing to start them): the next :class:`Request`, or
     :class:`Done` with the method's result. What the method raises propagates."""
@@ -274,8 +276,8 @@ def advance(steps: Steps, outcome: Done | Failed | None = None) -> "Request | Do
 
 
 class operation:
-    """A command-level method of :class:`Commands`, written once as a generator of
-    :class:`Request` s.
+    """A command-level method of :class:`Commands`, written once as a generator of requests
+    (:class:`Request`).
 
     Called on an instance, it hands the generator to the instance's ``_run``, so that it returns
     the result on a synchronous runner and an awaitable on an asynchronous one. Another
@@ -323,7 +325,7 @@ def _words(values: Iterable, what: str) -> list[int]:
     return words
 
 
-class Commands:
+class Commands(abc.ABC):
     """The command-level methods of a board, for any runner (see the module).
 
     Members
@@ -338,28 +340,16 @@ class Commands:
         self._session = session
         self.identity = identity
 
-    @property
-    def url(self) -> str:
-        return self._session.url
+    url = property(lambda self: self._session.url)
+    timeout = property(lambda self: self._session.timeout)
+    retries = property(lambda self: self._session.retries)
+    frames = property(lambda self: self._session.frames)
+    resends = property(lambda self: self._session.resends)
 
-    @property
-    def timeout(self) -> float:
-        return self._session.timeout
-
-    @property
-    def retries(self) -> int:
-        return self._session.retries
-
-    @property
-    def frames(self) -> int:
-        return self._session.frames
-
-    @property
-    def resends(self) -> int:
-        return self._session.resends
-
+    @abc.abstractmethod
     def _run(self, steps: Steps):
-        raise NotImplementedError
+        """Run ``steps`` to their end, exchanging each request through :attr:`_session`; the
+        method's result (or an awaitable of it)."""
 
     def _expect(self, payload: tuple, count: int, what: str) -> tuple:
         if len(payload) != count:
