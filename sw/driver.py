@@ -277,7 +277,6 @@ def open_transport(url: str, *, baudrate: int | None = None) -> Transport:
     raise _url_error(url, f"has an unknown scheme {parts.scheme!r}")
 
 
-
 class Board(Commands):
     """A spikeforge device behind a :class:`Transport`: the methods of
     :class:`~spikeforge.session.Commands`, each returning its result.
