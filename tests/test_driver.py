@@ -251,3 +251,27 @@ def test_a_route_to_a_missing_core_is_refused(device, core, link, message):
     board.set_link(1, p.Link.BP_TO_PREV | p.Link.SPLIT)
     assert device.executed == executed + 1
     assert board.link(1) == p.Link.BP_TO_PREV | p.Link.SPLIT
+
+
+def test_the_board_and_the_simulator_run_the_same_command_methods():
+    from spikeforge.session import Commands
+    from spikeforge.simlink import SimBoard
+
+    for name in ("command", "sync", "read", "write", "spikes_in", "spikes_out", "errors_in",
+                 "errors_out", "reg", "set_reg", "counters", "set_link", "set_qk_unit"):
+        assert getattr(Board, name) is getattr(SimBoard, name) is getattr(Commands, name)
+
+
+def test_a_late_duplicate_reply_is_not_taken_for_the_next_command():
+    dev = PtyDevice(drop_first_reply_of={12})
+    try:
+        board = Board(SerialTransport(dev.path), timeout=0.3, seq=10)
+        board.sync()
+        board.write(0, address(Region.WEIGHT, 0), [3, 4])
+        dev.drop.add(13)
+        board.transport.write(p.encode_command(12, Opcode.READ, 0, 0, [1]))     # a stale copy
+        assert board.read(0, address(Region.WEIGHT, 0), 2) == [3, 4]
+        assert board.resends == 2
+        board.close()
+    finally:
+        dev.close()

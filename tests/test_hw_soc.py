@@ -1,6 +1,4 @@
 # SPDX-License-Identifier: Apache-2.0
-import random
-
 import pytest
 import torch
 from amaranth.sim import Simulator
@@ -15,6 +13,8 @@ from spikeforge.hw.hostlink import FrameReceiver, HostLink
 from spikeforge.hw.soc import SoC
 from spikeforge.protocol import Opcode, SocReg, Status
 from spikeforge.regmap import Command, Counter, Reg, Region, address, weight_offset
+from spikeforge.session import BoardError
+from spikeforge.simlink import SimBoard
 from spikeforge.testing import LayerCase
 
 CONFIG = AcceleratorConfig(cores=2, neurons=8, fan_in=8, lanes=4, timesteps=3)
@@ -24,58 +24,22 @@ def w_addr(region: Region, n: int, i: int) -> int:
     return address(region, weight_offset(n, i, fan_in=CONFIG.fan_in))
 
 
-class Host:
-    """Frames to the simulated SoC, one at a time, and their replies."""
+async def refused(status: Status, command):
+    """The awaitable ``command`` fails with a :class:`BoardError` of ``status``."""
+    with pytest.raises(BoardError) as info:
+        await command
+    assert info.value.status == status, f"{info.value}; expected {status!r}"
 
-    def __init__(self, ctx, dut, seed=0):
-        self.ctx, self.dut = ctx, dut
-        self.decoder = p.ReplyDecoder()
-        self.seq = 0
-        self.rng = random.Random(seed)
 
-    async def send(self, data: bytes, cycles: int = 20000, expect_reply: bool = True):
-        ctx, dut = self.ctx, self.dut
-        ctx.set(dut.tx.ready, 1)
-        pos = 0
-        for _ in range(cycles):
-            idle = self.rng.random() < 0.2
-            ctx.set(dut.rx.valid, pos < len(data) and not idle)
-            if pos < len(data):
-                ctx.set(dut.rx.payload, data[pos])
-            _, _, ready, valid, byte = await ctx.tick().sample(dut.rx.ready, dut.tx.valid,
-                                                               dut.tx.payload)
-            if pos < len(data) and ready and not idle:
-                pos += 1
-            replies = self.decoder.feed(bytes([byte])) if valid else []
-            if replies:
-                assert pos == len(data)
-                return replies[0]
-            if pos == len(data) and not expect_reply:
-                ctx.set(dut.rx.valid, 0)
-                return None
-        raise AssertionError("no reply")
+async def _weights(board, core, region=Region.WEIGHT, n=8, f=8):
+    return [await board.read(core, w_addr(region, i, 0), f) for i in range(n)]
 
-    async def command(self, opcode, core=0, addr=0, payload=(), status=Status.OK):
-        self.seq = (self.seq + 1) % 256
-        reply = await self.send(p.encode_command(self.seq, opcode, core, addr, payload))
-        assert reply.seq == self.seq
-        assert reply.status == status, f"{opcode!r}: {reply.status!r}, expected {status!r}"
-        return list(reply.payload)
 
-    async def read(self, core, addr, count=1):
-        return await self.command(Opcode.READ, core, addr, [count])
-
-    async def write(self, core, addr, words, status=Status.OK):
-        return await self.command(Opcode.WRITE, core, addr, list(words), status)
-
-    async def weights(self, core, region=Region.WEIGHT, n=8, f=8):
-        return [await self.read(core, w_addr(region, i, 0), f) for i in range(n)]
-
-    async def wait(self, core, flag):
-        for _ in range(2000):
-            if (await self.read(core, address(Region.REG, Reg.STATUS)))[0] & flag:
-                return
-        raise AssertionError(f"core {core} never reached {flag!r}")
+async def _wait(board, core, flag):
+    for _ in range(2000):
+        if await board.reg(core, Reg.STATUS) & flag:
+            return
+    raise AssertionError(f"core {core} never reached {flag!r}")
 
 
 def run(body, config=CONFIG, timeout=2000):
@@ -84,95 +48,90 @@ def run(body, config=CONFIG, timeout=2000):
     sim.add_clock(1e-8)
 
     async def bench(ctx):
-        await body(Host(ctx, dut), dut)
+        await body(SimBoard(ctx, dut.rx, dut.tx, seq=1, idle=0.2, identity=config.identity()))
 
     sim.add_testbench(bench)
     sim.run()
 
 
 def test_identify_and_registers():
-    async def body(host, dut):
-        words = await host.command(Opcode.IDENTIFY)
+    async def body(board):
+        words = await board.command(Opcode.IDENTIFY, 0)
         assert dict(zip(p.IDENTITY, words, strict=True)) == {
             "version": p.VERSION, "cores": 2, "lanes": 4, "neurons": 8, "fan_in": 8,
             "timesteps": 3, "reset": 0, "detach_reset": 1, "surrogate": 0,
             "out_fifo": 3 * 9, "max_words": 512, "qk_units": 0, "qk_tokens": 0}
-        await host.write(1, w_addr(Region.WEIGHT, 1, 2), [0x3C00, 0x4000])
-        assert await host.read(1, w_addr(Region.WEIGHT, 1, 1), 4) == [0, 0x3C00,
+        await board.write(1, w_addr(Region.WEIGHT, 1, 2), [0x3C00, 0x4000])
+        assert await board.read(1, w_addr(Region.WEIGHT, 1, 1), 4) == [0, 0x3C00,
                                                                                0x4000, 0]
-        assert await host.read(0, w_addr(Region.WEIGHT, 1, 2), 1) == [0]
-        await host.write(p.BROADCAST, address(Region.REG, Reg.V_TH), [0x3800])
+        assert await board.read(0, w_addr(Region.WEIGHT, 1, 2), 1) == [0]
+        await board.set_reg(p.BROADCAST, Reg.V_TH, 0x3800)
         for core in (0, 1):
-            assert await host.read(core, address(Region.REG, Reg.V_TH)) == [0x3800]
-        await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
-        assert await host.read(p.SOC, SocReg.LINK, 2) == [1, 2]
-        counters = await host.read(p.SOC, SocReg.RX_BYTES, 12)
+            assert await board.reg(core, Reg.V_TH) == 0x3800
+        await board.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
+        assert await board.read(p.SOC, SocReg.LINK, 2) == [1, 2]
+        counters = await board.read(p.SOC, SocReg.RX_BYTES, 12)
         assert counters[0] > 0 and counters[2] > 0 and counters[4] == 9 and counters[6] == 0
         assert counters[8:] == [0, 0, 0, 0]    # no core has run, and there is no Q-K unit
-        await host.command(Opcode.READ, p.SOC, SocReg.RX_BYTES, [13], status=Status.BAD_ADDRESS)
+        await refused(Status.BAD_ADDRESS, board.read(p.SOC, SocReg.RX_BYTES, 13))
 
     run(body)
 
 
 def test_bad_frames_change_nothing():
-    async def body(host, dut):
+    async def body(board):
         w = address(Region.WEIGHT, 0)
-        await host.write(0, w, [0x1111, 0x2222])
+        await board.write(0, w, [0x1111, 0x2222])
         bad = bytearray(p.encode_command(99, Opcode.WRITE, 0, w, [0x5555]))
         bad[-3] ^= 0x40
-        assert (await host.send(bytes(bad))).status == Status.BAD_CRC
-        assert (await host.send(p.encode_command(98, 0x7F, 0, w))).status == Status.BAD_OPCODE
-        await host.command(Opcode.READ, 2, w, [1], status=Status.BAD_CORE)
-        await host.command(Opcode.READ, p.BROADCAST, w, [1], status=Status.BAD_CORE)
-        await host.command(Opcode.SPIKES_IN, 7, 0, [1], status=Status.BAD_CORE)
-        await host.command(Opcode.READ, 0, w, [0], status=Status.BAD_LENGTH)
-        await host.command(Opcode.READ, 0, w, [513], status=Status.BAD_LENGTH)
-        await host.command(Opcode.READ, 0, w, [1, 1], status=Status.BAD_LENGTH)
-        await host.command(Opcode.READ, 0, w_addr(Region.WEIGHT, 8, 0), [1],
-                           status=Status.BAD_ADDRESS)
+        assert (await board.send(bytes(bad))).status == Status.BAD_CRC
+        assert (await board.send(p.encode_command(98, 0x7F, 0, w))).status == Status.BAD_OPCODE
+        await refused(Status.BAD_CORE, board.read(2, w, 1))
+        await refused(Status.BAD_CORE, board.read(p.BROADCAST, w, 1))
+        await refused(Status.BAD_CORE, board.spikes_in(7, [1]))
+        await refused(Status.BAD_LENGTH, board.command(Opcode.READ, 0, w, [0]))
+        await refused(Status.BAD_LENGTH, board.command(Opcode.READ, 0, w, [513]))
+        await refused(Status.BAD_LENGTH, board.command(Opcode.READ, 0, w, [1, 1]))
+        await refused(Status.BAD_ADDRESS, board.read(0, w_addr(Region.WEIGHT, 8, 0), 1))
         # The last word is past the last neuron: nothing is written.
-        await host.write(0, w_addr(Region.WEIGHT, 7, 6), [0x3333, 0x3333, 0x3333],
-                         status=Status.BAD_ADDRESS)
-        await host.write(p.BROADCAST, address(Region.REG, Reg.NEURONS), [9],
-                         status=Status.BAD_ADDRESS)
-        await host.write(0, address(Region.GRAD, 0), [1], status=Status.BAD_ADDRESS)
-        await host.write(p.SOC, SocReg.RX_BYTES, [0], status=Status.BAD_ADDRESS)
-        await host.write(p.SOC, SocReg.LINK, [8], status=Status.BAD_ADDRESS)
-        await host.command(Opcode.SPIKES_IN, 0, 0, [p.event_word(2), p.event_word(8)],
-                           status=Status.BAD_ADDRESS)
-        await host.command(Opcode.ERRORS_IN, 0, 0, [0] * 8, status=Status.BAD_ADDRESS)
-        await host.command(Opcode.ERRORS_IN, 0, 2, [0] * 4, status=Status.BAD_LENGTH)
-        await host.command(Opcode.ERRORS_IN, 0, 1, [0] * 6, status=Status.BAD_LENGTH)
+        await refused(Status.BAD_ADDRESS, board.write(0, w_addr(Region.WEIGHT, 7, 6), [0x3333] * 3))
+        await refused(Status.BAD_ADDRESS, board.set_reg(p.BROADCAST, Reg.NEURONS, 9))
+        await refused(Status.BAD_ADDRESS, board.write(0, address(Region.GRAD, 0), [1]))
+        await refused(Status.BAD_ADDRESS, board.write(p.SOC, SocReg.RX_BYTES, [0]))
+        await refused(Status.BAD_ADDRESS, board.write(p.SOC, SocReg.LINK, [8]))
+        await refused(Status.BAD_ADDRESS, board.spikes_in(0, [p.event_word(2), p.event_word(8)]))
+        await refused(Status.BAD_ADDRESS, board.command(Opcode.ERRORS_IN, 0, 0, [0] * 8))
+        await refused(Status.BAD_LENGTH, board.command(Opcode.ERRORS_IN, 0, 2, [0] * 4))
+        await refused(Status.BAD_LENGTH, board.command(Opcode.ERRORS_IN, 0, 1, [0] * 6))
         # Oversize and odd lengths are refused as soon as the header is in.
         header = bytes([p.COMMAND_SYNC, 50, Opcode.WRITE, 0, 0, 0, 0, 0x10])
         for length in (p.MAX_PAYLOAD + 2, 3):
-            reply = await host.send(header + length.to_bytes(2, "little"))
+            reply = await board.send(header + length.to_bytes(2, "little"))
             assert reply.status == Status.BAD_LENGTH
         # Garbage, then a truncated frame that times out, then a good frame.
-        await host.send(bytes([0x00, 0x5A, 0xFF, 0x13]), expect_reply=False)
-        await host.send(p.encode_command(60, Opcode.WRITE, 0, w, [0x7777])[:9],
-                        expect_reply=False)
-        for _ in range(2100):
-            await host.ctx.tick()
-        assert await host.read(0, w, 2) == [0x1111, 0x2222]
-        assert await host.read(0, w_addr(Region.WEIGHT, 7, 6), 2) == [0, 0]
-        assert await host.read(0, address(Region.REG, Reg.NEURONS)) == [8]
-        assert await host.read(p.SOC, SocReg.LINK, 2) == [0, 0]
+        await board.send(bytes([0x00, 0x5A, 0xFF, 0x13]), reply=False)
+        await board.send(p.encode_command(60, Opcode.WRITE, 0, w, [0x7777])[:9], reply=False)
+        await board.pause(2100)
+        assert await board.read(0, w, 2) == [0x1111, 0x2222]
+        assert await board.read(0, w_addr(Region.WEIGHT, 7, 6), 2) == [0, 0]
+        assert await board.reg(0, Reg.NEURONS) == 8
+        assert await board.read(p.SOC, SocReg.LINK, 2) == [0, 0]
 
     run(body)
 
 
 def test_repeated_sequence_number_is_answered_not_executed():
-    async def body(host, dut):
+    async def body(board):
         w = address(Region.WEIGHT, 3)
         first = p.encode_command(40, Opcode.WRITE, 0, w, [0x1234])
-        assert (await host.send(first)).status == Status.OK
-        frames = (await host.read(p.SOC, SocReg.FRAMES))[0]
-        again = p.encode_command(host.seq, Opcode.WRITE, 0, w, [0x4321])
-        reply = await host.send(again)
-        assert reply.seq == host.seq and reply.status == Status.OK and len(reply.payload) == 1
-        assert (await host.read(p.SOC, SocReg.FRAMES))[0] == frames + 1
-        assert await host.read(0, w) == [0x1234]
+        assert (await board.send(first)).status == Status.OK
+        seq = board.seq
+        frames = (await board.read(p.SOC, SocReg.FRAMES, 1))[0]
+        again = p.encode_command(seq, Opcode.WRITE, 0, w, [0x4321])
+        reply = await board.send(again)
+        assert reply.seq == seq and reply.status == Status.OK and len(reply.payload) == 1
+        assert (await board.read(p.SOC, SocReg.FRAMES, 1))[0] == frames + 1
+        assert await board.read(0, w, 1) == [0x1234]
 
     run(body)
 
@@ -204,58 +163,57 @@ def _decode_events(words, timesteps):
     return events
 
 
-async def _configure(host, core, case: LayerCase, bp_input_error: int):
+async def _configure(board, core, case: LayerCase, bp_input_error: int):
     for reg, value in case.registers().items():
-        await host.write(core, address(Region.REG, reg), [value])
-    await host.write(core, address(Region.REG, Reg.BP_INPUT_ERROR), [bp_input_error])
+        await board.set_reg(core, reg, value)
+    await board.set_reg(core, Reg.BP_INPUT_ERROR, bp_input_error)
     for n, row in enumerate(fp16.bits(case.weights).tolist()):
-        await host.write(core, w_addr(Region.WEIGHT, n, 0), row)
+        await board.write(core, w_addr(Region.WEIGHT, n, 0), row)
 
 
-async def _collect(host, core, opcode, until):
+async def _collect(fetch, core, until):
     words = []
     for _ in range(2000):
-        words += await host.command(opcode, core, 0, [64])
+        words += await fetch(core, 64)
         if until(words):
             return words
     raise AssertionError(f"core {core} output stopped at {words}")
 
 
-async def _sample_through_two_cores(host, spikes, spikes_out, errors):
+async def _sample_through_two_cores(board, spikes, spikes_out, errors):
     """One sample into core 0, its output spikes out of core 1 (checked), the output errors
     into core 1, until core 0's back-propagation is done."""
     T = spikes_out.shape[0]
-    await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
-    await host.command(Opcode.SPIKES_IN, 0, 0, _events(spikes))
-    words = await _collect(host, 1, Opcode.SPIKES_OUT, lambda w: sum(v >> 15 for v in w) == T)
+    await board.core_command(p.BROADCAST, Command.BEGIN)
+    await board.spikes_in(0, _events(spikes))
+    words = await _collect(board.spikes_out, 1, lambda w: sum(v >> 15 for v in w) == T)
     assert _decode_events(words, T) == [
         [int(i) for i in torch.nonzero(spikes_out[t]).flatten()] for t in range(T)]
-    await host.command(Opcode.ERRORS_IN, 1, 2, _beats(errors, 4))
-    await host.wait(0, 4)
+    await board.errors_in(1, 2, _beats(errors, 4))
+    await _wait(board, 0, 4)
 
 
 def test_one_layer_through_the_link():
     case = LayerCase.random(neurons=7, fan_in=6, timesteps=3, rate=0.5, seed=3)
     T = case.timesteps
 
-    async def body(host, dut):
-        await _configure(host, 1, case, 1)
-        await host.write(1, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
-        await host.command(Opcode.SPIKES_IN, 1, 0, _events(case.spikes_in))
-        words = await _collect(host, 1, Opcode.SPIKES_OUT,
-                               lambda w: sum(x >> 15 for x in w) == T)
+    async def body(board):
+        await _configure(board, 1, case, 1)
+        await board.core_command(1, Command.BEGIN)
+        await board.spikes_in(1, _events(case.spikes_in))
+        words = await _collect(board.spikes_out, 1, lambda w: sum(x >> 15 for x in w) == T)
         assert _decode_events(words, T) == [case.output_events(t) for t in range(T)]
-        await host.command(Opcode.ERRORS_IN, 1, 2, _beats(case.grad_out, 4))
-        words = await _collect(host, 1, Opcode.ERRORS_OUT, lambda w: len(w) == T * 8)
+        await board.errors_in(1, 2, _beats(case.grad_out, 4))
+        words = await _collect(board.errors_out, 1, lambda w: len(w) == T * 8)
         for k, t in enumerate(reversed(range(T))):
             assert words[8 * k:8 * k + 6] == fp16.bits(case.expected_grad_in[t]).tolist()
-        await host.wait(1, 4)
-        assert await host.weights(1, Region.GRAD, 7, 6) == fp16.bits(case.expected_dw).tolist()
-        await host.write(1, address(Region.REG, Reg.COMMAND), [Command.UPDATE])
-        await host.wait(1, 0xFFFF)
-        while (await host.read(1, address(Region.REG, Reg.STATUS)))[0] & 1:
+        await _wait(board, 1, 4)
+        assert await _weights(board, 1, Region.GRAD, 7, 6) == fp16.bits(case.expected_dw).tolist()
+        await board.core_command(1, Command.UPDATE)
+        await _wait(board, 1, 0xFFFF)
+        while await board.reg(1, Reg.STATUS) & 1:
             pass
-        assert await host.weights(1, Region.WEIGHT, 7, 6) == \
+        assert await _weights(board, 1, Region.WEIGHT, 7, 6) == \
             fp16.bits(case.expected_weights).tolist()
         assert (case.expected_grad_in != 0).any() and case.expected_spikes.any()
 
@@ -280,34 +238,34 @@ def test_two_layers_chained_on_the_chip():
     assert s1.any() and s2.any() and (dw0 != 0).any() and (dw1 != 0).any()
     lr = 0.125
 
-    async def body(host, dut):
+    async def body(board):
         async def counter(core, which):
-            low, high = await host.read(core, address(Region.COUNTER, 2 * which), 2)
+            low, high = await board.read(core, address(Region.COUNTER, 2 * which), 2)
             return low | high << 16
 
         async def active_cycles():
-            low, high = await host.read(p.SOC, SocReg.ACTIVE_CYCLES, 2)
+            low, high = await board.read(p.SOC, SocReg.ACTIVE_CYCLES, 2)
             return low | high << 16
 
         for core, (w, inputs) in enumerate(((w0, 8), (w1, 8))):
             case = LayerCase(w, torch.zeros(T, inputs), torch.zeros(T, w.shape[0]), lif, lr)
-            await _configure(host, core, case, core)
+            await _configure(board, core, case, core)
         active, cycles = await active_cycles(), await counter(0, Counter.CYCLES)
         busy = [await counter(c, Counter.FP_BUSY) + await counter(c, Counter.UPDATE_BUSY)
                 for c in (0, 1)]
-        await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
-        await host.command(Opcode.SPIKES_IN, 1, 0, [p.event_word(0)], status=Status.BAD_CORE)
-        await host.command(Opcode.ERRORS_IN, 0, 2, [0] * 8, status=Status.BAD_CORE)
-        await _sample_through_two_cores(host, x[:, 0], s2[:, 0], g2[:, 0])
-        assert await host.weights(1, Region.GRAD, 5, 8) == fp16.bits(dw1).tolist()
-        assert await host.weights(0, Region.GRAD, 8, 8) == fp16.bits(dw0).tolist()
-        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.UPDATE])
+        await board.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
+        await refused(Status.BAD_CORE, board.spikes_in(1, [p.event_word(0)]))
+        await refused(Status.BAD_CORE, board.errors_in(0, 2, [0] * 8))
+        await _sample_through_two_cores(board, x[:, 0], s2[:, 0], g2[:, 0])
+        assert await _weights(board, 1, Region.GRAD, 5, 8) == fp16.bits(dw1).tolist()
+        assert await _weights(board, 0, Region.GRAD, 8, 8) == fp16.bits(dw0).tolist()
+        await board.core_command(p.BROADCAST, Command.UPDATE)
         for core in (0, 1):
-            while (await host.read(core, address(Region.REG, Reg.STATUS)))[0] & 1:
+            while await board.reg(core, Reg.STATUS) & 1:
                 pass
-        assert await host.weights(0, Region.WEIGHT, 8, 8) == \
+        assert await _weights(board, 0, Region.WEIGHT, 8, 8) == \
             fp16.bits(sgd_update(w0, dw0, lr, a)).tolist()
-        assert await host.weights(1, Region.WEIGHT, 5, 8) == \
+        assert await _weights(board, 1, Region.WEIGHT, 5, 8) == \
             fp16.bits(sgd_update(w1, dw1, lr, a)).tolist()
         # The cores' working cycles: at least each core's FP and update cycles, and fewer than
         # all cycles, which include the waits for the host's spikes and errors.
@@ -344,32 +302,32 @@ def test_token_wise_layer_and_a_head_over_all_its_tokens_on_the_chip():
     # every token of a timestep differs somewhere, so a head that mixed them up would fail
     assert all(not torch.equal(s1[t, 0, 0], s1[t, 0, 1]) for t in range(T))
 
-    async def body(host, dut):
+    async def body(board):
         async def weights(core, region, rows, cols):
-            return [await host.read(core, address(region, i << 4), cols) for i in range(rows)]
+            return [await board.read(core, address(region, i << 4), cols) for i in range(rows)]
 
         producer = LayerCase(w0, torch.zeros(T * n, f), torch.zeros(T * n, d), lif, lr, tokens=n)
         head = LayerCase(w1, torch.zeros(T, n * d), torch.zeros(T, classes), lif, lr)
         for core, case in enumerate((producer, head)):
             for reg, value in case.registers().items():
-                await host.write(core, address(Region.REG, reg), [value])
-            await host.write(core, address(Region.REG, Reg.BP_INPUT_ERROR), [core])
+                await board.set_reg(core, reg, value)
+            await board.set_reg(core, Reg.BP_INPUT_ERROR, core)
             for i, row in enumerate(fp16.bits(case.weights).tolist()):
-                await host.write(core, address(Region.WEIGHT, i << 4), row)
-        await host.write(1, address(Region.REG, Reg.IN_TOKENS), [n])
-        await host.write(1, address(Region.REG, Reg.IN_STRIDE), [d])
+                await board.write(core, address(Region.WEIGHT, i << 4), row)
+        await board.set_reg(1, Reg.IN_TOKENS, n)
+        await board.set_reg(1, Reg.IN_STRIDE, d)
         # an input token longer than the producer's fan-in is refused and changes nothing
-        await host.write(1, address(Region.REG, Reg.IN_STRIDE), [17], status=Status.BAD_ADDRESS)
-        assert await host.read(1, address(Region.REG, Reg.IN_TOKENS), 2) == [n, d]
-        await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
-        await _sample_through_two_cores(host, x[:, 0].flatten(0, 1), s2[:, 0], g2[:, 0])
+        await refused(Status.BAD_ADDRESS, board.set_reg(1, Reg.IN_STRIDE, 17))
+        assert await board.read(1, address(Region.REG, Reg.IN_TOKENS), 2) == [n, d]
+        await board.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT, p.Link.BP_TO_PREV])
+        await _sample_through_two_cores(board, x[:, 0].flatten(0, 1), s2[:, 0], g2[:, 0])
         assert await weights(1, Region.GRAD, classes, n * d) == fp16.bits(dw1).tolist()
         assert await weights(0, Region.GRAD, d, f) == fp16.bits(dw0).tolist()
-        assert (await host.read(0, address(Region.REG, Reg.ERRORS)))[0] == 0
-        assert (await host.read(1, address(Region.REG, Reg.ERRORS)))[0] == 0
-        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.UPDATE])
+        assert await board.reg(0, Reg.ERRORS) == 0
+        assert await board.reg(1, Reg.ERRORS) == 0
+        await board.core_command(p.BROADCAST, Command.UPDATE)
         for core in (0, 1):
-            while (await host.read(core, address(Region.REG, Reg.STATUS)))[0] & 1:
+            while await board.reg(core, Reg.STATUS) & 1:
                 pass
         assert await weights(0, Region.WEIGHT, d, f) == \
             fp16.bits(sgd_update(w0, dw0, lr, a)).tolist()
@@ -425,9 +383,9 @@ def test_the_qk_model_trains_a_sample_on_the_chip():
     lif = net.lif.constants(a)
     att = net.attention_lif.constants(a)
 
-    async def body(host, dut):
+    async def body(board):
         async def matrix(core, region, rows, cols):
-            return [await host.read(core, address(region, i << 3), cols) for i in range(rows)]
+            return [await board.read(core, address(region, i << 3), cols) for i in range(rows)]
 
         for core, (weights, _, extra) in enumerate(layers):
             n, f = weights.shape
@@ -438,37 +396,36 @@ def test_the_qk_model_trains_a_sample_on_the_chip():
                     Reg.DECAY: int(fp16.bits(lif["decay"])),
                     Reg.LR: int(fp16.bits(fp16.to_fp16(torch.tensor(lr)))), **extra}
             for reg, value in regs.items():
-                await host.write(core, address(Region.REG, reg), [value])
+                await board.set_reg(core, reg, value)
             for i, row in enumerate(fp16.bits(weights).tolist()):
-                await host.write(core, address(Region.WEIGHT, i << 3), row)
+                await board.write(core, address(Region.WEIGHT, i << 3), row)
         unit = [0, R, D, T] + [int(fp16.bits(att[k]))
                                for k in ("v_th", "v_reset", "inv_tau", "decay")]
-        await host.write(p.SOC, SocReg.QK, unit)
-        assert await host.read(p.SOC, SocReg.QK, len(QkReg)) == unit
+        await board.set_qk_unit(0, unit)
+        assert await board.qk_unit(0) == unit
         # the unit's registers refuse what it cannot do, and change nothing
         for reg, value in ((QkReg.KIND, 2), (QkReg.TOKENS, T * R + 1), (QkReg.CHANNELS, 3),
                            (QkReg.TIMESTEPS, 0)):
-            await host.write(p.SOC, SocReg.QK + reg, [value], status=Status.BAD_ADDRESS)
-        await host.write(p.SOC, SocReg.QK + len(QkReg), [0], status=Status.BAD_ADDRESS)
-        assert await host.read(p.SOC, SocReg.QK, len(QkReg)) == unit
-        await host.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT,
+            await refused(Status.BAD_ADDRESS, board.write(p.SOC, SocReg.QK + reg, [value]))
+        await refused(Status.BAD_ADDRESS, board.write(p.SOC, SocReg.QK + len(QkReg), [0]))
+        assert await board.qk_unit(0) == unit
+        await board.write(p.SOC, SocReg.LINK, [p.Link.FP_TO_NEXT,
                                               p.Link.FP_TO_NEXT | p.Link.BP_TO_PREV,
                                               p.Link.FP_TO_NEXT | p.Link.BP_TO_PREV,
                                               p.Link.BP_TO_PREV])
         async def cycles(which):
-            low, high = await host.read(p.SOC, which, 2)
+            low, high = await board.read(p.SOC, which, 2)
             return low | high << 16
 
         assert await cycles(SocReg.QK_CYCLES) == 0          # nothing for the unit yet
         start = await cycles(SocReg.ACTIVE_CYCLES)
-        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.BEGIN])
-        await host.command(Opcode.SPIKES_IN, 0, 0, _events(x[:, 0].flatten(0, 1)))
-        words = await _collect(host, 3, Opcode.SPIKES_OUT,
-                               lambda w: sum(v >> 15 for v in w) == T)
+        await board.core_command(p.BROADCAST, Command.BEGIN)
+        await board.spikes_in(0, _events(x[:, 0].flatten(0, 1)))
+        words = await _collect(board.spikes_out, 3, lambda w: sum(v >> 15 for v in w) == T)
         assert _decode_events(words, T) == [
             [int(i) for i in torch.nonzero(out[t, 0]).flatten()] for t in range(T)]
-        await host.command(Opcode.ERRORS_IN, 3, 2, _beats(g_out[:, 0], 2))
-        await host.wait(0, 4)
+        await board.errors_in(3, 2, _beats(g_out[:, 0], 2))
+        await _wait(board, 0, 4)
         # The unit worked at least its ideal, a cycle a row of lanes forward and backward, and
         # only while some core did.
         worked = await cycles(SocReg.QK_CYCLES)
@@ -476,10 +433,10 @@ def test_the_qk_model_trains_a_sample_on_the_chip():
         for core, (weights, dw, _) in enumerate(layers):
             n, f = weights.shape
             assert await matrix(core, Region.GRAD, n, f) == fp16.bits(dw).tolist(), core
-            assert (await host.read(core, address(Region.REG, Reg.ERRORS)))[0] == 0
-        await host.write(p.BROADCAST, address(Region.REG, Reg.COMMAND), [Command.UPDATE])
+            assert await board.reg(core, Reg.ERRORS) == 0
+        await board.core_command(p.BROADCAST, Command.UPDATE)
         for core, (weights, dw, _) in enumerate(layers):
-            while (await host.read(core, address(Region.REG, Reg.STATUS)))[0] & 1:
+            while await board.reg(core, Reg.STATUS) & 1:
                 pass
             n, f = weights.shape
             assert await matrix(core, Region.WEIGHT, n, f) == \
