@@ -19,6 +19,7 @@ from pathlib import Path
 from spikeforge.errors import ConfigError
 from spikeforge.golden.lif import RESETS
 from spikeforge.golden.surrogate import SURROGATES, Surrogate
+from spikeforge.hw.lanes import check_lanes
 
 __all__ = ["AcceleratorConfig"]
 
@@ -71,9 +72,7 @@ class AcceleratorConfig:
                                   f"not {value!r}")
 
         integer("cores", 1, 64)
-        if self.lanes not in [1 << k for k in range(7)]:
-            raise ConfigError(f"lanes must be a power of two between 1 and 64, not "
-                              f"{self.lanes!r}")
+        check_lanes(self.lanes, ConfigError, "lanes")
         for name in ("neurons", "fan_in"):
             integer(name, 1, 8192)
             if getattr(self, name) % self.lanes:

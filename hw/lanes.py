@@ -8,7 +8,7 @@ from amaranth.hdl import Cat, Module, Signal, Value
 
 from .fp16 import FP16Compare
 
-__all__ = ["FP16Lanes", "check_lanes", "delay", "delay_chain", "lane", "lowest_set"]
+__all__ = ["LANE_COUNTS", "FP16Lanes", "check_lanes", "delay", "delay_chain", "lane", "lowest_set"]
 
 
 def lane(vector: Value, k: int) -> Value:
@@ -65,8 +65,12 @@ class FP16Lanes:
         return self.o_result
 
 
-def check_lanes(lanes: int) -> int:
-    """``lanes`` if it is a lane count the units are built for (a power of two up to 64)."""
-    if isinstance(lanes, bool) or lanes not in [1 << k for k in range(7)]:
-        raise ValueError(f"Lane count must be a power of two between 1 and 64, not {lanes!r}")
+LANE_COUNTS = tuple(1 << k for k in range(7))
+
+
+def check_lanes(lanes: int, error: type[Exception] = ValueError, what: str = "Lane count") -> int:
+    """``lanes`` if it is a lane count the units are built for (a power of two up to 64);
+    otherwise ``error`` says so of ``what``. The one rule for every block and configuration."""
+    if isinstance(lanes, bool) or lanes not in LANE_COUNTS:
+        raise error(f"{what} must be a power of two between 1 and 64, not {lanes!r}")
     return lanes

@@ -23,7 +23,7 @@ from spikeforge.golden.lif import RESETS
 from spikeforge.golden.surrogate import Surrogate
 
 from .fp16 import FP16Adder, FP16Compare, FP16Multiplier
-from .lanes import FP16Lanes, delay, delay_chain, lane
+from .lanes import FP16Lanes, check_lanes, delay, delay_chain, lane
 
 __all__ = ["BPTTUpdate", "LIFUpdate"]
 
@@ -33,8 +33,7 @@ def _latency(unit) -> int:
 
 
 def _check(lanes, reset, tag_width):
-    if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 64:
-        raise ValueError(f"Lane count must be an integer between 1 and 64, not {lanes!r}")
+    check_lanes(lanes)
     if reset not in RESETS:
         raise ValueError(f"Reset must be 'hard' or 'soft', not {reset!r}")
     if isinstance(tag_width, bool) or not isinstance(tag_width, int) or tag_width < 1:

@@ -14,6 +14,8 @@ from amaranth.hdl import C, Cat, Module, Mux, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from .lanes import check_lanes
+
 __all__ = ["SkewedMemory"]
 
 
@@ -46,8 +48,7 @@ class SkewedMemory(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, neurons: int, inputs: int, init=None):
-        if lanes not in [1 << k for k in range(7)]:
-            raise ValueError(f"Lane count must be a power of two between 1 and 64, not {lanes!r}")
+        check_lanes(lanes)
         for name, value in (("neurons", neurons), ("inputs", inputs)):
             if not isinstance(value, int) or value < lanes or value % lanes:
                 raise ValueError(f"Skewed memory {name} must be a positive multiple of the lane "
