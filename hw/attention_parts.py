@@ -352,7 +352,32 @@ class ReadBuffer(wiring.Component):
         return m
 
 
-class ColumnFeeder(wiring.Component):
+class _Reader(wiring.Component):
+    """A pass of reads from skewed memories into a stream (:class:`ReadBuffer`), for
+    :class:`ColumnFeeder` and :class:`TokenRowsOut`."""
+
+    def __init__(self, *, lanes: int, longest: int, members: dict):
+        M = longest
+        self._lanes = lanes
+        super().__init__({
+            "start": In(1), "enable": In(1), "token_kind": In(1),
+            "rd": Out(skewed_read_signature(M, M // lanes)),
+            "o": Out(stream.Signature(error_layout(lanes))),
+            "done": Out(1),
+            **members,
+        })
+
+    def _reads(self, m, major, minor):
+        """The read buffer; ``rd`` driven from ``major`` and ``minor`` when it issues."""
+        m.submodules.reads = reads = ReadBuffer(lanes=self._lanes)
+        wiring.connect(m, reads.o, wiring.flipped(self.o))
+        with m.If(reads.issue):
+            m.d.comb += [self.rd.en.eq(1), self.rd.col.eq(self.token_kind),
+                         self.rd.major.eq(major), self.rd.minor.eq(minor)]
+        return reads
+
+
+class ColumnFeeder(_Reader):
     """The unit's backward input: ``δX′`` read from the skewed memory by the unit's
     summed-axis rows (``cols`` rows of ``col_groups`` beats).
 
@@ -371,29 +396,21 @@ class ColumnFeeder(wiring.Component):
 
     def __init__(self, *, lanes: int, longest: int):
         M = longest
-        self._lanes = lanes
-        super().__init__({
-            "start": In(1), "enable": In(1), "token_kind": In(1),
-            "cols": In(range(M + 1)), "col_groups": In(range(M + 1)),
-            "rd": Out(skewed_read_signature(M, M // lanes)), "rd_data": In(16 * lanes),
-            "o": Out(stream.Signature(error_layout(lanes))),
-            "done": Out(1),
+        super().__init__(lanes=lanes, longest=longest, members={
+            "cols": In(range(M + 1)), "col_groups": In(range(M + 1)), "rd_data": In(16 * lanes),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.reads = reads = ReadBuffer(lanes=self._lanes)
-        wiring.connect(m, reads.o, wiring.flipped(self.o))
         i = Signal.like(self.cols)
         c = Signal.like(self.col_groups)
+        reads = self._reads(m, i, c)
         m.d.comb += [reads.want.eq(self.enable & (i != self.cols)),
                      reads.last.eq((i + 1 == self.cols) & (c + 1 == self.col_groups)),
                      reads.data.eq(self.rd_data)]
         with m.If(self.start):
             m.d.sync += [i.eq(0), c.eq(0)]
         with m.If(reads.issue):
-            m.d.comb += [self.rd.en.eq(1), self.rd.col.eq(self.token_kind),
-                         self.rd.major.eq(i), self.rd.minor.eq(c)]
             m.d.sync += c.eq(c + 1)
             with m.If(c + 1 == self.col_groups):
                 m.d.sync += [c.eq(0), i.eq(i + 1)]
@@ -443,7 +460,7 @@ class RowsToMemory(wiring.Component):
         return m
 
 
-class TokenRowsOut(wiring.Component):
+class TokenRowsOut(_Reader):
     """``[δQ; δK]`` of a timestep by tokens: per token ``D/P`` beats of ``δQ``, then ``D/P`` of
     ``δK`` (``last`` on the token's final beat), read from two skewed memories alike.
 
@@ -462,33 +479,25 @@ class TokenRowsOut(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, tokens: int, longest: int):
-        M = longest
-        self._lanes, self._tokens = lanes, tokens
-        super().__init__({
-            "start": In(1), "enable": In(1), "token_kind": In(1),
-            "tokens": In(range(tokens + 1)), "d_chunks": In(range(M + 1)),
-            "rd": Out(skewed_read_signature(M, M // lanes)),
+        self._tokens = tokens
+        super().__init__(lanes=lanes, longest=longest, members={
+            "tokens": In(range(tokens + 1)), "d_chunks": In(range(longest + 1)),
             "dq_data": In(16 * lanes), "dk_data": In(16 * lanes),
-            "o": Out(stream.Signature(error_layout(lanes))),
-            "done": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.reads = reads = ReadBuffer(lanes=self._lanes)
-        wiring.connect(m, reads.o, wiring.flipped(self.o))
         r = Signal(range(self._tokens + 1))
         c = Signal.like(self.d_chunks)
         half = Signal()                         # 0 while δQ, 1 while δK
         from_k = Signal()
+        reads = self._reads(m, r, c)
         m.d.comb += [reads.want.eq(self.enable & (r != self.tokens)),
                      reads.last.eq(half & (c + 1 == self.d_chunks)),
                      reads.data.eq(Mux(from_k, self.dk_data, self.dq_data))]
         with m.If(self.start):
             m.d.sync += [r.eq(0), c.eq(0), half.eq(0)]
         with m.If(reads.issue):
-            m.d.comb += [self.rd.en.eq(1), self.rd.col.eq(self.token_kind),
-                         self.rd.major.eq(r), self.rd.minor.eq(c)]
             m.d.sync += [c.eq(c + 1), from_k.eq(half)]
             with m.If(c + 1 == self.d_chunks):
                 m.d.sync += [c.eq(0), half.eq(~half)]

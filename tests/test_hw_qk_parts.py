@@ -12,34 +12,9 @@ from amaranth.sim import Simulator
 from spikeforge.golden import fp16
 from spikeforge.golden.arith import FP16
 from spikeforge.golden.lif import LIFParams, lif_backward, lif_forward
-from spikeforge.hw.attention_parts import (
-    BitsToEvents,
-    BlockPhases,
-    ColumnFeeder,
-    EventsToBits,
-    LowestSet,
-    ReadBuffer,
-    RowFeeder,
-    RowsToMemory,
-    TokenRowsIn,
-    TokenRowsOut,
-)
+from spikeforge.hw import attention_parts as block_parts
+from spikeforge.hw import qk_parts as unit_parts
 from spikeforge.hw.core import error_layout
-from spikeforge.hw.qk_parts import (
-    AttentionNeurons,
-    BPTTPass,
-    ColumnScan,
-    CountToFP16,
-    DeltaAccumulator,
-    DeltaQOut,
-    KStore,
-    MaskedRows,
-    QKGeometry,
-    QKSequencer,
-    SpikeMatrix,
-    SpikeRows,
-    StreamFIFO,
-)
 
 
 def run(dut, *benches, clock=True):
@@ -96,7 +71,7 @@ class Bench(Elaboratable):
 
 @pytest.mark.parametrize("depth", [1, 4, 5])
 def test_stream_fifo_keeps_order_under_backpressure(depth):
-    dut = StreamFIFO(error_layout(2), depth)
+    dut = unit_parts.StreamFIFO(error_layout(2), depth)
     rng = random.Random(depth)
     words = [rng.getrandbits(33) for _ in range(150)]
     got = []
@@ -125,7 +100,7 @@ def test_stream_fifo_keeps_order_under_backpressure(depth):
 
 
 def test_geometry_follows_the_attention_kind():
-    dut = QKGeometry(lanes=4, longest=11, timesteps=5)
+    dut = unit_parts.QKGeometry(lanes=4, longest=11, timesteps=5)
     rng = random.Random(2)
 
     async def bench(ctx):
@@ -145,7 +120,7 @@ def test_geometry_follows_the_attention_kind():
 
 
 def test_sequencer_against_a_model():
-    dut = QKSequencer()
+    dut = unit_parts.QKSequencer()
     rng = random.Random(3)
 
     async def bench(ctx):
@@ -190,7 +165,7 @@ def k_layout(P, NI, J, t, i, j):
 def test_k_store_reads_rows_and_columns(P, NI, J):
     T = 2
     words = T * -(-NI // P) * -(-J // P) * P
-    dut = KStore(lanes=P, words=words)
+    dut = unit_parts.KStore(lanes=P, words=words)
     rng = random.Random(P)
     K = [[[rng.randint(0, 1) for _ in range(J)] for _ in range(NI)] for _ in range(T)]
     chunks = -(-J // P)
@@ -232,7 +207,7 @@ def test_k_store_reads_rows_and_columns(P, NI, J):
 
 def test_spike_matrix_writes_bits_and_reads_timesteps():
     T, W = 3, 8
-    dut = SpikeMatrix(timesteps=T, width=W)
+    dut = unit_parts.SpikeMatrix(timesteps=T, width=W)
     rng = random.Random(4)
     model = [[0] * W for _ in range(T)]
 
@@ -255,7 +230,7 @@ def test_spike_matrix_writes_bits_and_reads_timesteps():
 
 
 def test_count_to_fp16_is_exact_up_to_2048():
-    dut = CountToFP16()
+    dut = unit_parts.CountToFP16()
 
     async def bench(ctx):
         for n in range(2049):
@@ -284,7 +259,8 @@ def test_spike_rows_count_rows_and_store_k(P, NI, J):
     depth, IM = L + 6, max(NI, J)
     groups, chunks = -(-NI // P), -(-J // P)
     words = T * (-(-IM // P)) ** 2 * P
-    dut = SpikeRows(lanes=P, longest=IM, timesteps=T, words=words, lif_latency=L, depth=depth)
+    dut = unit_parts.SpikeRows(lanes=P, longest=IM, timesteps=T, words=words, lif_latency=L,
+                               depth=depth)
     rng = random.Random(NI * J)
     beats, rows, writes = [], [], []
     for t in range(T):
@@ -334,7 +310,7 @@ def test_spike_rows_count_rows_and_store_k(P, NI, J):
 
 
 def test_spike_rows_flag_a_wrong_last():
-    dut = SpikeRows(lanes=2, longest=4, timesteps=1, words=8, lif_latency=4, depth=10)
+    dut = unit_parts.SpikeRows(lanes=2, longest=4, timesteps=1, words=8, lif_latency=4, depth=10)
 
     async def bench(ctx):
         set_geometry(ctx, dut.geo, 2, 2, 3, 1)
@@ -365,7 +341,7 @@ def test_attention_neurons_are_the_golden_lif(reset):
     T, NI, J = 4, 5, 3
     p, counts, s, h, consts = lif_case(T, NI, J, reset, seed=5)
     assert 0 < s.sum() < s.numel()
-    dut = AttentionNeurons(longest=NI, timesteps=T, reset=reset)
+    dut = unit_parts.AttentionNeurons(longest=NI, timesteps=T, reset=reset)
     got = {"h": {}, "a": {}, "o": []}
 
     async def source(ctx):
@@ -431,9 +407,9 @@ def test_masked_rows_are_k_rows_where_the_attention_fired(P, NI, J):
         m.d.comb += [dut.xrows.k_data.eq(dut.kstore.rd_data), dut.xrows.level.eq(dut.fifo.level),
                      dut.kstore.rows.eq(1)]
 
-    dut = Bench(wire, kstore=KStore(lanes=P, words=words),
-                xrows=MaskedRows(lanes=P, longest=IM, timesteps=T, words=words),
-                fifo=StreamFIFO(spike_layout_of(P), 4))
+    dut = Bench(wire, kstore=unit_parts.KStore(lanes=P, words=words),
+                xrows=unit_parts.MaskedRows(lanes=P, longest=IM, timesteps=T, words=words),
+                fifo=unit_parts.StreamFIFO(unit_parts.spike_layout(P), 4))
     got = []
 
     async def source(ctx):
@@ -463,14 +439,11 @@ def test_masked_rows_are_k_rows_where_the_attention_fired(P, NI, J):
     assert got == expected
 
 
-def spike_layout_of(P):
-    from spikeforge.hw.qk_parts import spike_layout
-    return spike_layout(P)
 
 
 @pytest.mark.parametrize("P, NI, J", [(1, 2, 3), (2, 3, 4), (4, 9, 2)])
 def test_column_scan_streams_dk_and_issues_the_da_additions(P, NI, J):
-    T, IM, la = 3, max(NI, J), DeltaAccumulator.latency.fget(None)
+    T, IM, la = 3, max(NI, J), unit_parts.DeltaAccumulator.latency.fget(None)
     GM, groups = -(-IM // P), -(-NI // P)
     words = T * GM * GM * P
     rng = random.Random(NI + J)
@@ -488,10 +461,11 @@ def test_column_scan_streams_dk_and_issues_the_da_additions(P, NI, J):
         wiring.connect(m, dut.scan.dk, dut.fifo.i)
         m.d.comb += [dut.amem.rd0_addr.eq(dut.scan.a_addr), dut.scan.a_data.eq(dut.amem.rd0_data)]
 
-    dut = Bench(wire, kstore=KStore(lanes=P, words=words),
-                amem=SpikeMatrix(timesteps=T, width=GM * P),
-                scan=ColumnScan(lanes=P, longest=IM, timesteps=T, words=words, acc_latency=la),
-                fifo=StreamFIFO(error_layout(P), 4))
+    dut = Bench(wire, kstore=unit_parts.KStore(lanes=P, words=words),
+                amem=unit_parts.SpikeMatrix(timesteps=T, width=GM * P),
+                scan=unit_parts.ColumnScan(lanes=P, longest=IM, timesteps=T, words=words,
+                                           acc_latency=la),
+                fifo=unit_parts.StreamFIFO(error_layout(P), 4))
     got = {"dk": [], "acc": [], "k": []}
 
     async def source(ctx):
@@ -553,7 +527,7 @@ def test_column_scan_streams_dk_and_issues_the_da_additions(P, NI, J):
 
 @pytest.mark.parametrize("P, groups", [(1, 3), (4, 2), (2, 7)])
 def test_delta_accumulator_adds_where_k_fired(P, groups):
-    dut = DeltaAccumulator(lanes=P, longest=groups * P)
+    dut = unit_parts.DeltaAccumulator(lanes=P, longest=groups * P)
     la, GM = dut.latency, groups
     rng = random.Random(groups)
     model = [[0] * P for _ in range(2 * GM)]
@@ -608,7 +582,7 @@ def test_bptt_pass_is_the_golden_bptt(P, NI, reset):
     da = fp16.to_fp16(torch.randn(T, NI, generator=gen))
     expected = fp16.bits(lif_backward(da, h, s, p, FP16()))
     assert expected.any()
-    dut = BPTTPass(lanes=P, longest=NI, timesteps=T, reset=reset, detach_reset=True,
+    dut = unit_parts.BPTTPass(lanes=P, longest=NI, timesteps=T, reset=reset, detach_reset=True,
                    surrogate=p.surrogate)
     GM = -(-NI // P)
     acc = [[0] * P for _ in range(2 * GM)]
@@ -681,8 +655,8 @@ def test_delta_q_out_broadcasts_each_timestep(P, NI, J):
         wiring.connect(m, dut.dq.o, dut.fifo.i)
         m.d.comb += dut.dq.level.eq(dut.fifo.level)
 
-    dut = Bench(wire, dq=DeltaQOut(lanes=P, longest=IM, timesteps=T),
-                fifo=StreamFIFO(error_layout(P), 4))
+    dut = Bench(wire, dq=unit_parts.DeltaQOut(lanes=P, longest=IM, timesteps=T),
+                fifo=unit_parts.StreamFIFO(error_layout(P), 4))
     rng = random.Random(NI * J)
     values = [[random_half(rng) for _ in range(NI)] for _ in range(T)]
     expected = [(pack([values[t][g * P + ln] if g * P + ln < NI else 0 for ln in range(P)]),
@@ -733,7 +707,7 @@ def test_delta_q_out_broadcasts_each_timestep(P, NI, J):
 # ---- attention block ---------------------------------------------------------------------
 
 def test_lowest_set_is_a_priority_encoder():
-    dut = LowestSet(8)
+    dut = block_parts.LowestSet(8)
     rng = random.Random(6)
 
     async def bench(ctx):
@@ -753,7 +727,7 @@ def step_events(rng, N, D, rate=0.4):
 def test_events_to_bits_fill_the_matrices_read_by_rows(kind):
     P, tokens, channels = 2, 5, 4
     NP, DP = 6, 4
-    dut = EventsToBits(lanes=P, tokens=tokens, channels=channels, padded=(NP, DP))
+    dut = block_parts.EventsToBits(lanes=P, tokens=tokens, channels=channels, padded=(NP, DP))
     rng = random.Random(kind)
     N, D = 5, 3
     steps = step_events(rng, N, D)
@@ -798,7 +772,7 @@ def test_events_to_bits_fill_the_matrices_read_by_rows(kind):
 
 def test_row_feeder_feeds_rows_and_takes_x():
     P, rows, chunks = 2, 5, 3
-    dut = RowFeeder(lanes=P, longest=8)
+    dut = block_parts.RowFeeder(lanes=P, longest=8)
     rng = random.Random(7)
     X = [rng.getrandbits(P) for _ in range(rows * chunks)]
 
@@ -846,7 +820,7 @@ def test_row_feeder_feeds_rows_and_takes_x():
 def test_bits_to_events_serializes_tokens(kind):
     P, tokens, channels = 2, 4, 6
     NP, DP = 4, 6
-    dut = BitsToEvents(lanes=P, tokens=tokens, channels=channels, padded=(NP, DP))
+    dut = block_parts.BitsToEvents(lanes=P, tokens=tokens, channels=channels, padded=(NP, DP))
     rng = random.Random(8 + kind)
     N, D = 3, 6
     steps = [[[rng.randint(0, 1) for _ in range(D)] for _ in range(N)] for _ in range(3)]
@@ -891,7 +865,7 @@ def test_bits_to_events_serializes_tokens(kind):
 
 def test_token_rows_in_writes_rows():
     P, tokens, M = 2, 4, 8
-    dut = TokenRowsIn(lanes=P, tokens=tokens, longest=M)
+    dut = block_parts.TokenRowsIn(lanes=P, tokens=tokens, longest=M)
     rng = random.Random(9)
     N, chunks = 3, 2
     beats = [rng.getrandbits(32) for _ in range(N * chunks)]
@@ -919,7 +893,7 @@ def test_token_rows_in_writes_rows():
 
 
 def test_read_buffer_keeps_the_order_of_its_reads():
-    dut = ReadBuffer(lanes=1)
+    dut = block_parts.ReadBuffer(lanes=1)
     rng = random.Random(10)
     count = 120
     got = []
@@ -952,29 +926,39 @@ def memory_word(*key):
     return hash(key) & 0xFFFF_FFFF
 
 
+async def read_pass(ctx, dut, rng, answer):
+    """Start a reader of skewed memories, answer its reads a cycle later (``answer(ctx,
+    address or None)``) and return the beats it sends, with backpressure."""
+    await pulse(ctx, dut.start)
+    ctx.set(dut.enable, 1)
+    got, done = [], 0
+    while not done:
+        ready = rng.random() > 0.3
+        ctx.set(dut.o.ready, ready)
+        _, _, en, col, major, minor, valid, beat, done = await ctx.tick().sample(
+            dut.rd.en, dut.rd.col, dut.rd.major, dut.rd.minor, dut.o.valid, dut.o.payload,
+            dut.done)
+        answer(ctx, (col, major, minor) if en else None)
+        if ready and valid:
+            got.append((beat.value, beat.last))
+    return got
+
+
 @pytest.mark.parametrize("token_kind", [0, 1])
 def test_column_feeder_reads_the_unit_rows(token_kind):
     P, M, cols, groups = 2, 8, 5, 3
-    dut = ColumnFeeder(lanes=P, longest=M)
+    dut = block_parts.ColumnFeeder(lanes=P, longest=M)
     rng = random.Random(11)
     got = []
+
+    def answer(ctx, address):
+        ctx.set(dut.rd_data, memory_word(*address) if address else 0)
 
     async def bench(ctx):
         ctx.set(dut.cols, cols)
         ctx.set(dut.col_groups, groups)
         ctx.set(dut.token_kind, token_kind)
-        await pulse(ctx, dut.start)
-        ctx.set(dut.enable, 1)
-        done = 0
-        while not done:
-            ready = rng.random() > 0.3
-            ctx.set(dut.o.ready, ready)
-            _, _, en, col, major, minor, valid, beat, done = await ctx.tick().sample(
-                dut.rd.en, dut.rd.col, dut.rd.major, dut.rd.minor, dut.o.valid, dut.o.payload,
-                dut.done)
-            ctx.set(dut.rd_data, memory_word(col, major, minor) if en else 0)
-            if ready and valid:
-                got.append((beat.value, beat.last))
+        got.extend(await read_pass(ctx, dut, rng, answer))
 
     run(dut, bench)
     assert got == [(memory_word(token_kind, i, c), int(i == cols - 1 and c == groups - 1))
@@ -983,7 +967,7 @@ def test_column_feeder_reads_the_unit_rows(token_kind):
 
 def test_rows_to_memory_takes_a_pass_then_stops():
     P, M, cols, groups = 2, 8, 3, 2
-    dut = RowsToMemory(lanes=P, longest=M)
+    dut = block_parts.RowsToMemory(lanes=P, longest=M)
     rng = random.Random(12)
     beats = [rng.getrandbits(32) for _ in range(cols * groups + 2)]
 
@@ -1012,28 +996,20 @@ def test_rows_to_memory_takes_a_pass_then_stops():
 @pytest.mark.parametrize("token_kind", [0, 1])
 def test_token_rows_out_sends_dq_then_dk_per_token(token_kind):
     P, tokens, M = 2, 5, 8
-    dut = TokenRowsOut(lanes=P, tokens=tokens, longest=M)
+    dut = block_parts.TokenRowsOut(lanes=P, tokens=tokens, longest=M)
     rng = random.Random(13)
     N, chunks = 4, 3
     got = []
+
+    def answer(ctx, address):
+        ctx.set(dut.dq_data, memory_word("q", *address) if address else 0)
+        ctx.set(dut.dk_data, memory_word("k", *address) if address else 0)
 
     async def bench(ctx):
         ctx.set(dut.tokens, N)
         ctx.set(dut.d_chunks, chunks)
         ctx.set(dut.token_kind, token_kind)
-        await pulse(ctx, dut.start)
-        ctx.set(dut.enable, 1)
-        done = 0
-        while not done:
-            ready = rng.random() > 0.3
-            ctx.set(dut.o.ready, ready)
-            _, _, en, col, major, minor, valid, beat, done = await ctx.tick().sample(
-                dut.rd.en, dut.rd.col, dut.rd.major, dut.rd.minor, dut.o.valid, dut.o.payload,
-                dut.done)
-            ctx.set(dut.dq_data, memory_word("q", col, major, minor) if en else 0)
-            ctx.set(dut.dk_data, memory_word("k", col, major, minor) if en else 0)
-            if ready and valid:
-                got.append((beat.value, beat.last))
+        got.extend(await read_pass(ctx, dut, rng, answer))
 
     run(dut, bench)
     assert got == [(memory_word(m, token_kind, r, c), int(m == "k" and c == chunks - 1))
@@ -1041,7 +1017,7 @@ def test_token_rows_out_sends_dq_then_dk_per_token(token_kind):
 
 
 def test_block_phases_against_a_model():
-    dut = BlockPhases(timesteps=4)
+    dut = block_parts.BlockPhases(timesteps=4)
     rng = random.Random(14)
 
     async def bench(ctx):
