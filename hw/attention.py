@@ -29,6 +29,11 @@ written).
 
 The active channel count ``c_channels`` must be a multiple of ``P`` (then ``δQ`` and ``δK`` fill
 whole beats of the stacked core's error stream).
+
+The phases are :class:`~spikeforge.hw.attention_parts.BlockPhases`; their blocks are in
+:mod:`spikeforge.hw.attention_parts` (:class:`EventsToBits`, :class:`RowFeeder` and
+:class:`BitsToEvents` forward; :class:`TokenRowsIn`, :class:`ColumnFeeder`, :class:`RowsToMemory`
+and :class:`TokenRowsOut` backward).
 """
 
 from amaranth.hdl import Module, Mux

@@ -44,6 +44,11 @@ last ``δX′`` beat its attention neurons' BPTT step takes ``I`` cycles, then i
 (``J·⌈I/P⌉`` beats) goes out while the ``δX′`` of the timestep before comes in, so a backward
 pass takes about a timestep longer than its input. Additions only, apart from the multipliers
 of the attention neurons' LIF and BPTT units (one lane each).
+
+The unit wires the blocks of :mod:`spikeforge.hw.qk_parts`: forward, :class:`SpikeRows` (``Q``
+counted, ``K`` into :class:`KStore`) → :class:`AttentionNeurons` → a FIFO of spikes →
+:class:`MaskedRows` (``X′``); backward, :class:`ColumnScan` (``δK``) → :class:`DeltaAccumulator`
+(``δA``) → :class:`BPTTPass` → :class:`DeltaQOut` (``δQ``); :class:`QKSequencer` runs the passes.
 """
 
 from amaranth.hdl import Module
