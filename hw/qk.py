@@ -59,6 +59,7 @@ from spikeforge.golden.lif import RESETS
 from spikeforge.golden.surrogate import Surrogate
 
 from .core import error_layout
+from .lanes import check_lanes
 from .qk_parts import (
     Attention,
     AttentionNeurons,
@@ -120,8 +121,7 @@ class QKAttention(wiring.Component):
     def __init__(self, *, lanes: int, tokens: int, channels: int, timesteps: int,
                  reset: str = "hard", detach_reset: bool = True,
                  surrogate: Surrogate | None = None):
-        if isinstance(lanes, bool) or lanes not in [1 << k for k in range(7)]:
-            raise ValueError(f"Lane count must be a power of two between 1 and 64, not {lanes!r}")
+        check_lanes(lanes)
         for name, value in (("tokens", tokens), ("channels", channels)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2048:
                 raise ValueError(f"Attention {name} must be an integer between 1 and 2048 "
