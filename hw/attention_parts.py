@@ -13,9 +13,10 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .core import error_layout, event_layout
+from .lanes import LowestSet
 from .qk_parts import StreamFIFO, spike_layout, spike_pair_layout
 
-__all__ = ["BitsToEvents", "BlockPhases", "ColumnFeeder", "EventsToBits", "LowestSet",
+__all__ = ["BitsToEvents", "BlockPhases", "ColumnFeeder", "EventsToBits",
            "ReadBuffer", "RowFeeder", "RowsToMemory", "TokenRowsIn", "TokenRowsOut",
            "skewed_read_signature", "skewed_write_signature", "x_write_signature"]
 
@@ -36,27 +37,6 @@ def x_write_signature(lanes: int, longest: int) -> wiring.Signature:
     """A beat of ``X′`` (row ``i``, chunk ``c`` of the unit) into :class:`BitsToEvents`."""
     return wiring.Signature({"en": Out(1), "i": Out(range(longest + 1)),
                              "c": Out(range(longest + 1)), "x": Out(lanes)})
-
-
-class LowestSet(wiring.Component):
-    """The index of the lowest set bit of ``i`` (0 when none is set); combinational.
-
-    Members
-    -------
-    i : In(width)
-    o : Out(range(width))
-    """
-
-    def __init__(self, width: int):
-        self._width = width
-        super().__init__({"i": In(width), "o": Out(range(width))})
-
-    def elaborate(self, platform):
-        m = Module()
-        for k in reversed(range(self._width)):
-            with m.If(self.i[k]):
-                m.d.comb += self.o.eq(k)
-        return m
 
 
 class EventsToBits(wiring.Component):

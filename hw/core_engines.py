@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from spikeforge.regmap import ErrorFlag
 
-from .lanes import delay, lowest_set
+from .lanes import LowestSet, delay
 
 __all__ = ["BeatSender", "ColumnIssuer", "EventIssuer", "EventLog", "GradientSequencer",
            "NonzeroScanner", "RowWalker", "ShortcutLink", "SpikeSerializer", "error_layout",
@@ -165,7 +165,9 @@ class SpikeSerializer(wiring.Component):
                                                       depth=self._depth)
         wiring.connect(m, wiring.flipped(self.i), q.w_stream)
         mask, chunk = Signal(P), Signal.like(self.i.payload.chunk)
-        lowest = lowest_set(m, mask, "lowest")
+        m.submodules.lowest = lowest_set = LowestSet(P)
+        lowest = lowest_set.o
+        m.d.comb += lowest_set.i.eq(mask)
         rest = Signal(P)
         valid, fire = Signal(), self.o.valid & self.o.ready
         inflight = Signal(range(self._depth + 2))
@@ -297,7 +299,9 @@ class NonzeroScanner(wiring.Component):
         P, sc = self._lanes, self.addr
         loaded, mask, values = Signal(), Signal(P), Signal(16 * P)
         chunk = Signal.like(sc)
-        lowest = lowest_set(m, mask, "s_lowest")
+        m.submodules.lowest = lowest_set = LowestSet(P)
+        lowest = lowest_set.o
+        m.d.comb += lowest_set.i.eq(mask)
         take = self.o.valid & self.o.ready
         with m.If(self.start):
             m.d.sync += [sc.eq(0), self.active.eq(1), mask.eq(0), loaded.eq(0),

@@ -5,10 +5,12 @@ A lane vector is a plain signal with lane ``k`` in bits ``[16k, 16k + 16)``.
 """
 
 from amaranth.hdl import Cat, Module, Signal, Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 from .fp16 import FP16Compare
 
-__all__ = ["LANE_COUNTS", "FP16Lanes", "check_lanes", "delay", "delay_chain", "lane", "lowest_set"]
+__all__ = ["LANE_COUNTS", "FP16Lanes", "LowestSet", "check_lanes", "delay", "delay_chain", "lane"]
 
 
 def lane(vector: Value, k: int) -> Value:
@@ -16,14 +18,25 @@ def lane(vector: Value, k: int) -> Value:
     return vector[16 * k:16 * k + 16]
 
 
-def lowest_set(m: Module, mask: Value, name: str) -> Signal:
-    """The index of the lowest set bit of ``mask`` (0 when none is set), combinational: the
-    lane a serializer takes next."""
-    lowest = Signal(range(len(mask)), name=name)
-    for k in reversed(range(len(mask))):
-        with m.If(mask[k]):
-            m.d.comb += lowest.eq(k)
-    return lowest
+class LowestSet(wiring.Component):
+    """The index of the lowest set bit of ``i`` (0 when none is set); combinational.
+
+    Members
+    -------
+    i : In(width)
+    o : Out(range(width))
+    """
+
+    def __init__(self, width: int):
+        self._width = width
+        super().__init__({"i": In(width), "o": Out(range(width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        for k in reversed(range(self._width)):
+            with m.If(self.i[k]):
+                m.d.comb += self.o.eq(k)
+        return m
 
 
 def delay_chain(m: Module, value: Value, cycles: int, name: str) -> list[Value]:

@@ -15,6 +15,7 @@ from spikeforge.golden.lif import LIFParams, lif_backward, lif_forward
 from spikeforge.hw import attention_parts as block_parts
 from spikeforge.hw import qk_parts as unit_parts
 from spikeforge.hw.core import error_layout
+from spikeforge.hw.lanes import LowestSet
 
 
 def run(dut, *benches, clock=True):
@@ -707,7 +708,7 @@ def test_delta_q_out_broadcasts_each_timestep(P, NI, J):
 # ---- attention block ---------------------------------------------------------------------
 
 def test_lowest_set_is_a_priority_encoder():
-    dut = block_parts.LowestSet(8)
+    dut = LowestSet(8)
     rng = random.Random(6)
 
     async def bench(ctx):
