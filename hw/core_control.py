@@ -51,7 +51,7 @@ class CoreRegisters(wiring.Component):
         Whether the write is valid (the register exists, the core is idle where it must be,
         the value is in range) and what a read returns.
     idle : In
-        The core is idle: most registers are written only then.
+        The core is idle: every register but ``ERRORS`` is written only then.
     settings : Out(:func:`settings_layout`)
         The registers the engines work from.
     command, clear_counters : Out, combinational
@@ -60,7 +60,8 @@ class CoreRegisters(wiring.Component):
     fp_done_set, bp_done_set, done_clear : In
         The sequencer's changes of the status bits.
     error_set : In
-        Error flags raised this cycle (sticky; a write of ``ERRORS`` in the same cycle wins).
+        Error flags raised this cycle (sticky until a write of ``ERRORS`` clears them; one raised
+        in the cycle of that write stays).
     """
 
     def __init__(self, *, neurons: int, fan_in: int, timesteps: int, lanes: int):
@@ -130,7 +131,7 @@ class CoreRegisters(wiring.Component):
             with m.Case(Reg.ERRORS):
                 m.d.comb += [self.write_ok.eq(1), self.read_ok.eq(1), self.read_data.eq(errors)]
                 with m.If(change):
-                    m.d.sync += errors.eq(errors & ~value)
+                    m.d.sync += errors.eq((errors & ~value) | self.error_set)
         return m
 
 

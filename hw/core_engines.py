@@ -224,8 +224,9 @@ class ShortcutLink(wiring.Component):
 
     Sending, ``issue`` reads beat ``j`` (its data on ``data`` a cycle later); adding, ``take``
     takes ``sc_i``'s beat for chunk ``j``, which reaches the adder a cycle later (``take_d``,
-    ``beat_d``) and whose sum is written to chunk ``j_out``. ``done``: all beats out (or summed);
-    ``stall``: waiting for the stream. ``restart`` begins a step.
+    ``beat_d``) and whose sum is written to chunk ``j_out``. ``done``: all beats read into the
+    output FIFO (up to four may still wait for ``sc_o.ready``), or all sums written; ``stall``:
+    waiting for the stream. ``restart`` begins a step.
     """
 
     def __init__(self, *, lanes: int, chunks: int, add_latency: int):
@@ -281,7 +282,8 @@ class NonzeroScanner(wiring.Component):
 
     After ``start``, reads chunk ``addr`` of the nonzero masks (``nz_data``) and of ``δX``
     (``d_data``) a cycle later, and gives each neuron ``n`` with its ``d`` on ``o``; ``active``
-    until all ``chunks`` are scanned. A chunk costs one cycle, and a neuron one.
+    until all ``chunks`` are scanned. A chunk costs two cycles (its read, then its load), and a
+    neuron one.
     """
 
     def __init__(self, *, neurons: int, lanes: int):
@@ -390,7 +392,8 @@ class ColumnIssuer(wiring.Component):
 
 
 class GradientSequencer(wiring.Component):
-    """WG: ``ΔW[:, i] += δX`` for every input ``i`` logged at the step, ``C`` cycles each.
+    """WG: ``ΔW[:, i] += δX`` for every input ``i`` logged at the step, ``C`` cycles each
+    (two when ``C = 1``: the next row is read first).
 
     After ``start``, reads the step's event count (``count_data``, a cycle after) and its log
     entries ``entry`` (``log_data``), and ``issue``\\ s gradient row ``row`` chunk ``slot``

@@ -22,9 +22,10 @@ region          offset
 >>> weight_offset(3, 5, fan_in=100), state_offset(2, 7, neurons=128)
 (389, 263)
 
-Writes are taken only while the core is idle (:attr:`Status.BUSY` clear); a write while it is
-busy, an offset out of range or a write to a read-only region sets the bus error flag and
-changes nothing. Registers holding binary16 values are marked ``(fp16)``.
+Writes are taken only while the core is idle (:attr:`Status.BUSY` clear), but for ``ERRORS``'s
+write-1-to-clear, which is taken at any time; a write while it is busy, an offset out of range
+or a write to a read-only region sets the bus error flag and changes nothing. Registers holding
+binary16 values are marked ``(fp16)``.
 """
 
 import enum
