@@ -211,6 +211,15 @@ def test_core_refuses_bad_input_and_changes_nothing():
         def reg(r):
             return address(Region.REG, r)
 
+        async def burst(events):
+            """Events back to back (``valid`` held high), then the forward pass's end."""
+            for index, spike, last in events:
+                ctx.set(core.fp_i.valid, 1)
+                ctx.set(core.fp_i.payload, {"index": index, "spike": spike, "last": last})
+                await ctx.tick().until(core.fp_i.ready)
+            ctx.set(core.fp_i.valid, 0)
+            await wait_status(ctx, core, Status.FP_DONE)
+
         assert not await bus_write(ctx, core, w, 0x3C00)
         assert not await bus_write(ctx, core, reg(Reg.INPUTS), 6)
         for bad_addr, value in [
@@ -245,12 +254,7 @@ def test_core_refuses_bad_input_and_changes_nothing():
         assert await bus_write(ctx, core, w, 0x4000)                  # busy: refused
         assert await bus_write(ctx, core, reg(Reg.COMMAND), Command.UPDATE)
         ctx.set(core.fp_o.ready, 1)
-        for index, spike, last in [(3, 1, 0), (2, 1, 0), (6, 1, 0), (5, 1, 1), (0, 0, 1)]:
-            ctx.set(core.fp_i.valid, 1)
-            ctx.set(core.fp_i.payload, {"index": index, "spike": spike, "last": last})
-            await ctx.tick().until(core.fp_i.ready)
-        ctx.set(core.fp_i.valid, 0)
-        await wait_status(ctx, core, Status.FP_DONE)
+        await burst([(3, 1, 0), (2, 1, 0), (6, 1, 0), (5, 1, 1), (0, 0, 1)])
         errors = await bus_read(ctx, core, reg(Reg.ERRORS))
         assert errors == ErrorFlag.EVENT_ORDER | ErrorFlag.EVENT_RANGE
         lo = await bus_read(ctx, core, address(Region.COUNTER, 2 * Counter.FP_EVENTS))
@@ -264,13 +268,7 @@ def test_core_refuses_bad_input_and_changes_nothing():
         assert not await bus_write(ctx, core, reg(Reg.IN_TOKENS), 2)
         assert not await bus_write(ctx, core, reg(Reg.IN_STRIDE), 3)
         assert not await bus_write(ctx, core, reg(Reg.COMMAND), Command.BEGIN)
-        for index, spike, last in [(1, 1, 0), (3, 1, 0), (2, 1, 1), (0, 1, 0), (2, 1, 1),
-                                   (0, 0, 1), (1, 1, 1)]:
-            ctx.set(core.fp_i.valid, 1)
-            ctx.set(core.fp_i.payload, {"index": index, "spike": spike, "last": last})
-            await ctx.tick().until(core.fp_i.ready)
-        ctx.set(core.fp_i.valid, 0)
-        await wait_status(ctx, core, Status.FP_DONE)
+        await burst([(1, 1, 0), (3, 1, 0), (2, 1, 1), (0, 1, 0), (2, 1, 1), (0, 0, 1), (1, 1, 1)])
         assert await bus_read(ctx, core, reg(Reg.ERRORS)) == ErrorFlag.EVENT_RANGE
         lo = await bus_read(ctx, core, address(Region.COUNTER, 2 * Counter.FP_EVENTS))
         assert lo == 2 + 5                  # inputs 1, 2, 3 and 5, then 4 in timestep 1
