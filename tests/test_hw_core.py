@@ -129,7 +129,7 @@ check = check_case
     (4, 4, 1, 3, 0.5),
     (8, 16, 4, 4, 0.3),
     (12, 8, 4, 3, 1.0),
-    (16, 32, 8, 2, 0.05),
+    pytest.param(16, 32, 8, 2, 0.05, marks=pytest.mark.slow),
     (8, 8, 2, 2, 0.0),
 ])
 def test_core_matches_golden(neurons, fan_in, lanes, timesteps, rate):
@@ -139,7 +139,9 @@ def test_core_matches_golden(neurons, fan_in, lanes, timesteps, rate):
     check(case, run_sample(case, core, seed=3))
 
 
-@pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "rect", "piecewise_quadratic"])
+@pytest.mark.parametrize("surrogate", ["sigmoid", *(pytest.param(s, marks=pytest.mark.slow)
+                                                     for s in ("atan", "rect",
+                                                               "piecewise_quadratic"))])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 def test_core_surrogates_and_resets(surrogate, reset):
     lif = LIFParams(reset=reset, surrogate=Surrogate(surrogate), v_reset=-0.25 * (reset == "hard"))
@@ -149,7 +151,7 @@ def test_core_surrogates_and_resets(surrogate, reset):
     check(case, run_sample(case, core, seed=5))
 
 
-@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("reset", ["hard", pytest.param("soft", marks=pytest.mark.slow)])
 def test_core_without_detached_reset(reset):
     lif = LIFParams(reset=reset, detach_reset=False, surrogate=Surrogate("atan"), tau=3.0)
     case = LayerCase.random(neurons=8, fan_in=8, timesteps=4, rate=0.4, seed=17, lif=lif)
@@ -160,7 +162,7 @@ def test_core_without_detached_reset(reset):
 
 @pytest.mark.parametrize("tokens, timesteps, reset, detach", [
     (3, 2, "hard", True),
-    (4, 2, "soft", False),
+    pytest.param(4, 2, "soft", False, marks=pytest.mark.slow),
 ])
 def test_core_with_tokens_matches_golden(tokens, timesteps, reset, detach):
     """Token-wise layers: a membrane and a BPTT carry per token, the weight gradient summed
@@ -298,7 +300,8 @@ class _ShortcutPair(Elaboratable):
         return m
 
 
-@pytest.mark.parametrize("tokens, timesteps, lanes, seed", [(3, 2, 2, 1), (1, 3, 4, 2)])
+@pytest.mark.parametrize("tokens, timesteps, lanes, seed", [
+    (3, 2, 2, 1), pytest.param(1, 3, 4, 2, marks=pytest.mark.slow)])
 def test_membrane_shortcut_between_two_cores(tokens, timesteps, lanes, seed):
     """``x1 = x0 + W_b·s0``: b's current starts from a's, and a's δX gets b's. Forward spikes,
     b's charges, both gradients and both updated weights bit-exact."""

@@ -174,7 +174,7 @@ def test_lif_update_matches_golden(reset, lanes):
     check_lif(lif_params(lanes, reset=reset), lanes)
 
 
-@pytest.mark.parametrize("lanes", [1, 3, 4])
+@pytest.mark.parametrize("lanes", [1, pytest.param(3, marks=pytest.mark.slow), 4])
 @pytest.mark.parametrize("surrogate", list(SURROGATES))
 @pytest.mark.parametrize("detach", [True, False])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
@@ -183,6 +183,7 @@ def test_bptt_update_matches_golden(reset, detach, surrogate, lanes):
                           surrogate=Surrogate(surrogate)), lanes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("check", [check_lif, check_bptt])
 def test_widest_lane_vectors(check):
     lif = lif_params(64, reset="soft", detach_reset=False, surrogate=Surrogate("rect"))
