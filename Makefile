@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: install train train-golden test sim lint clean
+.PHONY: install train train-golden test test-fast sim lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ train-golden: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --doctest-modules sw hw gen boards tests sim
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" --doctest-modules sw hw gen boards tests sim
 
 sim: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) sim

@@ -11,6 +11,7 @@ import json
 import os
 
 import cocotb
+import pytest
 from harness import run
 
 from spikeforge.golden.qk import ATTENTIONS
@@ -41,6 +42,7 @@ async def attention_cases(dut):
     assert all(compared.values()), f"some stream compared only zeros: {compared}"
 
 
+@pytest.mark.slow
 def test_attention_block_sizes_rates_kinds():
     block = AttentionBlock(lanes=4, tokens=16, channels=32, timesteps=4)
     spec = {"lanes": 4, "cases": SWEEP, "seed": 2}

@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """``spikeforge bench`` on a small core, so that the measurement path keeps working."""
 
+import pytest
 from harness import BUILD_ROOT
 
 from spikeforge.bench import bench_core, bench_multicore
 
 
+@pytest.mark.slow
 def test_bench_small_core():
     result = bench_core(neurons=16, fan_in=32, lanes=4, timesteps=2, rates=(0.3, 0.1, 1.0),
                         build_root=BUILD_ROOT)
@@ -17,6 +19,7 @@ def test_bench_small_core():
     assert at_full["input_spikes"] == 2 * 32 and at_full["wg_ideal"] == 2 * 32 * 16 / 4
 
 
+@pytest.mark.slow
 def test_multicore_bench_small():
     # The hidden layer on one core and split over two: the runs must agree bit for bit (the
     # bench raises otherwise) and the split must save cycles. The cycles are the cores' working

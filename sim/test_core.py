@@ -91,10 +91,12 @@ def _run(name, *, lanes=4, neurons=16, fan_in=16, timesteps=3, reset="hard",
         extra_env={"CORE_SPEC": json.dumps(spec)})
 
 
+@pytest.mark.slow
 def test_core_sizes_rates_and_batch():
     _run("core_sweep", testcases=("core_cases", "core_batch"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reset, surrogate", [
     ("hard", "atan"), ("hard", "rect"), ("hard", "piecewise_quadratic"),
     ("soft", "sigmoid"), ("soft", "rect"),
@@ -105,6 +107,7 @@ def test_core_surrogates_and_resets(reset, surrogate):
          reset == "soft" else 2.0, cases=[(8, 8, 0.3), (5, 3, 1.0)], seed=7)
 
 
+@pytest.mark.slow
 def test_core_tokens():
     """Token-wise layers, sample after sample: every token's membrane restarts and its BPTT
     carry starts from zero at the ends of the sample, whatever the last sample left."""

@@ -113,6 +113,7 @@ def test_a_nir_graph_runs_as_the_golden_model_of_the_same_graph(board, digits, t
     assert expected.sum() > 0
 
 
+@pytest.mark.slow
 def test_training_resumes_after_the_board_dies(tmp_path):
     """Kill the board during the second epoch, start another, resume from the checkpoint: the
     weights end bit for bit where an uninterrupted run ends."""

@@ -5,6 +5,7 @@ three cores, whose input spikes are shared, output spikes merged in order and pa
 ``Wᵀ·δ`` carried from core to core; spikes go forward and errors backward through all nineteen
 links. The host sees only the first layer's input and the last layer's output."""
 
+import pytest
 import torch
 
 from spikeforge.device import DeviceBackend
@@ -68,6 +69,7 @@ def train_step_matches(config, sizes, seed, batch=4):
     return program, stats
 
 
+@pytest.mark.slow
 def test_twenty_cores_train_a_network_with_split_layers_a_step_bit_exact():
     program, stats = train_step_matches(CONFIG, SIZES, seed=4)
     assert [c.core for c in program.cores] == list(range(CORES))

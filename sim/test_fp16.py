@@ -271,6 +271,7 @@ async def compare_random(dut):
                  min_distinct=2, idle=0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unit", [FP16Adder, FP16Multiplier, FP16Compare],
                          ids=["adder", "multiplier", "compare"])
 def test_fp16(unit):

@@ -14,6 +14,7 @@ import json
 import os
 
 import cocotb
+import pytest
 from harness import BUILD_ROOT, run
 
 from spikeforge.bench import bench_qk
@@ -47,6 +48,7 @@ async def qk_cases(dut):
     assert all(nonzero.values()), f"some stream compared only zeros: {nonzero}"
 
 
+@pytest.mark.slow
 def test_qk_sizes_rates_kinds_and_bench():
     unit = QKAttention(lanes=8, tokens=64, channels=256, timesteps=4)
     spec = {"lanes": 8, "lif": {"v_th": 0.5}, "cases": SWEEP, "seed": 1}

@@ -42,6 +42,7 @@ def spikes(batch: int, seed: int) -> torch.Tensor:
     return (torch.rand(T, batch, TOKENS, FEATURES, generator=g) < 0.6).double()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["token", "channel"])
 def test_the_qk_model_trains_on_the_device_as_the_golden_model(board, attention):
     golden = GoldenBackend(network(attention))
@@ -94,6 +95,7 @@ def test_bad_input_is_refused_and_changes_nothing(board):
     assert board.qk_unit(0) == device.program.unit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["token", "channel"])
 def test_every_step_of_a_batch_is_the_golden_models(board, attention):
     """Every layer's charges and spikes after each sample, the gradients after its BP and the

@@ -7,8 +7,17 @@ check of a core compares against the same hardware-exact golden computation.
 >>> case = LayerCase.random(neurons=8, fan_in=16, timesteps=3, rate=0.3, seed=1)
 >>> case.expected_spikes.shape, case.expected_dw.shape
 (torch.Size([3, 8]), torch.Size([8, 16]))
+
+A stream beat of ``lanes`` FP16 values packs their bit patterns side by side, lane 0 in the low
+bits:
+
+>>> hex(pack_lanes([0x3C00, 0xC000])), hex(pack_fp16(torch.tensor([1.0, -2.0])))
+('0xc0003c00', '0xc0003c00')
+>>> [hex(v) for v in unpack_lanes(0xC0003C00, 2)]
+['0x3c00', '0xc000']
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +28,7 @@ from .golden.arith import FP16
 from .golden.lif import LIFParams, lif_backward, lif_forward
 from .golden.linear import linear_backward, linear_forward, linear_weight_grad, sgd_update
 
-__all__ = ["LayerCase", "check_case"]
+__all__ = ["LayerCase", "check_case", "pack_fp16", "pack_lanes", "unpack_lanes"]
 
 
 @dataclass
@@ -146,3 +155,22 @@ def check_case(case: LayerCase, got: dict, bp_input_error: bool = True) -> None:
     compared = torch.cat([case.expected_charges.flatten(), case.expected_grad_in.flatten(),
                           case.expected_dw.flatten()])
     assert (compared != 0).any(), "the case compares nothing but zeros"
+
+
+def pack_lanes(values: Iterable[int] | torch.Tensor, width: int = 16) -> int:
+    """One word of ``values`` (bit patterns of ``width`` bits), lane 0 in the low bits."""
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    mask = (1 << width) - 1
+    return sum((int(v) & mask) << (width * k) for k, v in enumerate(values))
+
+
+def unpack_lanes(word: int, lanes: int, width: int = 16) -> list[int]:
+    """The ``lanes`` bit patterns of ``width`` bits in ``word``, lane 0 first."""
+    word, mask = int(word), (1 << width) - 1
+    return [(word >> (width * k)) & mask for k in range(lanes)]
+
+
+def pack_fp16(values: torch.Tensor) -> int:
+    """One word of ``values`` rounded to FP16, lane 0 in the low bits."""
+    return pack_lanes(fp16.bits(values))

@@ -124,6 +124,7 @@ def test_cli_refuses_an_unknown_board(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_small_board_bitstream(tmp_path, monkeypatch):
     """A small core of the OrangeCrab through Yosys, nextpnr and ecppack, then from cache."""
     monkeypatch.setenv("SPIKEFORGE_CACHE", str(tmp_path / "cache"))

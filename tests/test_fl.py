@@ -13,6 +13,7 @@ from spikeforge.train import TrainConfig
 SMALL = {"hidden": 16, "timesteps": 4}
 
 
+@pytest.mark.slow
 def test_federated_rounds_average_the_clients_by_examples(tmp_path):
     path = tmp_path / "fl.json"
     result = run_fl(workers=3, rounds=2, local_epochs=1, cfg=TrainConfig(**SMALL),
@@ -57,6 +58,7 @@ def test_bad_options(kwargs, error, message):
         run_fl(cfg=TrainConfig(**SMALL), progress=False, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_worker_whose_board_is_gone_is_named():
     with pytest.raises(FLError, match=r"worker 1: LinkError: cannot connect to "
                                       r"tcp://127.0.0.1:1"):
@@ -85,6 +87,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_no_worker_outlives_a_killed_host():
     """The host killed outright (no clean-up of its own): Linux stops its server and workers,
     and a worker's board with it."""

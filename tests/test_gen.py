@@ -21,6 +21,7 @@ QK_CONFIG = AcceleratorConfig(cores=4, neurons=8, fan_in=16, lanes=2, timesteps=
 TINY_QK = {"tokens": 4, "features": 4, "dim": 4, "classes": 3}
 
 
+@pytest.mark.slow
 def test_generation_is_reproducible(tmp_path):
     first = generate(SMALL, tmp_path / "a")
     second = generate(SMALL, tmp_path / "b")

@@ -52,17 +52,24 @@ def test_to_fp16_rounds_float64_once():
     assert int(fp16.bits(A.cast(x))) == 0x3C01
 
 
-def _forward_reference(s, w, order):
-    s, w = s.double().numpy(), w.double().numpy()
-    out = np.zeros(s.shape[:-1] + (w.shape[0],))
-    for idx in np.ndindex(*s.shape[:-1]):
-        for n in range(w.shape[0]):
+def _sum_reference(x, w, order, fused=False):
+    """``out[..., j] = Σ_k w[k, j]·x[..., k]`` over the nonzero ``x`` in ``order``, rounded after
+    each product (unless ``fused``) and each addition. A spike's product is its weight, exact."""
+    x, w = x.double().numpy(), w.double().numpy()
+    out = np.zeros(x.shape[:-1] + (w.shape[1],))
+    for idx in np.ndindex(*x.shape[:-1]):
+        for j in range(w.shape[1]):
             acc = 0.0
-            for i in order(w.shape[1]):
-                if s[idx + (i,)]:
-                    acc = _r(acc + w[n, i])
-            out[idx + (n,)] = acc
+            for k in order(w.shape[0]):
+                d = x[idx + (k,)]
+                if d != 0:
+                    acc = _r(acc + w[k, j] * d) if fused else _r(acc + _r(w[k, j] * d))
+            out[idx + (j,)] = acc
     return out
+
+
+def _forward_reference(s, w, order):
+    return _sum_reference(s, w.T, order)
 
 
 def _ascending(n):
@@ -94,28 +101,14 @@ def test_linear_forward_silent_inputs_change_nothing():
     assert fp16.bits(got).flatten().tolist() == [0x3C00, 0x0000]
 
 
-def _backward_reference(dx, w, order, fused=False):
-    dx, w = dx.double().numpy(), w.double().numpy()
-    out = np.zeros(dx.shape[:-1] + (w.shape[1],))
-    for idx in np.ndindex(*dx.shape[:-1]):
-        for i in range(w.shape[1]):
-            acc = 0.0
-            for n in order(w.shape[0]):
-                d = dx[idx + (n,)]
-                if d != 0:
-                    acc = _r(acc + w[n, i] * d) if fused else _r(acc + _r(w[n, i] * d))
-            out[idx + (i,)] = acc
-    return out
-
-
 def test_linear_backward_adds_outputs_in_ascending_order():
     w = _mixed((10, 7), 3)
     dx = _mixed((3, 2, 10), 4)
     dx[torch.rand(dx.shape, generator=torch.Generator().manual_seed(5)) < 0.25] = 0
     got = linear_backward(dx, w, A)
     assert got.dtype == torch.float16 and got.shape == (3, 2, 7)
-    assert torch.equal(fp16.bits(got), _bits(_backward_reference(dx, w, _ascending)))
-    assert not torch.equal(fp16.bits(got), _bits(_backward_reference(dx, w, _descending)))
+    assert torch.equal(fp16.bits(got), _bits(_sum_reference(dx, w, _ascending)))
+    assert not torch.equal(fp16.bits(got), _bits(_sum_reference(dx, w, _descending)))
 
 
 def test_linear_backward_rounds_the_product_before_the_sum():
@@ -123,7 +116,7 @@ def test_linear_backward_rounds_the_product_before_the_sum():
     dx = torch.tensor([[[1.0, 1 + 2.0 ** -10]]])
     got = linear_backward(dx, w, A)
     assert fp16.bits(got).flatten().tolist() == [0x0000, 0x0000]
-    assert _backward_reference(dx, w, _ascending, fused=True).flatten()[0] == 2.0 ** -20
+    assert _sum_reference(dx, w, _ascending, fused=True).flatten()[0] == 2.0 ** -20
 
 
 def test_linear_backward_skips_zero_errors():

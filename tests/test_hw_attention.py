@@ -4,32 +4,34 @@ import random
 
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from spikeforge.golden import fp16
 from spikeforge.hw.attention import AttentionBlock
+from spikeforge.tb.amaranth import (
+    get_events,
+    get_lanes,
+    put,
+    put_events,
+    put_lanes,
+    simulate,
+    simulator,
+)
 from spikeforge.tb.qk import QKCase, check_block
 
 
-def _pack(values, lanes):
-    return sum(int(v) << 16 * k for k, v in enumerate(values))
-
-
-def simulate(block: AttentionBlock, cases: list[QKCase], seed: int, idle=0.3, stall=0.3,
-             max_cycles: int = 40_000, forward_only=()):
+def run_samples(block: AttentionBlock, cases: list[QKCase], seed: int, idle=0.3, stall=0.3,
+                max_cycles: int = 40_000, forward_only=()):
     """Run ``cases`` back to back; per case, the events of each step and the [δQ; δK] beats
     (none for the cases numbered in ``forward_only``, which run forward only)."""
     P = block.lanes
     rng = random.Random(seed)
     got = []
-    sim = Simulator(block)
-    sim.add_clock(1e-8)
 
     def events(case, t, r):
         D = case.channels
         q = [int(i) for i in torch.nonzero(case.q[t, r]).flatten()]
         k = [D + int(i) for i in torch.nonzero(case.k[t, r]).flatten()]
-        return [(i, 1, 0) for i in q + k] + [(0, 0, 1)]
+        return q + k
 
     def bp_order(case):
         return [(t, r) for t in reversed(range(case.timesteps)) for r in range(case.tokens)]
@@ -45,31 +47,14 @@ def simulate(block: AttentionBlock, cases: list[QKCase], seed: int, idle=0.3, st
             got.append({"events": {}, "bp": {}})
             for t in range(case.timesteps):
                 for r in range(case.tokens):
-                    for index, spike, last in events(case, t, r):
-                        while rng.random() < idle:
-                            await ctx.tick()
-                        ctx.set(block.fp_i.valid, 1)
-                        ctx.set(block.fp_i.payload,
-                                {"index": index, "spike": spike, "last": last})
-                        await ctx.tick().until(block.fp_i.ready)
-                        ctx.set(block.fp_i.valid, 0)
+                    await put_events(ctx, block.fp_i, events(case, t, r), rng=rng, idle=idle)
 
     async def fp_sink(ctx):
         for n, case in enumerate(cases):
             for t in range(case.timesteps):
                 for r in range(case.tokens):
-                    step = []
-                    while True:
-                        ready = rng.random() >= stall
-                        ctx.set(block.fp_o.ready, ready)
-                        _, _, valid, payload = await ctx.tick().sample(
-                            block.fp_o.valid, block.fp_o.payload)
-                        if ready and valid:
-                            if payload.spike:
-                                step.append(int(payload.index))
-                            if payload.last:
-                                break
-                    got[n]["events"][t, r] = step
+                    got[n]["events"][t, r] = await get_events(ctx, block.fp_o, rng=rng,
+                                                              stall=stall)
             ctx.set(block.fp_o.ready, 0)
 
     async def bp_source(ctx):
@@ -78,17 +63,9 @@ def simulate(block: AttentionBlock, cases: list[QKCase], seed: int, idle=0.3, st
                 await ctx.tick()
             if n in forward_only:
                 continue
-            D = case.channels
             for t, r in bp_order(case):
-                g = fp16.bits(case.g[t, r]).tolist()
-                for c in range(D // P):
-                    while rng.random() < idle:
-                        await ctx.tick()
-                    ctx.set(block.bp_i.valid, 1)
-                    ctx.set(block.bp_i.payload, {"value": _pack(g[c * P:(c + 1) * P], P),
-                                                 "last": int(c == D // P - 1)})
-                    await ctx.tick().until(block.bp_i.ready)
-                    ctx.set(block.bp_i.valid, 0)
+                await put_lanes(ctx, block.bp_i, fp16.bits(case.g[t, r]).tolist(), P, rng=rng,
+                                idle=idle)
 
     async def bp_sink(ctx):
         for n, case in enumerate(cases):
@@ -100,24 +77,15 @@ def simulate(block: AttentionBlock, cases: list[QKCase], seed: int, idle=0.3, st
                 done[0] = n + 1
                 continue
             for t, r in bp_order(case):
-                beats = []
-                while len(beats) < 2 * D // P:
-                    ready = rng.random() >= stall
-                    ctx.set(block.bp_o.ready, ready)
-                    _, _, valid, payload = await ctx.tick().sample(block.bp_o.valid,
-                                                                   block.bp_o.payload)
-                    if ready and valid:
-                        beats.append(int(payload.value))
-                        assert bool(payload.last) == (len(beats) == 2 * D // P)
-                got[n]["bp"][t, r] = [b >> 16 * k & 0xFFFF for b in beats for k in range(P)]
+                got[n]["bp"][t, r] = await get_lanes(ctx, block.bp_o, 2 * D // P, P, rng=rng,
+                                                     stall=stall)
             ctx.set(block.bp_o.ready, 0)
             for _ in range(3):
                 await ctx.tick()
             got[n]["error"] = ctx.get(block.error)
             done[0] = n + 1
 
-    for bench in (fp_source, fp_sink, bp_source, bp_sink):
-        sim.add_testbench(bench)
+    sim = simulator(block, fp_source, fp_sink, bp_source, bp_sink)
     for chunk in range(1, max_cycles // 500 + 1):        # until done, or a deadlock shows
         sim.run_until(5e-6 * chunk)
         if done[0] == len(cases):
@@ -137,7 +105,7 @@ def test_attention_block_matches_golden(kind, lanes, tokens, channels, timesteps
     cases = [QKCase.random(tokens=tokens, channels=channels, timesteps=timesteps, rate=rate,
                            kind=kind, seed=seed)
              for seed, rate in ((1, 0.5), (2, 0.3))]
-    results = simulate(block, cases, seed=tokens * channels)
+    results = run_samples(block, cases, seed=tokens * channels)
     for case, got in zip(cases, results, strict=True):
         check_block(case, got)
     assert any(case.expected_x.any() and (case.expected_dq != 0).any()
@@ -150,7 +118,7 @@ def test_attention_block_silent_and_saturated_samples(kind):
     block = AttentionBlock(lanes=4, tokens=8, channels=8, timesteps=3)
     cases = [QKCase.random(tokens=6, channels=8, timesteps=2, rate=rate, kind=kind, seed=seed)
              for seed, rate in ((3, 0.5), (4, 0.0), (5, 1.0))]
-    results = simulate(block, cases, seed=7)
+    results = run_samples(block, cases, seed=7)
     for case, got in zip(cases, results, strict=True):
         check_block(case, got)
     assert not cases[1].expected_x.any() and cases[2].expected_x.any()
@@ -163,7 +131,7 @@ def test_attention_block_inference_samples_skip_the_backward_pass(kind):
     block = AttentionBlock(lanes=2, tokens=4, channels=4, timesteps=3)
     cases = [QKCase.random(tokens=3, channels=4, timesteps=3, rate=0.5, kind=kind, seed=seed)
              for seed in range(10, 15)]
-    results = simulate(block, cases, seed=3, forward_only={0, 1, 3})
+    results = run_samples(block, cases, seed=3, forward_only={0, 1, 3})
     for n, (case, got) in enumerate(zip(cases, results, strict=True)):
         if n in (0, 1, 3):
             for t in range(case.timesteps):
@@ -179,23 +147,17 @@ def test_attention_block_inference_samples_skip_the_backward_pass(kind):
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_attention_block_flags_an_event_out_of_range_and_refuses_odd_channels():
     block = AttentionBlock(lanes=1, tokens=2, channels=2, timesteps=1)
-    sim = Simulator(block)
-    sim.add_clock(1e-8)
 
     async def bench(ctx):
         ctx.set(block.c_tokens, 1)
         ctx.set(block.c_channels, 1)        # events 0 (Q) and 1 (K)
         ctx.set(block.c_timesteps, 1)
         for index, spike, last, error in [(1, 1, 0, 0), (2, 1, 0, 1), (0, 0, 1, 1)]:
-            ctx.set(block.fp_i.valid, 1)
-            ctx.set(block.fp_i.payload, {"index": index, "spike": spike, "last": last})
-            await ctx.tick().until(block.fp_i.ready)
-            ctx.set(block.fp_i.valid, 0)
+            await put(ctx, block.fp_i, {"index": index, "spike": spike, "last": last})
             await ctx.tick()
             assert ctx.get(block.error) == error, (index, spike, last)
 
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(block, bench)
     with pytest.raises(ValueError, match=r"^Attention block channels must be a multiple of the "
                                          r"lane count 4, not 6$"):
         AttentionBlock(lanes=4, tokens=8, channels=6, timesteps=2)

@@ -5,7 +5,6 @@ import pytest
 import torch
 from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import fifo
-from amaranth.sim import Simulator
 
 from spikeforge.golden import fp16
 from spikeforge.golden.arith import FP16
@@ -25,6 +24,17 @@ from spikeforge.regmap import (
     state_offset,
     weight_offset,
 )
+from spikeforge.tb.amaranth import (
+    bus_read,
+    bus_write,
+    get_events,
+    get_lanes,
+    put_events,
+    put_lanes,
+    simulate,
+    wait_idle,
+    wait_status,
+)
 from spikeforge.testing import LayerCase, check_case
 
 
@@ -36,53 +46,13 @@ def s_addr(core: Core, region: Region, t: int, n: int) -> int:
     return address(region, state_offset(t, n, neurons=core.neurons))
 
 
-async def bus_write(ctx, dut, addr, value):
-    ctx.set(dut.bus_en, 1)
-    ctx.set(dut.bus_we, 1)
-    ctx.set(dut.bus_addr, addr)
-    ctx.set(dut.bus_wdata, value)
-    await ctx.tick()
-    ctx.set(dut.bus_en, 0)
-    ctx.set(dut.bus_we, 0)
-    (err,) = await ctx.tick().sample(dut.bus_err).until(dut.bus_ack)
-    return bool(err)
-
-
-async def bus_read(ctx, dut, addr, check=True):
-    ctx.set(dut.bus_en, 1)
-    ctx.set(dut.bus_we, 0)
-    ctx.set(dut.bus_addr, addr)
-    await ctx.tick()
-    ctx.set(dut.bus_en, 0)
-    data, err = await ctx.tick().sample(dut.bus_rdata, dut.bus_err).until(dut.bus_ack)
-    assert not (check and err), f"bus read of {addr:#x} failed"
-    return int(data)
-
-
-async def wait_status(ctx, dut, flag):
-    for _ in range(100000):
-        if await bus_read(ctx, dut, address(Region.REG, Reg.STATUS)) & flag:
-            return
-    raise AssertionError(f"status {flag!r} never set")
-
-
-def lanes_pack(values, lanes):
-    return sum((int(v) & 0xFFFF) << (16 * k) for k, v in enumerate(values))
-
-
-def lanes_unpack(word, lanes):
-    return [(int(word) >> (16 * k)) & 0xFFFF for k in range(lanes)]
-
-
-def simulate(case: LayerCase, core: Core, seed: int, idle: float = 0.3, stall: float = 0.3,
-             bp_input_error: bool = True):
+def run_sample(case: LayerCase, core: Core, seed: int, idle: float = 0.3, stall: float = 0.3,
+               bp_input_error: bool = True):
     """Run one sample (FP, BP, WG, update) on ``core``; return what it produced."""
     rng = random.Random(seed)
     P, T, N, F = core.lanes, case.timesteps, case.neurons, case.fan_in
     chunks, in_chunks = -(-N // P), -(-F // P)
     got = {"events": [[] for _ in range(T)], "grad_in": [[] for _ in range(T)]}
-    sim = Simulator(core)
-    sim.add_clock(1e-8)
     fp_go, bp_go = [], []
 
     async def fp_source(ctx):
@@ -90,28 +60,12 @@ def simulate(case: LayerCase, core: Core, seed: int, idle: float = 0.3, stall: f
             await ctx.tick()
         for t in range(T):
             events = case.input_events(t)
-            items = [(i, 1, 0) for i in events] + [(0, 0, 1)]
-            if events and rng.random() < 0.5:
-                items = [(i, 1, 0) for i in events[:-1]] + [(events[-1], 1, 1)]
-            for index, spike, last in items:
-                while rng.random() < idle:
-                    await ctx.tick()
-                ctx.set(core.fp_i.valid, 1)
-                ctx.set(core.fp_i.payload, {"index": index, "spike": spike, "last": last})
-                await ctx.tick().until(core.fp_i.ready)
-                ctx.set(core.fp_i.valid, 0)
+            await put_events(ctx, core.fp_i, events, rng=rng, idle=idle,
+                             last_on_spike=bool(events) and rng.random() < 0.5)
 
     async def fp_sink(ctx):
-        t = 0
-        while t < T:
-            ready = rng.random() >= stall
-            ctx.set(core.fp_o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(core.fp_o.valid, core.fp_o.payload)
-            if ready and valid:
-                if payload.spike:
-                    got["events"][t].append(int(payload.index))
-                if payload.last:
-                    t += 1
+        for events in got["events"]:
+            events += await get_events(ctx, core.fp_o, rng=rng, stall=stall)
         ctx.set(core.fp_o.ready, 0)
 
     async def bp_source(ctx):
@@ -119,29 +73,15 @@ def simulate(case: LayerCase, core: Core, seed: int, idle: float = 0.3, stall: f
             await ctx.tick()
         for t in case.bp_steps():
             g = case.grad_out[t].tolist() + [0.0] * (chunks * P - N)
-            for c in range(chunks):
-                while rng.random() < idle:
-                    await ctx.tick()
-                value = lanes_pack(fp16.bits(torch.tensor(g[c * P:(c + 1) * P])).tolist(), P)
-                ctx.set(core.bp_i.valid, 1)
-                ctx.set(core.bp_i.payload, {"value": value, "last": int(c == chunks - 1)})
-                await ctx.tick().until(core.bp_i.ready)
-                ctx.set(core.bp_i.valid, 0)
+            await put_lanes(ctx, core.bp_i, fp16.bits(torch.tensor(g)).tolist(), P, rng=rng,
+                            idle=idle)
 
     async def bp_sink(ctx):
         if not bp_input_error:
             return
         for t in case.bp_steps():
-            beats = 0
-            while beats < in_chunks:
-                ready = rng.random() >= stall
-                ctx.set(core.bp_o.ready, ready)
-                _, _, valid, payload = await ctx.tick().sample(core.bp_o.valid,
-                                                               core.bp_o.payload)
-                if ready and valid:
-                    got["grad_in"][t] += lanes_unpack(payload.value, P)
-                    beats += 1
-                    assert bool(payload.last) == (beats == in_chunks)
+            got["grad_in"][t] += await get_lanes(ctx, core.bp_o, in_chunks, P, rng=rng,
+                                                 stall=stall)
         ctx.set(core.bp_o.ready, 0)
 
     async def main(ctx):
@@ -171,20 +111,14 @@ def simulate(case: LayerCase, core: Core, seed: int, idle: float = 0.3, stall: f
             hi = await bus_read(ctx, core, address(Region.COUNTER, 2 * c + 1))
             got["counters"][c.name.lower()] = hi << 16 | lo
         assert not await bus_write(ctx, core, address(Region.REG, Reg.COMMAND), Command.UPDATE)
-        while await bus_read(ctx, core, address(Region.REG, Reg.STATUS)) & Status.BUSY:
-            pass
+        await wait_idle(ctx, core)
         got["weights"] = [[await bus_read(ctx, core, w_addr(core, Region.WEIGHT, n, i))
                            for i in range(F)] for n in range(N)]
         got["dw_after"] = [await bus_read(ctx, core, w_addr(core, Region.GRAD, n, 0))
                            for n in range(N)]
         got["errors"] = await bus_read(ctx, core, address(Region.REG, Reg.ERRORS))
 
-    sim.add_testbench(fp_source, background=True)
-    sim.add_testbench(fp_sink, background=True)
-    sim.add_testbench(bp_source, background=True)
-    sim.add_testbench(bp_sink, background=True)
-    sim.add_testbench(main)
-    sim.run()
+    simulate(core, main, background=[fp_source, fp_sink, bp_source, bp_sink])
     return got
 
 
@@ -195,38 +129,40 @@ check = check_case
     (4, 4, 1, 3, 0.5),
     (8, 16, 4, 4, 0.3),
     (12, 8, 4, 3, 1.0),
-    (16, 32, 8, 2, 0.05),
+    pytest.param(16, 32, 8, 2, 0.05, marks=pytest.mark.slow),
     (8, 8, 2, 2, 0.0),
 ])
 def test_core_matches_golden(neurons, fan_in, lanes, timesteps, rate):
     case = LayerCase.random(neurons=neurons, fan_in=fan_in, timesteps=timesteps, rate=rate,
                             seed=neurons * 7 + fan_in)
     core = Core(neurons=neurons, fan_in=fan_in, lanes=lanes, timesteps=timesteps)
-    check(case, simulate(case, core, seed=3))
+    check(case, run_sample(case, core, seed=3))
 
 
-@pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "rect", "piecewise_quadratic"])
+@pytest.mark.parametrize("surrogate", ["sigmoid", *(pytest.param(s, marks=pytest.mark.slow)
+                                                     for s in ("atan", "rect",
+                                                               "piecewise_quadratic"))])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 def test_core_surrogates_and_resets(surrogate, reset):
     lif = LIFParams(reset=reset, surrogate=Surrogate(surrogate), v_reset=-0.25 * (reset == "hard"))
     case = LayerCase.random(neurons=8, fan_in=8, timesteps=3, rate=0.4, seed=11, lif=lif)
     core = Core(neurons=8, fan_in=8, lanes=4, timesteps=4, reset=reset,
                 surrogate=Surrogate(surrogate))
-    check(case, simulate(case, core, seed=5))
+    check(case, run_sample(case, core, seed=5))
 
 
-@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("reset", ["hard", pytest.param("soft", marks=pytest.mark.slow)])
 def test_core_without_detached_reset(reset):
     lif = LIFParams(reset=reset, detach_reset=False, surrogate=Surrogate("atan"), tau=3.0)
     case = LayerCase.random(neurons=8, fan_in=8, timesteps=4, rate=0.4, seed=17, lif=lif)
     core = Core(neurons=8, fan_in=8, lanes=4, timesteps=4, reset=reset, detach_reset=False,
                 surrogate=Surrogate("atan"))
-    check(case, simulate(case, core, seed=8))
+    check(case, run_sample(case, core, seed=8))
 
 
 @pytest.mark.parametrize("tokens, timesteps, reset, detach", [
     (3, 2, "hard", True),
-    (4, 2, "soft", False),
+    pytest.param(4, 2, "soft", False, marks=pytest.mark.slow),
 ])
 def test_core_with_tokens_matches_golden(tokens, timesteps, reset, detach):
     """Token-wise layers: a membrane and a BPTT carry per token, the weight gradient summed
@@ -237,7 +173,7 @@ def test_core_with_tokens_matches_golden(tokens, timesteps, reset, detach):
     core = Core(neurons=8, fan_in=8, lanes=4, timesteps=tokens * timesteps + 1, reset=reset,
                 detach_reset=detach, surrogate=Surrogate("atan"))
     assert case.expected_spikes.any() and (case.expected_dw != 0).any()
-    got = simulate(case, core, seed=tokens)
+    got = run_sample(case, core, seed=tokens)
     check(case, got)
     # The tokens are not one neuron's timesteps: the same stream without them differs.
     flat = LayerCase(case.weights, case.spikes_in, case.grad_out, lif, case.lr)
@@ -248,13 +184,13 @@ def test_core_with_tokens_matches_golden(tokens, timesteps, reset, detach):
 def test_core_with_smaller_active_layer():
     case = LayerCase.random(neurons=5, fan_in=6, timesteps=2, rate=0.5, seed=2)
     core = Core(neurons=8, fan_in=8, lanes=4, timesteps=3)
-    check(case, simulate(case, core, seed=9))
+    check(case, run_sample(case, core, seed=9))
 
 
 def test_core_without_input_error():
     case = LayerCase.random(neurons=8, fan_in=8, timesteps=2, rate=0.5, seed=4)
     core = Core(neurons=8, fan_in=8, lanes=4, timesteps=2)
-    check(case, simulate(case, core, seed=1, bp_input_error=False), bp_input_error=False)
+    check(case, run_sample(case, core, seed=1, bp_input_error=False), bp_input_error=False)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -271,13 +207,20 @@ def test_core_parameters_are_checked(kwargs, message):
 
 def test_core_refuses_bad_input_and_changes_nothing():
     core = Core(neurons=8, fan_in=8, lanes=4, timesteps=2)
-    sim = Simulator(core)
-    sim.add_clock(1e-8)
     w = w_addr(core, Region.WEIGHT, 3, 2)
 
     async def testbench(ctx):
         def reg(r):
             return address(Region.REG, r)
+
+        async def burst(events):
+            """Events back to back (``valid`` held high), then the forward pass's end."""
+            for index, spike, last in events:
+                ctx.set(core.fp_i.valid, 1)
+                ctx.set(core.fp_i.payload, {"index": index, "spike": spike, "last": last})
+                await ctx.tick().until(core.fp_i.ready)
+            ctx.set(core.fp_i.valid, 0)
+            await wait_status(ctx, core, Status.FP_DONE)
 
         assert not await bus_write(ctx, core, w, 0x3C00)
         assert not await bus_write(ctx, core, reg(Reg.INPUTS), 6)
@@ -313,12 +256,7 @@ def test_core_refuses_bad_input_and_changes_nothing():
         assert await bus_write(ctx, core, w, 0x4000)                  # busy: refused
         assert await bus_write(ctx, core, reg(Reg.COMMAND), Command.UPDATE)
         ctx.set(core.fp_o.ready, 1)
-        for index, spike, last in [(3, 1, 0), (2, 1, 0), (6, 1, 0), (5, 1, 1), (0, 0, 1)]:
-            ctx.set(core.fp_i.valid, 1)
-            ctx.set(core.fp_i.payload, {"index": index, "spike": spike, "last": last})
-            await ctx.tick().until(core.fp_i.ready)
-        ctx.set(core.fp_i.valid, 0)
-        await wait_status(ctx, core, Status.FP_DONE)
+        await burst([(3, 1, 0), (2, 1, 0), (6, 1, 0), (5, 1, 1), (0, 0, 1)])
         errors = await bus_read(ctx, core, reg(Reg.ERRORS))
         assert errors == ErrorFlag.EVENT_ORDER | ErrorFlag.EVENT_RANGE
         lo = await bus_read(ctx, core, address(Region.COUNTER, 2 * Counter.FP_EVENTS))
@@ -332,19 +270,12 @@ def test_core_refuses_bad_input_and_changes_nothing():
         assert not await bus_write(ctx, core, reg(Reg.IN_TOKENS), 2)
         assert not await bus_write(ctx, core, reg(Reg.IN_STRIDE), 3)
         assert not await bus_write(ctx, core, reg(Reg.COMMAND), Command.BEGIN)
-        for index, spike, last in [(1, 1, 0), (3, 1, 0), (2, 1, 1), (0, 1, 0), (2, 1, 1),
-                                   (0, 0, 1), (1, 1, 1)]:
-            ctx.set(core.fp_i.valid, 1)
-            ctx.set(core.fp_i.payload, {"index": index, "spike": spike, "last": last})
-            await ctx.tick().until(core.fp_i.ready)
-        ctx.set(core.fp_i.valid, 0)
-        await wait_status(ctx, core, Status.FP_DONE)
+        await burst([(1, 1, 0), (3, 1, 0), (2, 1, 1), (0, 1, 0), (2, 1, 1), (0, 0, 1), (1, 1, 1)])
         assert await bus_read(ctx, core, reg(Reg.ERRORS)) == ErrorFlag.EVENT_RANGE
         lo = await bus_read(ctx, core, address(Region.COUNTER, 2 * Counter.FP_EVENTS))
         assert lo == 2 + 5                  # inputs 1, 2, 3 and 5, then 4 in timestep 1
 
-    sim.add_testbench(testbench)
-    sim.run()
+    simulate(core, testbench)
 
 
 class _ShortcutPair(Elaboratable):
@@ -369,7 +300,8 @@ class _ShortcutPair(Elaboratable):
         return m
 
 
-@pytest.mark.parametrize("tokens, timesteps, lanes, seed", [(3, 2, 2, 1), (1, 3, 4, 2)])
+@pytest.mark.parametrize("tokens, timesteps, lanes, seed", [
+    (3, 2, 2, 1), pytest.param(1, 3, 4, 2, marks=pytest.mark.slow)])
 def test_membrane_shortcut_between_two_cores(tokens, timesteps, lanes, seed):
     """``x1 = x0 + W_b·s0``: b's current starts from a's, and a's δX gets b's. Forward spikes,
     b's charges, both gradients and both updated weights bit-exact."""
@@ -399,8 +331,6 @@ def test_membrane_shortcut_between_two_cores(tokens, timesteps, lanes, seed):
     a = Core(neurons=D, fan_in=8, lanes=lanes, timesteps=steps)     # 6 of 8 inputs active
     b = Core(neurons=D, fan_in=D, lanes=lanes, timesteps=steps)
     dut = _ShortcutPair(a, b, depth=R * D // lanes)
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
     rng = random.Random(seed)
     got = [[] for _ in range(steps)]
     go = []
@@ -410,25 +340,11 @@ def test_membrane_shortcut_between_two_cores(tokens, timesteps, lanes, seed):
             await ctx.tick()
         for t in range(steps):
             events = [int(i) for i in torch.nonzero(stepwise(x)[t]).flatten()]
-            for index, spike, last in [(i, 1, 0) for i in events] + [(0, 0, 1)]:
-                while rng.random() < 0.3:
-                    await ctx.tick()
-                ctx.set(a.fp_i.valid, 1)
-                ctx.set(a.fp_i.payload, {"index": index, "spike": spike, "last": last})
-                await ctx.tick().until(a.fp_i.ready)
-                ctx.set(a.fp_i.valid, 0)
+            await put_events(ctx, a.fp_i, events, rng=rng, idle=0.3)
 
     async def fp_sink(ctx):
-        t = 0
-        while t < steps:
-            ready = rng.random() >= 0.3
-            ctx.set(b.fp_o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(b.fp_o.valid, b.fp_o.payload)
-            if ready and valid:
-                if payload.spike:
-                    got[t].append(int(payload.index))
-                if payload.last:
-                    t += 1
+        for events in got:
+            events += await get_events(ctx, b.fp_o, rng=rng, stall=0.3)
         ctx.set(b.fp_o.ready, 0)
 
     async def main(ctx):
@@ -450,15 +366,8 @@ def test_membrane_shortcut_between_two_cores(tokens, timesteps, lanes, seed):
                     for n in range(D)] for t in range(steps)]
         assert charges == fp16.bits(stepwise(h1)).tolist()
         for t in case.bp_steps():
-            g = stepwise(g1)[t]
-            for c in range(D // lanes):
-                while rng.random() < 0.3:
-                    await ctx.tick()
-                value = lanes_pack(fp16.bits(g[c * lanes:(c + 1) * lanes]).tolist(), lanes)
-                ctx.set(b.bp_i.valid, 1)
-                ctx.set(b.bp_i.payload, {"value": value, "last": int(c == D // lanes - 1)})
-                await ctx.tick().until(b.bp_i.ready)
-                ctx.set(b.bp_i.valid, 0)
+            await put_lanes(ctx, b.bp_i, fp16.bits(stepwise(g1)[t]).tolist(), lanes, rng=rng,
+                            idle=0.3)
         await wait_status(ctx, a, Status.BP_DONE)
         for core, dw, w, fan_in in ((a, dwa, wa, F), (b, dwb, wb, D)):
             grads = [[await bus_read(ctx, core, w_addr(core, Region.GRAD, n, i))
@@ -466,15 +375,11 @@ def test_membrane_shortcut_between_two_cores(tokens, timesteps, lanes, seed):
             assert grads == fp16.bits(dw).tolist()
             assert not await bus_write(ctx, core, address(Region.REG, Reg.COMMAND),
                                        Command.UPDATE)
-            while await bus_read(ctx, core, address(Region.REG, Reg.STATUS)) & Status.BUSY:
-                pass
+            await wait_idle(ctx, core)
             weights = [[await bus_read(ctx, core, w_addr(core, Region.WEIGHT, n, i))
                         for i in range(fan_in)] for n in range(D)]
             assert weights == fp16.bits(sgd_update(w, dw, lr, a16)).tolist()
             assert await bus_read(ctx, core, address(Region.REG, Reg.ERRORS)) == 0
 
-    sim.add_testbench(fp_source, background=True)
-    sim.add_testbench(fp_sink, background=True)
-    sim.add_testbench(main)
-    sim.run()
+    simulate(dut, main, background=[fp_source, fp_sink])
     assert got == [[int(n) for n in torch.nonzero(s).flatten()] for s in stepwise(s1)]

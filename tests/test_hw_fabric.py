@@ -5,13 +5,13 @@ from collections import deque
 import pytest
 from amaranth.hdl import Elaboratable, Module, Shape, Signal
 from amaranth.lib import wiring
-from amaranth.sim import Simulator
 
 from spikeforge.gen.compiler import compile_network
 from spikeforge.gen.config import AcceleratorConfig
 from spikeforge.golden.network import SpikingMLP
 from spikeforge.hw.fabric import Router
 from spikeforge.protocol import LINK_BITS, Link
+from spikeforge.tb.amaranth import simulate
 
 CORES = 4
 HARDWARE = {
@@ -259,7 +259,7 @@ def check_nontrivial(program, expected, T):
         lo += cp.neurons
 
 
-def simulate(sizes, hw, *, seed, idle, stall, causal, timesteps=5):
+def run_line(sizes, hw, *, seed, idle, stall, causal, timesteps=5):
     """Run a scenario through a line of routers; return the expected and received streams."""
     config = AcceleratorConfig(cores=CORES, timesteps=timesteps, **hw)
     program = compile_network(SpikingMLP(sizes), config, timesteps=timesteps)
@@ -364,10 +364,7 @@ def simulate(sizes, hw, *, seed, idle, stall, causal, timesteps=5):
                              f"{quiet} cycles, at most {limit} cycles a run): "
                              + "; ".join(pending))
 
-    sim = Simulator(line)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(line, bench)
     for d in decoys:
         assert d.queue, f"{d.name} was taken though the core's input is linked"
     return expected, {name: s.got for name, s in sinks.items()}
@@ -389,7 +386,7 @@ def check(expected, got):
 @pytest.mark.parametrize(("idle", "stall", "seed"),
                          [(0, 0, 1), (0.3, 0.3, 2), (0.8, 0.8, 3), (0, 0.8, 4), (0.8, 0, 5)])
 def test_line_of_routers(network, idle, stall, seed, causal):
-    check(*simulate(NETWORKS[network], HARDWARE["p4"], seed=seed, idle=idle, stall=stall,
+    check(*run_line(NETWORKS[network], HARDWARE["p4"], seed=seed, idle=idle, stall=stall,
                     causal=causal))
 
 
@@ -398,11 +395,11 @@ def test_line_of_routers(network, idle, stall, seed, causal):
     ("p2", [12, 16, 5]), ("p2", [12, 6, 12]), ("p1", [10, 8, 3]), ("p1", [10, 5, 6])],
     ids=["p2-split-then-layer", "p2-layer-then-split", "p1-split-then-layer", "p1-split-to-split"])
 def test_lanes_and_core_sizes(hw, sizes, causal):
-    check(*simulate(sizes, HARDWARE[hw], seed=7, idle=0.5, stall=0.5, causal=causal))
+    check(*run_line(sizes, HARDWARE[hw], seed=7, idle=0.5, stall=0.5, causal=causal))
 
 
 def test_long_run():
-    check(*simulate(NETWORKS["split-to-split"], HARDWARE["p4"], seed=11, idle=0.5, stall=0.5,
+    check(*run_line(NETWORKS["split-to-split"], HARDWARE["p4"], seed=11, idle=0.5, stall=0.5,
                     causal=True, timesteps=60))
 
 
@@ -410,5 +407,5 @@ def test_long_run():
 @pytest.mark.parametrize("network", ["split-then-layer", "split-to-split"])
 def test_seeds(network, seed):
     rng = random.Random(seed)
-    check(*simulate(NETWORKS[network], HARDWARE["p4"], seed=seed, idle=rng.random() * 0.9,
+    check(*run_line(NETWORKS[network], HARDWARE["p4"], seed=seed, idle=rng.random() * 0.9,
                     stall=rng.random() * 0.9, causal=bool(seed % 2)))

@@ -4,10 +4,10 @@ import random
 import pytest
 import torch
 from amaranth.hdl import Fragment
-from amaranth.sim import Simulator
 
 from spikeforge.golden import fp16
 from spikeforge.hw.fp16 import FP16Adder, FP16Compare, FP16Multiplier
+from spikeforge.tb.amaranth import simulate
 
 SPECIALS = [
     0x0000, 0x8000,                          # ±0
@@ -24,7 +24,7 @@ SPECIALS = [
 ]
 
 
-def _simulate(unit, inputs, outputs, *, seed=0):
+def _run(unit, inputs, outputs, *, seed=0):
     """Issue ``inputs`` (name -> list of values) one per cycle with random idle cycles between;
     return name -> list of values of ``outputs``, checking ``o_valid`` arrives ``unit.latency``
     cycles after ``i_valid``."""
@@ -51,10 +51,7 @@ def _simulate(unit, inputs, outputs, *, seed=0):
             else:
                 assert not any(cycle - c == unit.latency for c in issued[-unit.latency:])
 
-    sim = Simulator(unit)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    simulate(unit, testbench)
     return results
 
 
@@ -99,7 +96,7 @@ def _check(expected, actual, a, b):
 
 
 def _check_adder(a, b, sub, seed=0):
-    out = _simulate(FP16Adder(), {"i_a": a, "i_b": b, "i_sub": sub}, ["o_result"], seed=seed)
+    out = _run(FP16Adder(), {"i_a": a, "i_b": b, "i_sub": sub}, ["o_result"], seed=seed)
     ta, tb = _t(a), _t(b)
     expected = torch.where(torch.tensor(sub, dtype=torch.bool),
                            fp16.bits(fp16.sub(ta, tb)), fp16.bits(fp16.add(ta, tb)))
@@ -107,12 +104,12 @@ def _check_adder(a, b, sub, seed=0):
 
 
 def _check_multiplier(a, b, seed=0):
-    out = _simulate(FP16Multiplier(), {"i_a": a, "i_b": b}, ["o_result"], seed=seed)
+    out = _run(FP16Multiplier(), {"i_a": a, "i_b": b}, ["o_result"], seed=seed)
     _check(fp16.bits(fp16.mul(_t(a), _t(b))), out["o_result"], a, b)
 
 
 def _check_compare(a, b, seed=0):
-    out = _simulate(FP16Compare(), {"i_a": a, "i_b": b}, ["o_ge", "o_lt", "o_eq"], seed=seed)
+    out = _run(FP16Compare(), {"i_a": a, "i_b": b}, ["o_ge", "o_lt", "o_eq"], seed=seed)
     ta, tb = _t(a), _t(b)
     _check(fp16.ge(ta, tb).int(), out["o_ge"], a, b)
     _check((ta < tb).int(), out["o_lt"], a, b)
@@ -151,7 +148,7 @@ def test_latency_is_read_only(unit, latency):
     (0x7C01, 0x3C00, 0, 0x7E00),  # NaN payloads are not propagated
 ])
 def test_adder_known_answers(a, b, sub, result):
-    out = _simulate(FP16Adder(), {"i_a": [a], "i_b": [b], "i_sub": [sub]}, ["o_result"])
+    out = _run(FP16Adder(), {"i_a": [a], "i_b": [b], "i_sub": [sub]}, ["o_result"])
     assert out["o_result"] == [result]
 
 
@@ -170,7 +167,7 @@ def test_adder_known_answers(a, b, sub, result):
     (0xFC00, 0xBC00, 0x7C00),
 ])
 def test_multiplier_known_answers(a, b, result):
-    out = _simulate(FP16Multiplier(), {"i_a": [a], "i_b": [b]}, ["o_result"])
+    out = _run(FP16Multiplier(), {"i_a": [a], "i_b": [b]}, ["o_result"])
     assert out["o_result"] == [result]
 
 
@@ -184,7 +181,7 @@ def test_multiplier_known_answers(a, b, result):
     (0x3C00, 0x7D00, 0, 0, 0),
 ])
 def test_compare_known_answers(a, b, ge, lt, eq):
-    out = _simulate(FP16Compare(), {"i_a": [a], "i_b": [b]}, ["o_ge", "o_lt", "o_eq"])
+    out = _run(FP16Compare(), {"i_a": [a], "i_b": [b]}, ["o_ge", "o_lt", "o_eq"])
     assert (out["o_ge"], out["o_lt"], out["o_eq"]) == ([ge], [lt], [eq])
 
 

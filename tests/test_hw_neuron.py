@@ -6,25 +6,17 @@ from collections import deque
 
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from spikeforge.golden import fp16
 from spikeforge.golden.arith import FP16
 from spikeforge.golden.lif import LIFParams, lif_backward, lif_forward
 from spikeforge.golden.surrogate import SURROGATES, Surrogate
 from spikeforge.hw.neuron import BPTTUpdate, LIFUpdate
+from spikeforge.tb.amaranth import pack_fp16, pack_lanes, simulate, unpack_lanes
 
 TIMESTEPS = 6
 PARAMS = {1: {}, 2: {"tau": 3.0, "v_reset": -0.25}, 4: {"tau": 3.0, "v_th": 0.5},
           64: {"tau": 3.0, "v_reset": -0.25}}
-
-
-def pack(patterns):
-    return sum((int(p) & 0xFFFF) << (16 * k) for k, p in enumerate(patterns))
-
-
-def unpack(word, lanes):
-    return [(word >> (16 * k)) & 0xFFFF for k in range(lanes)]
 
 
 def constants(lif, dut):
@@ -42,8 +34,6 @@ def drive(dut, consts, groups, steps, initial, issue, retire, seed, idle=0.25):
     checked every cycle against the issue log.
     """
     rng = random.Random(seed)
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
     data_ports = [port for port, _ in issue(0, 0, initial)]
     issued = []
 
@@ -80,8 +70,7 @@ def drive(dut, consts, groups, steps, initial, issue, retire, seed, idle=0.25):
             await ctx.tick()
             cycle += 1
 
-    sim.add_testbench(testbench)
-    sim.run()
+    simulate(dut, testbench)
     assert sorted(issued) == sorted(list(range(groups)) * steps)
 
 
@@ -137,15 +126,15 @@ def check_lif(lif, lanes, groups=None):
     cols = [slice(g * lanes, (g + 1) * lanes) for g in range(groups)]
 
     def issue(g, t, v):
-        return [(dut.i_x, pack(fp16.bits(want["x"][t, cols[g]]))), (dut.i_v, v)]
+        return [(dut.i_x, pack_fp16(want["x"][t, cols[g]])), (dut.i_v, v)]
 
     def retire(ctx, g, t):
-        got["h"][t, cols[g]] = torch.tensor(unpack(ctx.get(dut.o_h), lanes))
-        got["s"][t, cols[g]] = torch.tensor([ctx.get(dut.o_s) >> k & 1 for k in range(lanes)])
-        got["v"][t, cols[g]] = torch.tensor(unpack(ctx.get(dut.o_v), lanes))
+        got["h"][t, cols[g]] = torch.tensor(unpack_lanes(ctx.get(dut.o_h), lanes))
+        got["s"][t, cols[g]] = torch.tensor(unpack_lanes(ctx.get(dut.o_s), lanes, width=1))
+        got["v"][t, cols[g]] = torch.tensor(unpack_lanes(ctx.get(dut.o_v), lanes))
         return ctx.get(dut.o_v)
 
-    v_reset = pack([fp16.bits(lif.constants(FP16())["v_reset"])] * lanes)
+    v_reset = pack_fp16(lif.constants(FP16())["v_reset"].expand(lanes))
     drive(dut, constants(lif, dut), groups, TIMESTEPS, v_reset, issue, retire,
           seed=lanes + len(lif.reset))
     for key in got:
@@ -163,14 +152,14 @@ def check_bptt(lif, lanes, groups=None):
 
     def issue(g, k, eps):
         t = last - k
-        return [(dut.i_g, pack(fp16.bits(want["g"][t, cols[g]]))),
-                (dut.i_h, pack(want["h"][t, cols[g]])),
-                (dut.i_s, sum(int(b) << j for j, b in enumerate(want["s"][t, cols[g]]))),
+        return [(dut.i_g, pack_fp16(want["g"][t, cols[g]])),
+                (dut.i_h, pack_lanes(want["h"][t, cols[g]])),
+                (dut.i_s, pack_lanes(want["s"][t, cols[g]], width=1)),
                 (dut.i_eps, eps)]
 
     def retire(ctx, g, k):
-        got["eps"][last - k, cols[g]] = torch.tensor(unpack(ctx.get(dut.o_eps), lanes))
-        got["dx"][last - k, cols[g]] = torch.tensor(unpack(ctx.get(dut.o_dx), lanes))
+        got["eps"][last - k, cols[g]] = torch.tensor(unpack_lanes(ctx.get(dut.o_eps), lanes))
+        got["dx"][last - k, cols[g]] = torch.tensor(unpack_lanes(ctx.get(dut.o_dx), lanes))
         return ctx.get(dut.o_eps)
 
     drive(dut, constants(lif, dut), groups, TIMESTEPS, 0, issue, retire,
@@ -185,7 +174,7 @@ def test_lif_update_matches_golden(reset, lanes):
     check_lif(lif_params(lanes, reset=reset), lanes)
 
 
-@pytest.mark.parametrize("lanes", [1, 2, 4])
+@pytest.mark.parametrize("lanes", [1, pytest.param(2, marks=pytest.mark.slow), 4])
 @pytest.mark.parametrize("surrogate", list(SURROGATES))
 @pytest.mark.parametrize("detach", [True, False])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
@@ -194,6 +183,7 @@ def test_bptt_update_matches_golden(reset, detach, surrogate, lanes):
                           surrogate=Surrogate(surrogate)), lanes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("check", [check_lif, check_bptt])
 def test_widest_lane_vectors(check):
     lif = lif_params(64, reset="soft", detach_reset=False, surrogate=Surrogate("rect"))

@@ -3,15 +3,15 @@ import gc
 import random
 
 import pytest
-from amaranth.sim import Simulator
 
 from spikeforge.golden.lif import LIFParams
 from spikeforge.golden.surrogate import Surrogate
 from spikeforge.hw.qk import QKAttention
+from spikeforge.tb.amaranth import simulate
 from spikeforge.tb.qk import QKCase, check
 
 
-def simulate(dut, cases, *, lanes, seed=1, idle=0.3, stall=0.3, forward_only=()):
+def run_samples(dut, cases, *, lanes, seed=1, idle=0.3, stall=0.3, forward_only=()):
     """Run ``cases`` one after the other through ``dut`` (those at ``forward_only`` without
     their backward pass); return what came out of each."""
     rng = random.Random(seed)
@@ -74,10 +74,7 @@ def simulate(dut, cases, *, lanes, seed=1, idle=0.3, stall=0.3, forward_only=())
         await ctx.tick().until(dut.bp_done)
         got["error"] = ctx.get(dut.error)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
+    simulate(dut, testbench)
     return results
 
 
@@ -89,7 +86,7 @@ def test_small_cases_bit_exact(lanes, tokens, channels):
              for s, (t, rate, kind) in enumerate([(3, 0.5, "token"), (2, 0.3, "channel"),
                                                   (1, 1.0, "token"), (3, 0.7, "channel")])]
     nonzero = {"x": 0, "dk": 0, "dq": 0}
-    for case, got in simulate(dut, cases, lanes=lanes):
+    for case, got in run_samples(dut, cases, lanes=lanes):
         check(case, got, lanes)
         for key, value in case.nontrivial().items():
             nonzero[key] += value
@@ -108,7 +105,7 @@ def test_resets_leaks_and_surrogates(reset, detach_reset, v_reset, surrogate):
     cases = [QKCase.random(tokens=3, channels=4, timesteps=4, rate=0.4, kind=kind, seed=9,
                            lif=lif) for kind in ("token", "channel")]
     dq = 0
-    for case, got in simulate(dut, cases, lanes=2):
+    for case, got in run_samples(dut, cases, lanes=2):
         check(case, got, 2)
         dq += case.nontrivial()["dq"]
     assert dq
@@ -119,7 +116,7 @@ def test_forward_only_then_next_sample():
     cases = [QKCase.random(tokens=5, channels=6, timesteps=3, rate=0.5, kind="token", seed=1),
              QKCase.random(tokens=4, channels=6, timesteps=2, rate=0.3, kind="channel", seed=2),
              QKCase.random(tokens=5, channels=3, timesteps=3, rate=0.6, kind="token", seed=3)]
-    for n, (case, got) in enumerate(simulate(dut, cases, lanes=4, forward_only=(0, 1))):
+    for n, (case, got) in enumerate(run_samples(dut, cases, lanes=4, forward_only=(0, 1))):
         check(case, got, 4, backward=n == 2)
 
 
@@ -147,7 +144,7 @@ def test_one_timestep_at_most():
     dut = QKAttention(lanes=2, tokens=3, channels=3, timesteps=1)
     cases = [QKCase.random(tokens=3, channels=n, timesteps=1, rate=0.6, kind=kind, seed=4)
              for n, kind in ((3, "token"), (2, "channel"))]
-    for case, got in simulate(dut, cases, lanes=2):
+    for case, got in run_samples(dut, cases, lanes=2):
         check(case, got, 2)
 
 
@@ -178,10 +175,7 @@ def run_forward(dut, case, lanes, tamper=False):
         await ctx.tick().until(dut.fp_done)
         result["error"] = ctx.get(dut.error)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
+    simulate(dut, testbench)
     return result
 
 

@@ -2,13 +2,9 @@
 import random
 
 import pytest
-from amaranth.sim import Simulator
 
 from spikeforge.hw.skewmem import SkewedMemory
-
-
-def lanes_of(word, lanes):
-    return [(word >> (16 * k)) & 0xFFFF for k in range(lanes)]
+from spikeforge.tb.amaranth import pack_lanes, simulate, unpack_lanes
 
 
 @pytest.mark.parametrize("lanes, neurons, inputs", [(1, 3, 2), (2, 6, 4), (4, 8, 12),
@@ -18,8 +14,6 @@ def test_rows_and_columns(lanes, neurons, inputs):
     init = [rng.randrange(1 << 16) for _ in range(neurons * inputs)]
     matrix = [init[n * inputs:(n + 1) * inputs] for n in range(neurons)]
     dut = SkewedMemory(lanes=lanes, neurons=neurons, inputs=inputs, init=init)
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
 
     async def read(ctx, col, major, minor):
         ctx.set(dut.rd_en, 1)
@@ -28,7 +22,7 @@ def test_rows_and_columns(lanes, neurons, inputs):
         ctx.set(dut.rd_minor, minor)
         await ctx.tick()
         ctx.set(dut.rd_en, 0)
-        return lanes_of(ctx.get(dut.rd_data), lanes)
+        return unpack_lanes(ctx.get(dut.rd_data), lanes)
 
     async def testbench(ctx):
         for i in range(inputs):
@@ -44,7 +38,7 @@ def test_rows_and_columns(lanes, neurons, inputs):
         ctx.set(dut.wr_en, 1)
         ctx.set(dut.wr_major, row)
         ctx.set(dut.wr_minor, chunk)
-        ctx.set(dut.wr_data, sum(v << (16 * k) for k, v in enumerate(data)))
+        ctx.set(dut.wr_data, pack_lanes(data))
         ctx.set(dut.wr_mask, mask)
         await ctx.tick()
         ctx.set(dut.wr_en, 0)
@@ -55,8 +49,7 @@ def test_rows_and_columns(lanes, neurons, inputs):
             j = row // lanes
             assert await read(ctx, 1, n, j) == matrix[n][j * lanes:(j + 1) * lanes]
 
-    sim.add_testbench(testbench)
-    sim.run()
+    simulate(dut, testbench)
 
 
 @pytest.mark.parametrize("kwargs, message", [

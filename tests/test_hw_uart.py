@@ -4,9 +4,9 @@ import random
 
 import pytest
 from amaranth.hdl import Module
-from amaranth.sim import Simulator
 
 from spikeforge.hw.uart import UARTRx, UARTTx
+from spikeforge.tb.amaranth import put, simulate
 
 DIVISORS = [4, 7, 16]
 
@@ -54,10 +54,7 @@ async def send(ctx, stream, data, rng, divisor):
     for byte in data:
         if rng.random() < 0.5:
             await ctx.tick().repeat(rng.randrange(1, 3 * divisor))
-        ctx.set(stream.payload, byte)
-        ctx.set(stream.valid, 1)
-        await ctx.tick().until(stream.ready)
-        ctx.set(stream.valid, 0)
+        await put(ctx, stream, byte)
 
 
 async def receive(ctx, stream, count, rng=None, limit=1 << 17):
@@ -73,6 +70,15 @@ async def receive(ctx, stream, count, rng=None, limit=1 << 17):
     assert len(got) == count, f"{len(got)} of {count} bytes in {limit} cycles: {got}"
     ctx.set(stream.ready, 0)
     return got
+
+
+async def receive_all(ctx, rx, data, divisor, rng=None, framing_errors=0):
+    """Take ``data`` from ``rx``; then nothing more comes, and no overrun happened."""
+    assert await receive(ctx, rx.o, len(data), rng) == data
+    await ctx.tick().repeat(12 * divisor)
+    assert not ctx.get(rx.o.valid)
+    assert ctx.get(rx.o_framing_errors) == framing_errors
+    assert ctx.get(rx.o_overruns) == 0
 
 
 def decode(wave, divisor):
@@ -121,11 +127,7 @@ def test_tx_waveform(divisor):
         assert decode(wave, divisor) == expected
         assert wave[0] == 1 and wave[-1] == 1
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(record, background=True)
-    sim.add_testbench(testbench)
-    sim.run()
+    simulate(dut, testbench, background=[record])
 
 
 @pytest.mark.parametrize("mismatch", [-0.02, 0.0, 0.02])
@@ -141,17 +143,9 @@ def test_rx_from_model(divisor, mismatch):
         await drive(ctx, dut.rx, wave)
 
     async def sink(ctx):
-        assert await receive(ctx, dut.o, len(data)) == data
-        await ctx.tick().repeat(12 * divisor)
-        assert not ctx.get(dut.o.valid)
-        assert ctx.get(dut.o_framing_errors) == 0
-        assert ctx.get(dut.o_overruns) == 0
+        await receive_all(ctx, dut, data, divisor)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(sender)
-    sim.add_testbench(sink)
-    sim.run()
+    simulate(dut, sender, sink)
 
 
 @pytest.mark.parametrize("divisor", DIVISORS)
@@ -174,11 +168,7 @@ def test_rx_latency(divisor):
         assert payload == 0x5A
         assert ticks == 6 + dut.latency
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(sender)
-    sim.add_testbench(sink)
-    sim.run()
+    simulate(dut, sender, sink)
 
 
 @pytest.mark.parametrize("divisor", DIVISORS)
@@ -195,17 +185,9 @@ def test_rx_framing_error(divisor):
         await drive(ctx, dut.rx, wave)
 
     async def sink(ctx):
-        assert await receive(ctx, dut.o, 2) == [0x3C, 0xC3]
-        await ctx.tick().repeat(12 * divisor)
-        assert not ctx.get(dut.o.valid)
-        assert ctx.get(dut.o_framing_errors) == 2
-        assert ctx.get(dut.o_overruns) == 0
+        await receive_all(ctx, dut, [0x3C, 0xC3], divisor, framing_errors=2)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(sender)
-    sim.add_testbench(sink)
-    sim.run()
+    simulate(dut, sender, sink)
 
 
 @pytest.mark.parametrize("divisor", DIVISORS)
@@ -226,10 +208,7 @@ def test_rx_overrun(divisor):
         assert ctx.get(dut.o_overruns) == 2
         assert ctx.get(dut.o_framing_errors) == 0
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    simulate(dut, testbench)
 
 
 @pytest.mark.parametrize("backpressure", [False, True], ids=["ready", "random_ready"])
@@ -246,15 +225,6 @@ def test_tx_to_rx(divisor, backpressure):
         await send(ctx, tx.i, data, rng, divisor)
 
     async def sink(ctx):
-        stalls = random.Random(divisor) if backpressure else None
-        assert await receive(ctx, rx.o, len(data), stalls) == data
-        await ctx.tick().repeat(12 * divisor)
-        assert not ctx.get(rx.o.valid)
-        assert ctx.get(rx.o_overruns) == 0
-        assert ctx.get(rx.o_framing_errors) == 0
+        await receive_all(ctx, rx, data, divisor, random.Random(divisor) if backpressure else None)
 
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(source)
-    sim.add_testbench(sink)
-    sim.run()
+    simulate(m, source, sink)

@@ -36,18 +36,21 @@ def mlp_float():
     return train(TrainConfig(model="mlp", epochs=10), progress=False)
 
 
+@pytest.mark.slow
 def test_mlp_float_accuracy(mlp_float):
     assert mlp_float["test_accuracy"] >= 0.95
     assert mlp_float["train_accuracy"] >= 0.95
     assert len(mlp_float["history"]) == 10
 
 
+@pytest.mark.slow
 def test_mlp_fp16_within_1_5_points_of_float(mlp_float):
     fp16 = train(TrainConfig(model="mlp", epochs=10, precision="fp16"), progress=False)
     assert fp16["precision"] == "fp16"
     assert fp16["test_accuracy"] >= mlp_float["test_accuracy"] - 0.015
 
 
+@pytest.mark.slow
 def test_qk_float_accuracy():
     result = train(TrainConfig(model="qk", epochs=10), progress=False)
     assert result["test_accuracy"] >= 0.93

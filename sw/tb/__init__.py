@@ -1,2 +1,3 @@
 # SPDX-License-Identifier: Apache-2.0
-"""cocotb testbench drivers, shared by the testbenches under sim/ and by ``spikeforge bench``."""
+"""Testbench helpers: cocotb drivers, shared by the testbenches under sim/ and by
+``spikeforge bench``, and the Amaranth-simulator helpers of the tests (:mod:`.amaranth`)."""

@@ -11,7 +11,7 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import RisingEdge
 
 from ..golden import fp16
 from ..regmap import (
@@ -24,13 +24,15 @@ from ..regmap import (
     state_offset,
     weight_offset,
 )
-from ..testing import LayerCase
+from ..testing import LayerCase, pack_lanes, unpack_lanes
 from .streams import StreamDriver
 
 __all__ = ["CoreTB"]
 
 
 class CoreTB(StreamDriver):
+    quiet = ("bus_en", "bus_we", "fp_i__valid", "fp_o__ready", "bp_i__valid", "bp_o__ready")
+
     def __init__(self, dut, *, lanes: int, neurons: int, fan_in: int, seed: int = 1,
                  idle: float = 0.0, stall: float = 0.0):
         """``neurons`` and ``fan_in``: the core's configured maxima, which set its offsets."""
@@ -46,16 +48,6 @@ class CoreTB(StreamDriver):
 
     def state_address(self, region: Region, t: int, n: int) -> int:
         return address(region, state_offset(t, n, neurons=self.neurons))
-
-    async def reset(self):
-        d = self.dut
-        for name in ("bus_en", "bus_we", "fp_i__valid", "fp_o__ready", "bp_i__valid",
-                     "bp_o__ready"):
-            getattr(d, name).value = 0
-        d.rst.value = 1
-        await ClockCycles(d.clk, 3)
-        d.rst.value = 0
-        await RisingEdge(d.clk)
 
     async def _bus(self, addr: int, we: int, value: int = 0):
         d = self.dut
@@ -160,14 +152,14 @@ class CoreTB(StreamDriver):
             for t in case.bp_steps():
                 g = fp16.bits(case.grad_out[t]).tolist() + [0] * (chunks * P - N)
                 for c in range(chunks):
-                    value = sum(v << 16 * k for k, v in enumerate(g[c * P:(c + 1) * P]))
+                    value = pack_lanes(g[c * P:(c + 1) * P])
                     await self._put("bp_i", value | int(c == chunks - 1) << 16 * P)
 
         async def bp_sink():
             for t in case.bp_steps():
                 for beat in range(in_chunks):
                     word = await self._get("bp_o")
-                    got["grad_in"][t] += [word >> 16 * k & 0xFFFF for k in range(P)]
+                    got["grad_in"][t] += unpack_lanes(word, P)
                     assert bool(word >> 16 * P & 1) == (beat == in_chunks - 1)
 
         sink = cocotb.start_soon(bp_sink()) if bp_input_error else None

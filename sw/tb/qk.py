@@ -18,7 +18,7 @@ import cocotb
 import torch
 from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import RisingEdge
 
 from ..golden import fp16
 from ..golden.arith import FP16
@@ -29,6 +29,7 @@ from ..golden.qk import (
     qk_attention_backward,
     qk_attention_forward,
 )
+from ..testing import pack_lanes, unpack_lanes
 from .streams import StreamDriver
 
 __all__ = ["BlockTB", "QKTB", "QKCase", "check", "check_block"]
@@ -144,22 +145,14 @@ class QKCase:
 class QKTB(StreamDriver):
     """Clock, reset, configuration and streams of a Verilated ``QKAttention``."""
 
+    quiet = ("fp_i__valid", "fp_o__ready", "bp_i__valid", "dk_o__ready", "dq_o__ready")
+
     def __init__(self, dut, *, lanes: int, seed: int = 1, idle: float = 0.0,
                  stall: float = 0.0):
         self.dut, self.lanes = dut, lanes
         self.rng = random.Random(seed)
         self.idle, self.stall = idle, stall
         cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
-
-    async def reset(self):
-        d = self.dut
-        for name in ("fp_i__valid", "fp_o__ready", "bp_i__valid", "dk_o__ready",
-                     "dq_o__ready"):
-            getattr(d, name).value = 0
-        d.rst.value = 1
-        await ClockCycles(d.clk, 3)
-        d.rst.value = 0
-        await RisingEdge(d.clk)
 
     def cycle(self) -> int:
         return round(get_sim_time("ns") / PERIOD_NS)
@@ -210,14 +203,7 @@ class BlockTB(QKTB):
     :class:`~spikeforge.hw.attention.AttentionBlock`: a ``[Q; K]`` core's events in, ``X′``
     events out, ``δX′`` per token in and ``[δQ; δK]`` per token out."""
 
-    async def reset(self):
-        d = self.dut
-        for name in ("fp_i__valid", "fp_o__ready", "bp_i__valid", "bp_o__ready"):
-            getattr(d, name).value = 0
-        d.rst.value = 1
-        await ClockCycles(d.clk, 3)
-        d.rst.value = 0
-        await RisingEdge(d.clk)
+    quiet = ("fp_i__valid", "fp_o__ready", "bp_i__valid", "bp_o__ready")
 
     async def run_case(self, case: QKCase) -> dict:
         """Run ``case`` through the block; the output events of each step ``(t, token)``, the
@@ -253,7 +239,7 @@ class BlockTB(QKTB):
         for t, r in order:
             g = fp16.bits(case.g[t, r]).tolist()
             for c in range(D // P):
-                value = sum(v << 16 * k for k, v in enumerate(g[c * P:(c + 1) * P]))
+                value = pack_lanes(g[c * P:(c + 1) * P])
                 beats.append(value | int(c == D // P - 1) << 16 * P)
         b_in = []
         source = cocotb.start_soon(self._source("bp_i", beats, b_in))
@@ -262,7 +248,7 @@ class BlockTB(QKTB):
             for beat in range(2 * D // P):
                 word = await self._get("bp_o")
                 assert bool(word >> 16 * P & 1) == (beat == 2 * D // P - 1), (t, r, beat)
-                values += [word >> 16 * k & 0xFFFF for k in range(P)]
+                values += unpack_lanes(word, P)
             got["bp"][t, r] = values
         await source
         got["bp_cycles"] = self.cycle() - b_in[0] + 1

@@ -3,13 +3,25 @@
 (``<prefix>__valid``, ``__ready``, ``__payload``) driven one beat at a time, with seeded random
 idle cycles before each source beat and random backpressure on the sinks."""
 
-from cocotb.triggers import RisingEdge
+from cocotb.triggers import ClockCycles, RisingEdge
 
 __all__ = ["StreamDriver"]
 
 
 class StreamDriver:
-    """Mixin of a testbench with ``dut``, ``rng``, ``idle`` and ``stall`` (probabilities)."""
+    """Mixin of a testbench with ``dut``, ``rng``, ``idle`` and ``stall`` (probabilities).
+    ``quiet`` names the inputs held low through :meth:`reset`."""
+
+    quiet: tuple[str, ...] = ()
+
+    async def reset(self):
+        d = self.dut
+        for name in self.quiet:
+            getattr(d, name).value = 0
+        d.rst.value = 1
+        await ClockCycles(d.clk, 3)
+        d.rst.value = 0
+        await RisingEdge(d.clk)
 
     async def _idle(self):
         while self.idle and self.rng.random() < self.idle:
