@@ -220,6 +220,7 @@ def test_one_layer_through_the_link():
     run(body)
 
 
+@pytest.mark.slow
 def test_two_layers_chained_on_the_chip():
     a = FP16()
     lif = LIFParams()
@@ -347,6 +348,7 @@ def test_parameters_are_checked():
         SoC({"cores": 2})
 
 
+@pytest.mark.slow
 def test_the_qk_model_trains_a_sample_on_the_chip():
     """QKNet on four cores and a Q-K unit: embedding → [Wq; Wk] → attention → projection (its
     current starting from the embedding's, the membrane shortcut) → head over all tokens.
