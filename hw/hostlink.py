@@ -12,7 +12,6 @@ writes the reply's. :class:`HostLink` joins them: one frame at a time, each answ
 
 import functools
 import operator
-import struct
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
@@ -22,15 +21,13 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from spikeforge.protocol import (
     BROADCAST,
-    COMMAND_HEADER,
     COMMAND_SYNC,
     EVENT_INDEX,
-    EVENT_SPIKE,
+    EVENT_WORD,
     LINK_BITS,
     MAX_PAYLOAD,
     MAX_WORDS,
     QK_REGS,
-    REPLY_HEADER,
     REPLY_SYNC,
     SOC,
     Link,
@@ -38,12 +35,16 @@ from spikeforge.protocol import (
     QkReg,
     SocReg,
     Status,
+    command_header,
+    qk_address_layout,
+    qk_unit_layout,
+    reply_header,
 )
 
 __all__ = ["BusAccess", "CommandDispatcher", "FrameReceiver", "FrameTransmitter", "HostLink",
-           "InputForwarder", "OutputCollector", "SocRegisters", "command_header", "errors_layout",
-           "executor_members", "header_layout", "job_layout", "register_bus", "reply_header",
-           "reply_layout", "result_layout", "spikes_layout"]
+           "InputForwarder", "OutputCollector", "SocRegisters", "errors_layout", "executor_members",
+           "header_layout", "job_layout", "register_bus", "reply_layout", "result_layout",
+           "spikes_layout"]
 
 
 def check_cores(cores, what):
@@ -54,23 +55,6 @@ def check_cores(cores, what):
 def check_lanes(lanes):
     if not isinstance(lanes, int) or lanes < 1 or lanes & (lanes - 1):
         raise ValueError(f"Lane count must be a power of two, not {lanes!r}")
-
-
-def frame_header(header: struct.Struct, fields: tuple) -> data.StructLayout:
-    """The fields of a frame's little-endian ``header`` after its sync byte, in the order in
-    which the bytes are sent."""
-    codes = header.format.lstrip("<")
-    assert len(codes) == 1 + len(fields) and struct.calcsize(codes[0]) == 1
-    return data.StructLayout({name: 8 * struct.calcsize(code)
-                              for name, code in zip(fields, codes[1:], strict=True)})
-
-
-def command_header() -> data.StructLayout:
-    return frame_header(COMMAND_HEADER, ("seq", "opcode", "core", "address", "length"))
-
-
-def reply_header() -> data.StructLayout:
-    return frame_header(REPLY_HEADER, ("seq", "status", "length"))
 
 
 def header_layout() -> data.StructLayout:
@@ -109,7 +93,7 @@ def result_layout() -> data.StructLayout:
 
 def spikes_layout() -> data.StructLayout:
     """An input event word for a core's FP engine."""
-    return data.StructLayout({"core": header_layout()["core"].shape, "word": 16})
+    return data.StructLayout({"core": header_layout()["core"].shape, "word": EVENT_WORD})
 
 
 def errors_layout(lanes: int) -> data.StructLayout:
@@ -121,8 +105,10 @@ def errors_layout(lanes: int) -> data.StructLayout:
 def executor_members() -> dict:
     """The members every executor has, as the executor sees them.
 
-    ``i`` takes a command, and only while the executor is idle; ``o`` gives its result once
-    it is done. ``rd_addr`` / ``rd_data`` read the frame's payload (one cycle latency),
+    ``i`` takes a command, and only while the executor is idle; its payload then holds the
+    command until the result is taken, so that the executor keeps no copy of it (the
+    dispatcher holds one for all its executors). ``o`` gives the result once the command is
+    done. ``rd_addr`` / ``rd_data`` read the frame's payload (one cycle latency),
     ``wr_en`` / ``wr_addr`` / ``wr_data`` write the reply's payload. An idle executor drives
     ``rd_addr`` and the reply-buffer members to 0, so that the link can OR those of all its
     executors together.
@@ -400,7 +386,7 @@ class SocRegisters(wiring.Component):
         ``ACTIVE_CYCLES`` counts one (modulo 2**32).
     link : Out(LINK_BITS · cores)
         The routing registers.
-    qk : Out(16 · QK_REGS · qk_units)
+    qk : Out(data.ArrayLayout(qk_unit_layout(), qk_units))
         The Q-K units' registers.
     qk_busy : In(qk_units)
         A Q-K unit is in a sample: its registers refuse writes.
@@ -420,8 +406,8 @@ class SocRegisters(wiring.Component):
                              f"between 0 and 65535, not {qk_limits!r}")
         self._cores, self._lanes = cores, lanes
         self._qk_units, self._qk_limits = qk_units, tuple(qk_limits)
-        qk_ports = {"qk": Out(16 * QK_REGS * qk_units), "qk_busy": In(qk_units),
-                    "qk_active": In(qk_units)} if qk_units else {}
+        qk_ports = {"qk": Out(data.ArrayLayout(qk_unit_layout(), qk_units)),
+                    "qk_busy": In(qk_units), "qk_active": In(qk_units)} if qk_units else {}
         super().__init__({
             "bus": In(register_bus()),
             "rx_byte": In(1),
@@ -466,9 +452,10 @@ class SocRegisters(wiring.Component):
             m.d.comb += self.qk.eq(Cat(*qk_regs))
         qk_r = bus.addr - SocReg.QK
         qk_ok = (bus.addr >= SocReg.QK) & (bus.addr < SocReg.QK + QK_REGS * U)
-        field_bits = exact_log2(QK_REGS)
+        where = qk_address_layout(U)
+        where = where(qk_r[:where.size])
         qk_value_ok = Signal()
-        with m.Switch(qk_r[:field_bits]):
+        with m.Switch(where.reg):
             with m.Case(QkReg.KIND):
                 m.d.comb += qk_value_ok.eq(word < 2)
             with m.Case(QkReg.TOKENS):
@@ -481,8 +468,7 @@ class SocRegisters(wiring.Component):
                 m.d.comb += qk_value_ok.eq((word >= 1) & (word <= max_steps))
             with m.Default():
                 m.d.comb += qk_value_ok.eq(1)
-        unit = qk_r[field_bits:field_bits + ceil_log2(U)]
-        qk_idle = ~self.qk_busy.bit_select(unit, 1) if U else Const(1)
+        qk_idle = ~self.qk_busy.bit_select(where.unit, 1) if U else Const(1)
 
         with m.If(counter_ok):
             m.d.comb += [bus.r_ok.eq(1),
@@ -554,7 +540,7 @@ class BusAccess(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n = self._cores
-        job = Signal(job_layout())
+        job = self.i.payload
         core, word = job.core, self.rd_data
         index = Signal(range(MAX_WORDS + 1))
         count = Signal(range(MAX_WORDS + 1))        # words to read, then words read
@@ -576,7 +562,7 @@ class BusAccess(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    m.d.sync += [job.eq(self.i.payload), index.eq(0), probe.eq(1),
+                    m.d.sync += [index.eq(0), probe.eq(1),
                                  count.eq(self.i.payload.arg),
                                  target.eq(Mux(self.i.payload.core < n, self.i.payload.core, 0))]
                     with m.If(self.i.payload.opcode == Opcode.READ):
@@ -698,7 +684,7 @@ class InputForwarder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         P = self._lanes
-        job = Signal(job_layout())
+        job = self.i.payload
         word = self.rd_data
         index = Signal(range(MAX_WORDS + 1))
         beat = Signal(16 * P)
@@ -722,7 +708,7 @@ class InputForwarder(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    m.d.sync += [job.eq(self.i.payload), index.eq(0), watchdog.eq(0),
+                    m.d.sync += [index.eq(0), watchdog.eq(0),
                                  rem.eq(self.i.payload.words >> exact_log2(P)), in_step.eq(0)]
                     with m.If(self.i.payload.opcode == Opcode.SPIKES_IN):
                         m.next = "SCAN_FETCH"
@@ -737,7 +723,8 @@ class InputForwarder(wiring.Component):
                 with m.Else():
                     m.next = "SCAN"
             with m.State("SCAN"):
-                with m.If((word & EVENT_SPIKE).any() & ((word & EVENT_INDEX) >= self._fan_in)):
+                event = EVENT_WORD(word)
+                with m.If(event.spike & (event.index >= self._fan_in)):
                     reply(Status.BAD_ADDRESS)
                 with m.Else():
                     m.d.sync += index.eq(index + 1)
@@ -813,8 +800,8 @@ class OutputCollector(wiring.Component):
         at most ``arg`` words (``SPIKES_OUT``) or beats (``ERRORS_OUT``, ``lanes`` words each,
         the lowest lane first) and at most a reply's payload. The result is always ``OK``.
     out_sel : Out
-        The core whose FIFOs are connected: that of the command being executed, or while idle
-        that of the command offered on ``i``, whose fill levels the command is taken with.
+        The core whose FIFOs are connected: that of the command on ``i``, whose fill levels
+        the command is taken with.
     spikes_out, spikes_level, errors_out, errors_level : In
         Core ``out_sel``'s output FIFOs of event words and error beats, and their fill levels.
     """
@@ -835,8 +822,8 @@ class OutputCollector(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         P = self._lanes
-        job = Signal(job_layout())
-        arg = self.i.payload.arg
+        job = self.i.payload
+        arg = job.arg
         index = Signal(range(MAX_WORDS + 1))
         count = Signal(range(MAX_WORDS + 1))        # words to take, or words taken
         rem = Signal(range(MAX_WORDS + 1))          # beats to take
@@ -850,9 +837,9 @@ class OutputCollector(wiring.Component):
 
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += [self.i.ready.eq(1), self.out_sel.eq(self.i.payload.core)]
+                m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    m.d.sync += [job.eq(self.i.payload), index.eq(0)]
+                    m.d.sync += index.eq(0)
                     with m.If(self.i.payload.opcode == Opcode.SPIKES_OUT):
                         m.d.sync += count.eq(Mux(arg < self.spikes_level, arg,
                                                  self.spikes_level))
@@ -909,12 +896,13 @@ class CommandDispatcher(wiring.Component):
         Frames from :class:`FrameReceiver`, one at a time: the next is taken once the reply
         to this one has been sent, and ``release`` then pulses.
     rd_data : In(16)
-        The frame's first payload word (the executors keep the payload buffer's address at 0
-        while they are idle).
+        The frame's first payload word, as ``i`` is offered (the executors keep the payload
+        buffer's address at 0 while they are idle).
     access, forward, collect : Out(stream.Signature(job_layout()))
         Commands for :class:`BusAccess` (``READ``, ``WRITE``), :class:`InputForwarder`
         (``SPIKES_IN``, ``ERRORS_IN``) and :class:`OutputCollector` (``SPIKES_OUT``,
-        ``ERRORS_OUT``), once their core, lengths and addresses are checked.
+        ``ERRORS_OUT``), once their core, lengths and addresses are checked. Their payload,
+        one register, holds until the executor's result is taken.
     access_result, forward_result, collect_result : In(stream.Signature(result_layout()))
         Their answers.
     o : Out(stream.Signature(reply_layout()))
@@ -969,7 +957,8 @@ class CommandDispatcher(wiring.Component):
         m = Module()
         n, P = self._cores, self._lanes
         cmd = Signal(header_layout())
-        op, core, words, word = cmd.opcode, cmd.core, cmd.words, self.rd_data
+        word = Signal(16)                           # the first payload word
+        op, core, words = cmd.opcode, cmd.core, cmd.words
         index = Signal(range(MAX_WORDS + 1))        # identity word
         count = Signal(range(MAX_WORDS + 1))        # reply words
         status = Signal.like(cmd.status)
@@ -1016,7 +1005,7 @@ class CommandDispatcher(wiring.Component):
                 m.d.comb += [self.busy.eq(0), self.i.ready.eq(1)]
                 m.d.sync += [index.eq(0), record.eq(0)]
                 with m.If(self.i.valid):
-                    m.d.sync += cmd.eq(self.i.payload)
+                    m.d.sync += [cmd.eq(self.i.payload), word.eq(self.rd_data)]
                     m.next = "CHECK"
 
             with m.State("CHECK"):
@@ -1121,7 +1110,7 @@ class HostLink(wiring.Component):
         A frame is being received, executed or answered.
     active : In(1)
         A core is working (busy, and not waiting for input): counted in ``ACTIVE_CYCLES``.
-    qk : Out(16 · QK_REGS · qk_units)
+    qk : Out(data.ArrayLayout(qk_unit_layout(), qk_units))
         The Q-K units' registers (:class:`~spikeforge.protocol.QkReg`), ``SocReg.QK`` on.
     qk_busy : In(qk_units)
         A Q-K unit is in a sample: its registers refuse writes.
@@ -1142,8 +1131,8 @@ class HostLink(wiring.Component):
         self._identity = tuple(identity)
         self._timeout = timeout
         self._qk_units, self._qk_limits = qk_units, tuple(qk_limits)   # tokens, channels, T
-        qk_ports = {"qk": Out(16 * QK_REGS * qk_units), "qk_busy": In(qk_units),
-                    "qk_active": In(qk_units)} if qk_units else {}
+        qk_ports = {"qk": Out(data.ArrayLayout(qk_unit_layout(), qk_units)),
+                    "qk_busy": In(qk_units), "qk_active": In(qk_units)} if qk_units else {}
         super().__init__({
             **qk_ports,
             "i": In(stream.Signature(8)),

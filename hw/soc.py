@@ -26,7 +26,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.gen.config import AcceleratorConfig
-from spikeforge.protocol import EVENT_INDEX, LINK_BITS, QK_REGS, QkReg
+from spikeforge.protocol import LINK_BITS, QkReg
 
 from .attention import AttentionBlock
 from .core import Core
@@ -91,14 +91,10 @@ class SoC(wiring.Component):
         blocks = {}         # the core each unit follows
         for u in range(U):
             m.submodules[f"qk{u}"] = blocks[4 * u + 1] = block = AttentionBlock(**c.qk_args())
-            regs = link.qk[16 * QK_REGS * u:16 * QK_REGS * (u + 1)]
-            for r, name in ((QkReg.KIND, "c_kind"), (QkReg.TOKENS, "c_tokens"),
-                            (QkReg.CHANNELS, "c_channels"), (QkReg.TIMESTEPS, "c_timesteps"),
-                            (QkReg.V_TH, "c_v_th"), (QkReg.V_RESET, "c_v_reset"),
-                            (QkReg.INV_TAU, "c_inv_tau"), (QkReg.DECAY, "c_decay")):
-                port = getattr(block, name)
+            for r in QkReg:
+                port = getattr(block, f"c_{r.name.lower()}")
                 port = port.as_value() if hasattr(port, "as_value") else port
-                m.d.comb += port.eq(regs[16 * r:16 * r + len(port)])
+                m.d.comb += port.eq(link.qk[u][r.name.lower()][:len(port)])
         if U:
             m.d.comb += [link.qk_busy.eq(Cat(b.busy for b in blocks.values())),
                          link.qk_active.eq(Cat(b.busy & ~b.waiting for b in blocks.values()))]
@@ -218,9 +214,9 @@ class SoC(wiring.Component):
                 ef.w_en.eq(router.host_err_o.valid), router.host_err_o.ready.eq(ef.w_rdy),
                 ef.w_data.eq(router.host_err_o.payload.value),
                 router.host_spk.valid.eq(host_spike),
-                router.host_spk.payload.index.eq(host_word & EVENT_INDEX),
-                router.host_spk.payload.spike.eq(host_word[14]),
-                router.host_spk.payload.last.eq(host_word[15]),
+                router.host_spk.payload.index.eq(host_word.index),
+                router.host_spk.payload.spike.eq(host_word.spike),
+                router.host_spk.payload.last.eq(host_word.last),
                 router.host_err.valid.eq(host_error),
                 router.host_err.payload.value.eq(errors_in.value),
                 router.host_err.payload.last.eq(errors_in.last),

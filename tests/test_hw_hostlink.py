@@ -170,7 +170,7 @@ def test_soc_registers_count_and_keep_routing_and_qk_values():
         assert await write(SocReg.QK + QkReg.V_RESET, 0x3C00)
         assert [await read(unit1 + r) for r in QkReg] == [1, 4, 2, 1, 0xBC00, 0, 0x3800, 0x3800]
         qk = ctx.get(dut.qk)
-        assert [(qk >> 16 * k) & 0xFFFF for k in range(2 * p.QK_REGS)] == [
+        assert [qk[u][r.name.lower()] for u in range(2) for r in QkReg] == [
             0, 4, 6, 3, 0x3800, 0x3C00, 0x3800, 0x3800, 1, 4, 2, 1, 0xBC00, 0, 0x3800, 0x3800]
 
     simulate(dut, bench)
@@ -351,7 +351,7 @@ def test_input_forwarder_checks_then_streams_spikes_and_error_beats():
     async def body(ctx):
         run = execute
         assert await run(ctx, bench, rng, Opcode.SPIKES_IN, 2, 0, events) == (Status.OK, [])
-        assert [(s.core, s.word) for s in spikes.got] == [(2, w) for w in events]
+        assert [(s.core, s.word.as_value().value) for s in spikes.got] == [(2, w) for w in events]
         spikes.got.clear()
         assert await run(ctx, bench, rng, Opcode.SPIKES_IN, 1, 0,
                          [p.event_word(2), p.event_word(10), p.event_word(4)]) == (
@@ -490,8 +490,9 @@ def test_dispatcher_checks_hands_over_and_answers_every_frame():
             seq += not again
             assert not ctx.get(dut.busy)
             ctx.set(dut.rd_data, arg)
-            ctx.set(dut.i.payload, {"seq": seq, "opcode": opcode, "core": core,
-                                    "address": address, "words": words, "status": status})
+            for name, value in (("seq", seq), ("opcode", opcode), ("core", core),
+                                ("address", address), ("words", words), ("status", status)):
+                ctx.set(dut.i.payload[name], value)     # an opcode need not be an Opcode
             ctx.set(dut.i.valid, 1)
             await ctx.tick().until(dut.i.ready)
             ctx.set(dut.i.valid, 0)
