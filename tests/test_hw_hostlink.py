@@ -19,6 +19,7 @@ from spikeforge.hw.hostlink import (
     OutputCollector,
     SocRegisters,
 )
+from spikeforge.hw.soc import HostInputs, OutputFifos
 from spikeforge.protocol import Link, Opcode, QkReg, SocReg, Status
 
 
@@ -203,6 +204,12 @@ def test_parameters_are_checked():
     with pytest.raises(ValueError, match=r"^Identity must be 1 to 512 words of 16 bits, "
                                          r"not \(1, 65536\)$"):
         CommandDispatcher(cores=2, lanes=1, identity=(1, 65536))
+    with pytest.raises(ValueError, match=r"^Host input core count must be between 1 and 253, "
+                                         r"not 0$"):
+        HostInputs(cores=0, lanes=1)
+    with pytest.raises(ValueError, match=r"^Error FIFO depth must be a positive integer, "
+                                         r"not 0$"):
+        OutputFifos(cores=1, lanes=1, spike_depth=4, error_depth=0)
     gc.collect()
 
 
@@ -566,3 +573,74 @@ def test_dispatcher_checks_hands_over_and_answers_every_frame():
     sim.add_process(monitor)
     sim.add_testbench(body)
     sim.run()
+
+
+def test_host_inputs_reach_the_core_they_name():
+    cores, lanes = 3, 2
+    dut = HostInputs(cores=cores, lanes=lanes)
+    rng = random.Random(8)
+    spikes = [{"core": rng.randrange(cores),
+               "word": {"index": rng.randrange(100), "spike": 1, "last": rng.random() < 0.2}}
+              for _ in range(60)]
+    errors = [{"core": rng.randrange(cores), "value": rng.randrange(1 << 32),
+               "last": rng.randrange(2)} for _ in range(40)]
+    spk_sinks = [Sink(dut.spk[k], rng) for k in range(cores)]
+    err_sinks = [Sink(dut.err[k], rng) for k in range(cores)]
+
+    async def source(ctx, port, items):
+        for item in items:
+            while rng.random() < 0.3:
+                ctx.set(port.valid, 0)
+                await ctx.tick()
+            ctx.set(port.payload, item)
+            ctx.set(port.valid, 1)
+            await ctx.tick().until(port.ready)
+        ctx.set(port.valid, 0)
+
+    async def body(ctx):
+        await source(ctx, dut.spikes, spikes)
+        await source(ctx, dut.errors, errors)
+        await ctx.tick().until(~dut.pending)
+        await ctx.tick().repeat(4)
+        for k in range(cores):
+            assert [{"index": s.index, "spike": s.spike, "last": s.last}
+                    for s in spk_sinks[k].got] == [s["word"] for s in spikes if s["core"] == k]
+            assert [{"core": k, "value": e.value, "last": e.last}
+                    for e in err_sinks[k].got] == [e for e in errors if e["core"] == k]
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for sink in spk_sinks + err_sinks:
+        sim.add_process(sink.process)
+    sim.add_testbench(body)
+    sim.run()
+
+
+def test_output_fifos_hold_each_cores_outputs_for_the_host():
+    cores, lanes = 3, 2
+    dut = OutputFifos(cores=cores, lanes=lanes, spike_depth=8, error_depth=4)
+    rng = random.Random(9)
+
+    async def body(ctx):
+        sent = {k: [] for k in range(cores)}
+        for k in range(cores):
+            for j in range(k + 2):
+                ctx.set(dut.spk[k].payload, {"index": 10 * k + j, "spike": 1, "last": j == k + 1})
+                ctx.set(dut.err[k].payload, {"value": 1000 * k + j, "last": 0})
+                ctx.set(dut.spk[k].valid, 1)
+                ctx.set(dut.err[k].valid, j < 2)
+                await ctx.tick()
+                sent[k].append(p.event_word(10 * k + j, last=j == k + 1))
+            ctx.set(dut.spk[k].valid, 0)
+            ctx.set(dut.err[k].valid, 0)
+        await ctx.tick()
+        for k in reversed(range(cores)):
+            ctx.set(dut.sel, k)
+            assert (ctx.get(dut.spikes_level), ctx.get(dut.errors_level)) == (k + 2, 2)
+            got = [await take(ctx, dut.spikes_out, rng) for _ in range(k + 2)]
+            assert got == sent[k]
+            assert [await take(ctx, dut.errors_out, rng) for _ in range(2)] == [
+                1000 * k, 1000 * k + 1]
+            assert not ctx.get(dut.spikes_out.valid) and not ctx.get(dut.errors_out.valid)
+
+    simulate(dut, bench=body)
