@@ -384,7 +384,7 @@ class SocRegisters(wiring.Component):
     rx_byte, tx_byte, frame, bad_frame, active : In(1)
         Each cycle one is high, ``RX_BYTES``, ``TX_BYTES``, ``FRAMES``, ``BAD_FRAMES`` or
         ``ACTIVE_CYCLES`` counts one (modulo 2**32).
-    link : Out(LINK_BITS · cores)
+    link : Out(data.ArrayLayout(Link, cores))
         The routing registers.
     qk : Out(data.ArrayLayout(qk_unit_layout(), qk_units))
         The Q-K units' registers.
@@ -415,7 +415,7 @@ class SocRegisters(wiring.Component):
             "frame": In(1),
             "bad_frame": In(1),
             "active": In(1),
-            "link": Out(LINK_BITS * cores),
+            "link": Out(data.ArrayLayout(Link, cores)),
             **qk_ports,
         })
 
@@ -435,9 +435,9 @@ class SocRegisters(wiring.Component):
         assert [2 * k for k in range(len(counted))] == counted
         counter_ok = bus.addr < len(halves)
 
-        link = Signal(L * n)
+        link = Signal.like(self.link)
         m.d.comb += self.link.eq(link)
-        links = [link.word_select(c, L) for c in range(n)]
+        links = [link[c] for c in range(n)]
         link_c = bus.addr - SocReg.LINK
         link_ok = (bus.addr >= SocReg.LINK) & (bus.addr < SocReg.LINK + n)
 
@@ -910,7 +910,7 @@ class CommandDispatcher(wiring.Component):
         has been sent.
     wr_en, wr_addr, wr_data : Out
         The ``IDENTIFY`` reply's payload into the reply buffer; 0 otherwise.
-    link : In(LINK_BITS · cores)
+    link : In(data.ArrayLayout(Link, cores))
         The routing bits: a core whose input spikes or errors come from another core takes
         none from the host (``BAD_CORE``).
     frame, bad_frame : Out(1)
@@ -947,7 +947,7 @@ class CommandDispatcher(wiring.Component):
             "wr_en": Out(1),
             "wr_addr": Out(range(MAX_WORDS)),
             "wr_data": Out(16),
-            "link": In(LINK_BITS * cores),
+            "link": In(data.ArrayLayout(Link, cores)),
             "frame": Out(1),
             "bad_frame": Out(1),
             "busy": Out(1),
@@ -971,7 +971,7 @@ class CommandDispatcher(wiring.Component):
                          job.words.eq(words), job.arg.eq(word)]
 
         is_core = core < n
-        links = [self.link.word_select(c, LINK_BITS) for c in range(n)]
+        links = [self.link[c] for c in range(n)]
 
         def routed(c, flag):
             return (links[c] & flag).any()
@@ -1104,7 +1104,7 @@ class HostLink(wiring.Component):
     out_sel : Out
         The core whose output FIFOs ``spikes_out`` / ``errors_out`` (with their fill levels)
         are connected.
-    link : Out(LINK_BITS · cores)
+    link : Out(data.ArrayLayout(Link, cores))
         The routing bits (:class:`~spikeforge.protocol.Link`) of every core.
     busy : Out(1)
         A frame is being received, executed or answered.
@@ -1153,7 +1153,7 @@ class HostLink(wiring.Component):
             "spikes_level": In(32),
             "errors_out": In(stream.Signature(16 * lanes)),
             "errors_level": In(32),
-            "link": Out(LINK_BITS * cores),
+            "link": Out(data.ArrayLayout(Link, cores)),
             "busy": Out(1),
             "active": In(1),
         })

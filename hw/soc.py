@@ -26,7 +26,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.gen.config import AcceleratorConfig
-from spikeforge.protocol import EVENT_WORD, LINK_BITS, QkReg
+from spikeforge.protocol import EVENT_WORD, QkReg
 
 from .attention import AttentionBlock
 from .core import Core, error_layout
@@ -281,8 +281,7 @@ class SoC(wiring.Component):
                 wiring.connect(m, out, sink)
             return out
 
-        L = LINK_BITS
-        links = [link.link[L * k:L * k + L] for k in range(n)]
+        links = [link.link[k] for k in range(n)]
         routers = [Router(neurons=c.neurons, fan_in=F, lanes=P) for _ in range(n)]
         for k, (core, router) in enumerate(zip(cores, routers, strict=True)):
             m.submodules[f"router{k}"] = router

@@ -30,15 +30,27 @@ def simulate(dut, bench):
     sim.run()
 
 
-async def send_bytes(ctx, port, data, rng):
-    for byte in data:
+async def feed(ctx, port, elements, rng):
+    """``elements`` into ``port``, with random idle cycles."""
+    for element in elements:
         while rng.random() < 0.3:
             ctx.set(port.valid, 0)
             await ctx.tick()
-        ctx.set(port.payload, byte)
+        ctx.set(port.payload, element)
         ctx.set(port.valid, 1)
         await ctx.tick().until(port.ready)
     ctx.set(port.valid, 0)
+
+
+async def fill(ctx, port, words):
+    """``words`` into a buffer through its write ``port`` (enable, address, data)."""
+    en, addr, data = port
+    for k, word in enumerate(words):
+        ctx.set(en, 1)
+        ctx.set(addr, k)
+        ctx.set(data, word)
+        await ctx.tick()
+    ctx.set(en, 0)
 
 
 async def take(ctx, port, rng, limit=10000):
@@ -64,7 +76,7 @@ def test_receiver_parses_frames_and_checks_their_crc():
 
     async def bench(ctx):
         async def frame(data):
-            await send_bytes(ctx, dut.i, data, rng)
+            await feed(ctx, dut.i, data, rng)
             header = await take(ctx, dut.o, rng)
             words = []
             for k in range(header.words):
@@ -97,12 +109,7 @@ def test_transmitter_sends_frames_the_host_decodes():
     async def bench(ctx):
         decoder = p.ReplyDecoder()
         for seq, status, payload in replies:
-            for k, word in enumerate(payload):
-                ctx.set(dut.wr_en, 1)
-                ctx.set(dut.wr_addr, k)
-                ctx.set(dut.wr_data, word)
-                await ctx.tick()
-            ctx.set(dut.wr_en, 0)
+            await fill(ctx, (dut.wr_en, dut.wr_addr, dut.wr_data), payload)
             for _ in range(2):      # a reply is sent again from the same buffer
                 ctx.set(dut.send.payload, {"seq": seq, "status": status, "words": len(payload)})
                 ctx.set(dut.send.valid, 1)
@@ -154,7 +161,7 @@ def test_soc_registers_count_and_keep_routing_and_qk_values():
         assert not await write(SocReg.LINK + 2, 1 << p.LINK_BITS)
         assert not await write(SocReg.LINK + 3, 1)
         assert [await read(SocReg.LINK + c) for c in range(3)] == [0, 5, 0]
-        assert ctx.get(dut.link) == 5 << p.LINK_BITS
+        assert list(ctx.get(dut.link)) == [0, Link.FP_TO_NEXT | Link.SPLIT, 0]
 
         unit1 = SocReg.QK + p.QK_REGS
         assert [await read(unit1 + r) for r in QkReg] == [0, 4, 6, 3, 0x3800, 0, 0x3800, 0x3800]
@@ -243,12 +250,7 @@ class ExecutorBench(Elaboratable):
 async def execute(ctx, bench, rng, opcode, core=0, address=0, payload=(), arg=None):
     """Run one command on ``bench``'s executor: its status and reply words."""
     dut = bench.dut
-    for k, word in enumerate(payload):
-        ctx.set(bench.load_en, 1)
-        ctx.set(bench.load_addr, k)
-        ctx.set(bench.load_data, word)
-        await ctx.tick()
-    ctx.set(bench.load_en, 0)
+    await fill(ctx, (bench.load_en, bench.load_addr, bench.load_data), payload)
     assert ctx.get(dut.i.ready)
     assert (ctx.get(dut.rd_addr), ctx.get(dut.wr_en), ctx.get(dut.wr_addr),
             ctx.get(dut.wr_data)) == (0, 0, 0, 0)
@@ -555,12 +557,12 @@ def test_dispatcher_checks_hands_over_and_answers_every_frame():
         assert len(jobs) == 5 and counted() == (0, 0)
 
         jobs.clear()
-        ctx.set(dut.link, (Link.FP_TO_NEXT | Link.BP_TO_PREV) << p.LINK_BITS)
+        ctx.set(dut.link, [0, Link.FP_TO_NEXT | Link.BP_TO_PREV, 0])
         assert await send(Opcode.SPIKES_IN, 2, 0, 2) == (Status.BAD_CORE, 0)
         assert await send(Opcode.ERRORS_IN, 0, 1, 2) == (Status.BAD_CORE, 0)
         assert await send(Opcode.SPIKES_IN, 1, 0, 2) == (Status.OK, 0)
         assert await send(Opcode.ERRORS_IN, 1, 1, 2) == (Status.OK, 0)
-        ctx.set(dut.link, Link.SPLIT << 2 * p.LINK_BITS)
+        ctx.set(dut.link, [0, 0, Link.SPLIT])
         assert await send(Opcode.SPIKES_IN, 2, 0, 2) == (Status.BAD_CORE, 0)
         assert await send(Opcode.ERRORS_IN, 1, 1, 2) == (Status.BAD_CORE, 0)
         assert [job[:3] for job in jobs] == [("forward", Opcode.SPIKES_IN, 1),
@@ -587,19 +589,9 @@ def test_host_inputs_reach_the_core_they_name():
     spk_sinks = [Sink(dut.spk[k], rng) for k in range(cores)]
     err_sinks = [Sink(dut.err[k], rng) for k in range(cores)]
 
-    async def source(ctx, port, items):
-        for item in items:
-            while rng.random() < 0.3:
-                ctx.set(port.valid, 0)
-                await ctx.tick()
-            ctx.set(port.payload, item)
-            ctx.set(port.valid, 1)
-            await ctx.tick().until(port.ready)
-        ctx.set(port.valid, 0)
-
     async def body(ctx):
-        await source(ctx, dut.spikes, spikes)
-        await source(ctx, dut.errors, errors)
+        await feed(ctx, dut.spikes, spikes, rng)
+        await feed(ctx, dut.errors, errors, rng)
         await ctx.tick().until(~dut.pending)
         await ctx.tick().repeat(4)
         for k in range(cores):
