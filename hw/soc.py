@@ -4,11 +4,11 @@
 The routers (:mod:`spikeforge.hw.fabric`) pass core ``c``'s output spikes to core ``c + 1``'s
 input, and core ``c + 1``'s input errors to core ``c``'s output errors, where the routing bits
 (:class:`~spikeforge.protocol.Link`, set through the link's registers) say so, and join the
-cores of a layer split by neurons; otherwise a core's outputs go to its output FIFOs, which the
-host reads (``SPIKES_OUT``, ``ERRORS_OUT``), and its inputs come from the host (``SPIKES_IN``,
-``ERRORS_IN``). So a network of several layers trains with its spikes and errors passed from
-core to core on the chip, and the host sees only the first layer's inputs and the last layer's
-outputs.
+cores of a layer split by neurons; otherwise a core's outputs go to its output FIFOs
+(:class:`OutputFifos`), which the host reads (``SPIKES_OUT``, ``ERRORS_OUT``), and its inputs
+come from the host (``SPIKES_IN``, ``ERRORS_IN``, through :class:`HostInputs`). So a network of
+several layers trains with its spikes and errors passed from core to core on the chip, and the
+host sees only the first layer's inputs and the last layer's outputs.
 
 Each output FIFO holds one whole sample: ``timesteps · (neurons + 1)`` event words, and
 ``timesteps · fan_in / lanes`` error beats.

@@ -43,6 +43,13 @@ resend a frame whose reply it lost. A frame with a bad CRC, length, opcode, core
 changes nothing and is answered with the matching :class:`Status`; bytes that are not a frame's
 start are skipped until the next sync byte.
 
+The gateware takes its shapes from here: the enumerations are :mod:`amaranth.lib.enum`'s, with
+``shape=`` where the frame fixes the width (:class:`Opcode`, :class:`Status`: a byte;
+:class:`SocReg`: an address), and as wide as their members need where the width follows them
+(:class:`QkReg` in :func:`qk_address_layout`, :class:`Link` in :func:`link_bits`); the frame
+headers, event words and Q-K registers are layouts (:func:`command_header`,
+:func:`reply_header`, :data:`EVENT_WORD`, :func:`qk_unit_layout`).
+
 >>> frame = encode_command(7, Opcode.WRITE, 0, 0x10000003, [0x3C00])
 >>> frame.hex()
 'a5070300030000100200003ce59a'
