@@ -4,11 +4,11 @@
 The routers (:mod:`spikeforge.hw.fabric`) pass core ``c``'s output spikes to core ``c + 1``'s
 input, and core ``c + 1``'s input errors to core ``c``'s output errors, where the routing bits
 (:class:`~spikeforge.protocol.Link`, set through the link's registers) say so, and join the
-cores of a layer split by neurons; otherwise a core's outputs go to its output FIFOs, which the
-host reads (``SPIKES_OUT``, ``ERRORS_OUT``), and its inputs come from the host (``SPIKES_IN``,
-``ERRORS_IN``). So a network of several layers trains with its spikes and errors passed from
-core to core on the chip, and the host sees only the first layer's inputs and the last layer's
-outputs.
+cores of a layer split by neurons; otherwise a core's outputs go to its output FIFOs
+(:class:`OutputFifos`), which the host reads (``SPIKES_OUT``, ``ERRORS_OUT``), and its inputs
+come from the host (``SPIKES_IN``, ``ERRORS_IN``, through :class:`HostInputs`). So a network of
+several layers trains with its spikes and errors passed from core to core on the chip, and the
+host sees only the first layer's inputs and the last layer's outputs.
 
 Each output FIFO holds one whole sample: ``timesteps · (neurons + 1)`` event words, and
 ``timesteps · fan_in / lanes`` error beats.
@@ -21,19 +21,138 @@ embedding) and core ``4u + 2``, deep enough for every token of a timestep. The u
 registers are the host link's (``SocReg.QK``).
 """
 
-from amaranth.hdl import Array, Cat, Module
+from amaranth.hdl import Array, Cat, Module, Shape
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.gen.config import AcceleratorConfig
-from spikeforge.protocol import EVENT_INDEX, LINK_BITS, QK_REGS, QkReg
+from spikeforge.protocol import EVENT_WORD, QkReg
 
 from .attention import AttentionBlock
-from .core import Core
-from .fabric import Router
-from .hostlink import HostLink
+from .core import Core, error_layout
+from .fabric import Router, fabric_event_layout
+from .hostlink import HostLink, check_cores, check_lanes, errors_layout, spikes_layout
 
-__all__ = ["SoC"]
+__all__ = ["HostInputs", "OutputFifos", "SoC"]
+
+
+class HostInputs(wiring.Component):
+    """The host's input spikes and errors to the routers of the cores they are for.
+
+    Parameters
+    ----------
+    cores, lanes : int
+        The routers, and the binary16 values in an error beat.
+
+    Members
+    -------
+    spikes, errors : In(stream.Signature(...))
+        The host link's event words and error beats, each for core ``core``.
+    spk, err : Out(stream.Signature(...)).array(cores)
+        Core ``c``'s router's ``host_spk`` and ``host_err``.
+    pending : Out(1)
+        A word or beat is on its way.
+
+    Each stream passes a three-entry FIFO: the link reads its words out of its frame buffer,
+    and the routes from there to every core's event checks would otherwise be the longest on
+    the chip. Three entries keep one word a cycle flowing; latency two cycles.
+    """
+
+    def __init__(self, *, cores: int, lanes: int):
+        check_cores(cores, "Host input")
+        check_lanes(lanes)
+        super().__init__({
+            "spikes": In(stream.Signature(spikes_layout())),
+            "errors": In(stream.Signature(errors_layout(lanes))),
+            "spk": Out(stream.Signature(fabric_event_layout())).array(cores),
+            "err": Out(stream.Signature(error_layout(lanes))).array(cores),
+            "pending": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        pending = []
+        for name, port, outs in (("spikes", self.spikes, self.spk),
+                                 ("errors", self.errors, self.err)):
+            layout = data.Layout.cast(port.payload.shape())
+            m.submodules[name] = buf = fifo.SyncFIFOBuffered(width=layout.size, depth=3)
+            head = data.View(layout, buf.r_data)
+            m.d.comb += [buf.w_data.eq(port.payload), buf.w_en.eq(port.valid),
+                         port.ready.eq(buf.w_rdy),
+                         buf.r_en.eq(Array(out.ready for out in outs)[head.core])]
+            for k, out in enumerate(outs):
+                m.d.comb += out.valid.eq(buf.r_rdy & (head.core == k))
+                if name == "spikes":
+                    m.d.comb += [out.payload[f].eq(head.word[f]) for f in ("index", "spike",
+                                                                           "last")]
+                else:
+                    m.d.comb += [out.payload.value.eq(head.value), out.payload.last.eq(head.last)]
+            pending.append(buf.level != 0)
+        m.d.comb += self.pending.eq(Cat(pending).any())
+        return m
+
+
+class OutputFifos(wiring.Component):
+    """Every core's output FIFOs of spikes and errors for the host, read one core at a time.
+
+    Parameters
+    ----------
+    cores, lanes : int
+        The cores, and the binary16 values in an error beat.
+    spike_depth, error_depth : int
+        Event words and error beats a core's FIFOs hold.
+
+    Members
+    -------
+    spk, err : In(stream.Signature(...)).array(cores)
+        Core ``c``'s router's ``host_spk_o`` and ``host_err_o``.
+    sel : In(range(max(cores, 2)))
+        The core whose FIFOs the host reads.
+    spikes_out, errors_out : Out(stream.Signature(...))
+        Core ``sel``'s FIFOs: event words (:data:`~spikeforge.protocol.EVENT_WORD`) and error
+        beats.
+    spikes_level, errors_level : Out(32)
+        Their fill levels.
+    """
+
+    def __init__(self, *, cores: int, lanes: int, spike_depth: int, error_depth: int):
+        check_cores(cores, "Output FIFO")
+        check_lanes(lanes)
+        for what, depth in (("Spike", spike_depth), ("Error", error_depth)):
+            if not isinstance(depth, int) or depth < 1:
+                raise ValueError(f"{what} FIFO depth must be a positive integer, not {depth!r}")
+        self._depths = spike_depth, error_depth
+        super().__init__({
+            "spk": In(stream.Signature(fabric_event_layout())).array(cores),
+            "err": In(stream.Signature(error_layout(lanes))).array(cores),
+            "sel": In(range(max(cores, 2))),
+            "spikes_out": Out(stream.Signature(EVENT_WORD.size)),
+            "spikes_level": Out(32),
+            "errors_out": Out(stream.Signature(16 * lanes)),
+            "errors_level": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        for kind, ins, out, level, depth in (
+                ("spikes", self.spk, self.spikes_out, self.spikes_level, self._depths[0]),
+                ("errors", self.err, self.errors_out, self.errors_level, self._depths[1])):
+            fifos = []
+            for k, port in enumerate(ins):
+                width = Shape.cast(out.payload.shape()).width
+                m.submodules[f"{kind}{k}"] = q = fifo.SyncFIFOBuffered(width=width, depth=depth)
+                fifos.append(q)
+                if kind == "spikes":
+                    word = data.View(EVENT_WORD, q.w_data)
+                    m.d.comb += [word[f].eq(port.payload[f]) for f in ("index", "spike", "last")]
+                else:
+                    m.d.comb += q.w_data.eq(port.payload.value)
+                m.d.comb += [q.w_en.eq(port.valid), port.ready.eq(q.w_rdy),
+                             q.r_en.eq(out.ready & (self.sel == k))]
+            m.d.comb += [out.valid.eq(Array(q.r_rdy for q in fifos)[self.sel]),
+                         out.payload.eq(Array(q.r_data for q in fifos)[self.sel]),
+                         level.eq(Array(q.r_level for q in fifos)[self.sel])]
+        return m
 
 
 class SoC(wiring.Component):
@@ -91,14 +210,10 @@ class SoC(wiring.Component):
         blocks = {}         # the core each unit follows
         for u in range(U):
             m.submodules[f"qk{u}"] = blocks[4 * u + 1] = block = AttentionBlock(**c.qk_args())
-            regs = link.qk[16 * QK_REGS * u:16 * QK_REGS * (u + 1)]
-            for r, name in ((QkReg.KIND, "c_kind"), (QkReg.TOKENS, "c_tokens"),
-                            (QkReg.CHANNELS, "c_channels"), (QkReg.TIMESTEPS, "c_timesteps"),
-                            (QkReg.V_TH, "c_v_th"), (QkReg.V_RESET, "c_v_reset"),
-                            (QkReg.INV_TAU, "c_inv_tau"), (QkReg.DECAY, "c_decay")):
-                port = getattr(block, name)
+            for r in QkReg:
+                port = getattr(block, f"c_{r.name.lower()}")
                 port = port.as_value() if hasattr(port, "as_value") else port
-                m.d.comb += port.eq(regs[16 * r:16 * r + len(port)])
+                m.d.comb += port.eq(link.qk[u][r.name.lower()][:len(port)])
         if U:
             m.d.comb += [link.qk_busy.eq(Cat(b.busy for b in blocks.values())),
                          link.qk_active.eq(Cat(b.busy & ~b.waiting for b in blocks.values()))]
@@ -141,18 +256,17 @@ class SoC(wiring.Component):
             link.bus_rdata.eq(Array(core.bus_rdata for core in cores)[link.bus_core]),
         ]
 
-        # The host's spikes and errors pass a register stage on their way to the routers: the
-        # link reads them out of its frame buffer, and the routes from there to every core's
-        # event checks are the longest on the chip. Three entries keep one word a cycle flowing.
-        def registered(name, port):
-            layout = data.Layout.cast(port.payload.shape())
-            m.submodules[name] = buf = fifo.SyncFIFOBuffered(width=layout.size, depth=3)
-            m.d.comb += [buf.w_data.eq(port.payload), buf.w_en.eq(port.valid),
-                         port.ready.eq(buf.w_rdy)]
-            return buf, data.View(layout, buf.r_data)
-
-        spike_buf, spikes_in = registered("host_spikes", link.spikes)
-        error_buf, errors_in = registered("host_errors", link.errors)
+        m.submodules.host_inputs = host = HostInputs(cores=n, lanes=P)
+        wiring.connect(m, link.spikes, host.spikes)
+        wiring.connect(m, link.errors, host.errors)
+        m.submodules.outputs = outputs = OutputFifos(
+            cores=n, lanes=P, spike_depth=self.spike_fifo_depth,
+            error_depth=self.error_fifo_depth)
+        m.d.comb += outputs.sel.eq(link.out_sel)
+        wiring.connect(m, outputs.spikes_out, link.spikes_out)
+        wiring.connect(m, outputs.errors_out, link.errors_out)
+        m.d.comb += [link.spikes_level.eq(outputs.spikes_level),
+                     link.errors_level.eq(outputs.errors_level)]
 
         def sliced(name, source, sink=None):
             """``source``'s elements through a three-entry FIFO: to ``sink``, or the returned
@@ -167,19 +281,14 @@ class SoC(wiring.Component):
                 wiring.connect(m, out, sink)
             return out
 
-        L = LINK_BITS
-        links = [link.link[L * k:L * k + L] for k in range(n)]
+        links = [link.link[k] for k in range(n)]
         routers = [Router(neurons=c.neurons, fan_in=F, lanes=P) for _ in range(n)]
-        spike_fifos, error_fifos = [], []
-        host_word = spikes_in.word
         for k, (core, router) in enumerate(zip(cores, routers, strict=True)):
             m.submodules[f"router{k}"] = router
-            m.submodules[f"spikes{k}"] = sf = fifo.SyncFIFOBuffered(width=16,
-                                                                   depth=self.spike_fifo_depth)
-            m.submodules[f"errors{k}"] = ef = fifo.SyncFIFOBuffered(width=16 * P,
-                                                                   depth=self.error_fifo_depth)
-            spike_fifos.append(sf)
-            error_fifos.append(ef)
+            wiring.connect(m, host.spk[k], router.host_spk)
+            wiring.connect(m, host.err[k], router.host_err)
+            wiring.connect(m, router.host_spk_o, outputs.spk[k])
+            wiring.connect(m, router.host_err_o, outputs.err[k])
             m.d.comb += [router.link.eq(links[k]), router.n_active.eq(core.n_active),
                          router.west_link.eq(links[k - 1] if k else 0),
                          router.east_link.eq(links[k + 1] if k < n - 1 else 0)]
@@ -208,43 +317,14 @@ class SoC(wiring.Component):
                 else:
                     wiring.connect(m, spikes, router.west_spk)
                     wiring.connect(m, errors, west.east_err)
-
-            out = router.host_spk_o
-            host_spike = spike_buf.r_rdy & (spikes_in.core == k)
-            host_error = error_buf.r_rdy & (errors_in.core == k)
-            m.d.comb += [
-                sf.w_en.eq(out.valid), out.ready.eq(sf.w_rdy),
-                sf.w_data.eq(Cat(out.payload.index, out.payload.spike, out.payload.last)),
-                ef.w_en.eq(router.host_err_o.valid), router.host_err_o.ready.eq(ef.w_rdy),
-                ef.w_data.eq(router.host_err_o.payload.value),
-                router.host_spk.valid.eq(host_spike),
-                router.host_spk.payload.index.eq(host_word & EVENT_INDEX),
-                router.host_spk.payload.spike.eq(host_word[14]),
-                router.host_spk.payload.last.eq(host_word[15]),
-                router.host_err.valid.eq(host_error),
-                router.host_err.payload.value.eq(errors_in.value),
-                router.host_err.payload.last.eq(errors_in.last),
-            ]
         # The ends of the line: nothing comes in from beyond them.
         for port in (routers[0].west_spk, routers[0].west_share, routers[-1].east_err,
                      routers[-1].east_psum):
             m.d.comb += port.valid.eq(0)
 
         m.d.comb += [
-            spike_buf.r_en.eq(Array(r.host_spk.ready for r in routers)[spikes_in.core]),
-            error_buf.r_en.eq(Array(r.host_err.ready for r in routers)[errors_in.core]),
-            link.spikes_out.valid.eq(Array(f.r_rdy for f in spike_fifos)[link.out_sel]),
-            link.spikes_out.payload.eq(Array(f.r_data for f in spike_fifos)[link.out_sel]),
-            link.spikes_level.eq(Array(f.r_level for f in spike_fifos)[link.out_sel]),
-            link.errors_out.valid.eq(Array(f.r_rdy for f in error_fifos)[link.out_sel]),
-            link.errors_out.payload.eq(Array(f.r_data for f in error_fifos)[link.out_sel]),
-            link.errors_level.eq(Array(f.r_level for f in error_fifos)[link.out_sel]),
             link.active.eq(Cat(*(unit.busy & ~unit.waiting
                                  for unit in [*cores, *blocks.values()])).any()),
-            self.busy.eq(link.busy | link.active | (spike_buf.level != 0)
-                         | (error_buf.level != 0)),
+            self.busy.eq(link.busy | link.active | host.pending),
         ]
-        for k, (sf, ef) in enumerate(zip(spike_fifos, error_fifos, strict=True)):
-            m.d.comb += [sf.r_en.eq(link.spikes_out.ready & (link.out_sel == k)),
-                         ef.r_en.eq(link.errors_out.ready & (link.out_sel == k))]
         return m

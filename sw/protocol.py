@@ -43,6 +43,13 @@ resend a frame whose reply it lost. A frame with a bad CRC, length, opcode, core
 changes nothing and is answered with the matching :class:`Status`; bytes that are not a frame's
 start are skipped until the next sync byte.
 
+The gateware takes its shapes from here: the enumerations are :mod:`amaranth.lib.enum`'s, with
+``shape=`` where the frame fixes the width (:class:`Opcode`, :class:`Status`: a byte;
+:class:`SocReg`: an address), and as wide as their members need where the width follows them
+(:class:`QkReg` in :func:`qk_address_layout`, :class:`Link` in :func:`link_bits`); the frame
+headers, event words and Q-K registers are layouts (:func:`command_header`,
+:func:`reply_header`, :data:`EVENT_WORD`, :func:`qk_unit_layout`).
+
 >>> frame = encode_command(7, Opcode.WRITE, 0, 0x10000003, [0x3C00])
 >>> frame.hex()
 'a5070300030000100200003ce59a'
@@ -51,15 +58,18 @@ Command(seq=7, opcode=<Opcode.WRITE: 3>, core=0, address=268435459, payload=(153
 """
 
 import binascii
-import enum
 import struct
 from typing import NamedTuple
 
+from amaranth.hdl import Shape
+from amaranth.lib import data, enum
+
 __all__ = [
-    "BROADCAST", "COMMAND_SYNC", "EVENT_INDEX", "EVENT_LAST", "EVENT_SPIKE", "IDENTITY",
-    "LINK_BITS", "MAX_PAYLOAD", "QK_REGS", "MAX_WORDS", "REPLY_SYNC", "SOC", "VERSION", "Command",
-    "FrameError", "Link", "Opcode", "QkReg", "Reply", "ReplyDecoder", "SocReg", "Status", "crc16",
-    "decode_command", "encode_command", "encode_reply", "event_word",
+    "BROADCAST", "COMMAND_SYNC", "EVENT_INDEX", "EVENT_LAST", "EVENT_SPIKE", "EVENT_WORD",
+    "IDENTITY", "LINK_BITS", "MAX_PAYLOAD", "QK_REGS", "MAX_WORDS", "REPLY_SYNC", "SOC", "VERSION",
+    "Command", "FrameError", "Link", "Opcode", "QkReg", "Reply", "ReplyDecoder", "SocReg",
+    "Status", "command_header", "crc16", "decode_command", "encode_command", "encode_reply",
+    "event_word", "link_bits", "qk_address_layout", "qk_unit_layout", "reply_header",
 ]
 
 COMMAND_SYNC = 0xA5
@@ -73,14 +83,15 @@ VERSION = 5          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN
 #                      5: identity qk_tokens, SocReg.QK_CYCLES
 IDENTITY = ("version", "cores", "lanes", "neurons", "fan_in", "timesteps", "reset",
             "detach_reset", "surrogate", "out_fifo", "max_words", "qk_units", "qk_tokens")
-EVENT_SPIKE = 1 << 14
-EVENT_LAST = 1 << 15
-EVENT_INDEX = EVENT_SPIKE - 1
+EVENT_WORD = data.StructLayout({"index": 14, "spike": 1, "last": 1})   # a spike event word
+EVENT_SPIKE = 1 << EVENT_WORD["spike"].offset
+EVENT_LAST = 1 << EVENT_WORD["last"].offset
+EVENT_INDEX = (1 << EVENT_WORD["index"].width) - 1
 COMMAND_HEADER = struct.Struct("<BBBBIH")    # sync, seq, opcode, core, address, length
 REPLY_HEADER = struct.Struct("<BBBH")        # sync, seq, status, length
 
 
-class Opcode(enum.IntEnum):
+class Opcode(enum.IntEnum, shape=8):
     IDENTIFY = 0x01      # reply: configuration words (see the driver)
     READ = 0x02          # payload: one word, the number of words to read from ``address`` on
     WRITE = 0x03         # payload: words written to ``address``, ``address + 1``, ...
@@ -90,8 +101,9 @@ class Opcode(enum.IntEnum):
     ERRORS_OUT = 0x07    # reply: the input-error beats the core has produced
 
 
-class SocReg(enum.IntEnum):
-    """Registers of core :data:`SOC`: the link's counters (low then high half) and routing."""
+class SocReg(enum.IntEnum, shape=32):
+    """Registers of core :data:`SOC`: the link's counters (low then high half) and routing,
+    at a frame's ``address``."""
 
     RX_BYTES = 0         # bytes received (2 words)
     TX_BYTES = 2         # bytes sent (2 words)
@@ -117,6 +129,18 @@ class QkReg(enum.IntEnum):
 
 
 QK_REGS = len(QkReg)
+assert QK_REGS == 1 << Shape.cast(QkReg).width, "the Q-K registers fill their address field"
+
+
+def qk_unit_layout(regs: type = QkReg) -> data.StructLayout:
+    """A Q-K unit's registers, one binary16 word each, in the order of ``regs``."""
+    assert [int(r) for r in regs] == list(range(len(regs)))
+    return data.StructLayout({r.name.lower(): 16 for r in regs})
+
+
+def qk_address_layout(units: int, regs: type = QkReg) -> data.StructLayout:
+    """A Q-K register's address less ``SocReg.QK``: its register and its unit's index."""
+    return data.StructLayout({"reg": regs, "unit": range(max(units, 2))})
 
 
 class Link(enum.IntFlag):
@@ -128,7 +152,12 @@ class Link(enum.IntFlag):
     #                      sums Wᵀ·δ go to core c - 1 (Reg.PARTIAL_IN), which finishes them
 
 
-LINK_BITS = len(Link)
+def link_bits(flags: type = Link) -> int:
+    """The bits of a core's routing register: as many as the flags of ``flags`` need."""
+    return Shape.cast(flags).width
+
+
+LINK_BITS = link_bits()
 
 
 def event_word(index: int, spike: bool = True, last: bool = False) -> int:
@@ -142,7 +171,7 @@ def event_word(index: int, spike: bool = True, last: bool = False) -> int:
     return index | EVENT_SPIKE * bool(spike) | EVENT_LAST * bool(last)
 
 
-class Status(enum.IntEnum):
+class Status(enum.IntEnum, shape=8):
     OK = 0
     BAD_CRC = 1
     BAD_LENGTH = 2
@@ -151,6 +180,30 @@ class Status(enum.IntEnum):
     BAD_ADDRESS = 5
     BUSY = 6
     TIMEOUT = 7
+
+
+def _header_layout(header: struct.Struct, fields: dict) -> data.StructLayout:
+    codes = header.format.lstrip("<")
+    assert len(codes) == 1 + len(fields) and struct.calcsize(codes[0]) == 1
+    layout = {}
+    for (name, shape), code in zip(fields.items(), codes[1:], strict=True):
+        bits = 8 * struct.calcsize(code)
+        if shape is not None and Shape.cast(shape).width != bits:
+            raise ValueError(f"A frame's {name} is {bits} bits wide, so {shape.__name__} must be "
+                             f"too, not {Shape.cast(shape).width}")
+        layout[name] = bits if shape is None else shape
+    return data.StructLayout(layout)
+
+
+def command_header(opcodes: type = Opcode) -> data.StructLayout:
+    """A command frame's header after its sync byte, its fields in the order of their bytes."""
+    return _header_layout(COMMAND_HEADER, {"seq": None, "opcode": opcodes, "core": None,
+                                           "address": None, "length": None})
+
+
+def reply_header(statuses: type = Status) -> data.StructLayout:
+    """A reply frame's header after its sync byte, its fields in the order of their bytes."""
+    return _header_layout(REPLY_HEADER, {"seq": None, "status": statuses, "length": None})
 
 
 class FrameError(ValueError):

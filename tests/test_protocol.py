@@ -1,18 +1,26 @@
 # SPDX-License-Identifier: Apache-2.0
 import pytest
+from amaranth.hdl import Shape
+from amaranth.lib import enum
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spikeforge import protocol as p
 from spikeforge.protocol import (
     MAX_PAYLOAD,
     FrameError,
+    Link,
     Opcode,
+    QkReg,
     Reply,
     ReplyDecoder,
+    SocReg,
     Status,
+    command_header,
     decode_command,
     encode_command,
     encode_reply,
+    reply_header,
 )
 
 words = st.lists(st.integers(0, 0xFFFF), max_size=MAX_PAYLOAD // 2)
@@ -84,3 +92,23 @@ def test_reply_decoder_drops_corrupt_reply_and_keeps_next():
     decoder = ReplyDecoder()
     assert decoder.feed(bytes(bad) + good) == [Reply(2, Status.BUSY, ())]
     assert decoder.dropped > 0
+
+
+def test_gateware_widths_follow_the_enums():
+    assert command_header()["opcode"].shape is Opcode and reply_header()["status"].shape is Status
+    assert Shape.cast(Opcode).width == 8 and Shape.cast(SocReg).width == 32
+    assert p.LINK_BITS == p.link_bits(Link) == 3
+    grown_links = enum.IntFlag("Links", {**{f.name: int(f) for f in Link}, "EXTRA": 8})
+    assert p.link_bits(grown_links) == 4
+    grown_regs = enum.IntEnum("QkRegs", {**{r.name: int(r) for r in QkReg}, "EXTRA": 8})
+    assert [(f, p.qk_address_layout(5, regs)[f].width) for regs in (QkReg, grown_regs)
+            for f in ("reg", "unit")] == [("reg", 3), ("unit", 3), ("reg", 4), ("unit", 3)]
+    assert p.qk_unit_layout().size == 16 * p.QK_REGS and p.qk_unit_layout(grown_regs).size == 144
+    assert (p.EVENT_INDEX, p.EVENT_SPIKE, p.EVENT_LAST) == (0x3FFF, 0x4000, 0x8000)
+
+    class Wide(enum.IntEnum, shape=9):
+        NEW = 0x100
+
+    with pytest.raises(ValueError, match=r"^A frame's opcode is 8 bits wide, so Wide must be too, "
+                                         r"not 9$"):
+        command_header(Wide)
