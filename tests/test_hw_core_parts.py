@@ -6,33 +6,13 @@ from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
+from spikeforge import regmap
+from spikeforge.hw import core_engines as engines
 from spikeforge.hw.core_control import BusDecoder, CoreRegisters, Counters, settings_init
 from spikeforge.hw.core_datapath import ErrorSums
-from spikeforge.hw.core_engines import (
-    BeatSender,
-    ColumnIssuer,
-    EventIssuer,
-    EventLog,
-    GradientSequencer,
-    NonzeroScanner,
-    RowWalker,
-    ShortcutLink,
-    SpikeSerializer,
-)
 from spikeforge.hw.core_sequencer import StepCounter
 from spikeforge.hw.fp16 import FP16Adder, FP16Multiplier
-from spikeforge.regmap import (
-    Command,
-    Counter,
-    ErrorFlag,
-    Reg,
-    Region,
-    Shortcut,
-    address,
-    index_bits,
-    state_offset,
-    weight_offset,
-)
+from spikeforge.regmap import Counter, ErrorFlag, Reg, Region
 
 LA, LM = FP16Adder.LATENCY, FP16Multiplier.LATENCY
 
@@ -66,7 +46,7 @@ def register_ranges(*, neurons, fan_in, timesteps, lanes):
             Reg.V_TH: fp16, Reg.V_RESET: fp16, Reg.INV_TAU: fp16, Reg.DECAY: fp16, Reg.LR: fp16,
             Reg.BP_INPUT_ERROR: (0, 1), Reg.PARTIAL_IN: (0, 1), Reg.TOKENS: (1, timesteps),
             Reg.IN_TOKENS: (1, fan_in), Reg.IN_STRIDE: (1, fan_in),
-            Reg.SHORTCUT: (0, max(Shortcut))}
+            Reg.SHORTCUT: (0, max(regmap.Shortcut))}
 
 
 def register_state(ctx, dut):
@@ -126,7 +106,7 @@ def test_registers_range_checks(sizes):
                                                                          probe=probe)
                         taken = bool(idle) and low <= value <= high
                         assert ok == taken, (reg, value, idle)
-                        assert command == Command.NONE and not clear
+                        assert command == regmap.Command.NONE and not clear
                         expected = dict(before)
                         if taken and not probe:
                             expected[FIELDS[reg]] = value
@@ -150,10 +130,10 @@ def test_registers_range_checks(sizes):
                     before = register_state(ctx, dut)
                     ok, _, _, command, clear = await register_access(ctx, dut, Reg.COMMAND, value,
                                                                      probe=probe)
-                    taken = bool(idle) and value < len(Command)
+                    taken = bool(idle) and value < len(regmap.Command)
                     assert ok == taken
-                    assert command == (value if taken and not probe else Command.NONE)
-                    assert clear == (command == Command.CLEAR_COUNTERS)
+                    assert command == (value if taken and not probe else regmap.Command.NONE)
+                    assert clear == (command == regmap.Command.CLEAR_COUNTERS)
                     assert register_state(ctx, dut) == before
             _, read_ok, _, _, _ = await register_access(ctx, dut, Reg.COMMAND, we=0)
             assert read_ok
@@ -282,7 +262,7 @@ BUS_SIZES = [dict(neurons=12, fan_in=12, timesteps=3, lanes=4),
 @pytest.mark.parametrize("sizes", BUS_SIZES, ids=["lanes4", "lanes1"])
 def test_bus_decoder(sizes):
     N, F, T, P = sizes["neurons"], sizes["fan_in"], sizes["timesteps"], sizes["lanes"]
-    CH, nb, ib = N // P, index_bits(N), index_bits(F)
+    CH, nb, ib = N // P, regmap.index_bits(N), regmap.index_bits(F)
     rng = random.Random(3)
     dut = BusDecoder(**sizes)
     regions = [Region.REG, Region.WEIGHT, Region.GRAD, Region.CHARGE, Region.SPIKE,
@@ -297,11 +277,11 @@ def test_bus_decoder(sizes):
         elif region in (Region.WEIGHT, Region.GRAD):
             n, i = rng.randrange(1 << nb), rng.randrange(1 << ib)
             high = 1 << (nb + ib + rng.randrange(4)) if rng.random() < 0.1 else 0
-            acc.update(n=n, i=i, offset=weight_offset(n, i, fan_in=F) | high,
+            acc.update(n=n, i=i, offset=regmap.weight_offset(n, i, fan_in=F) | high,
                        ok=n < N and i < F and not high)
         elif region in (Region.CHARGE, Region.SPIKE):
             t, n = rng.randrange(T + 2), rng.randrange(1 << nb)
-            acc.update(t=t, n=n, offset=state_offset(t, n, neurons=N), ok=n < N and t < T)
+            acc.update(t=t, n=n, offset=regmap.state_offset(t, n, neurons=N), ok=n < N and t < T)
         elif region == Region.COUNTER:
             acc["offset"] = rng.randrange(2 * len(Counter) + 3)
         return acc
@@ -337,7 +317,7 @@ def test_bus_decoder(sizes):
             if acc:
                 ctx.set(dut.bus_we, acc["we"])
                 ctx.set(dut.bus_probe, acc["probe"])
-                ctx.set(dut.bus_addr, address(region, acc["offset"]))
+                ctx.set(dut.bus_addr, regmap.address(region, acc["offset"]))
                 ctx.set(dut.bus_wdata, rng.getrandbits(16))
             req = dict(reg=False, counter=False, w=False, g=False, state=False)
             err, rdata = True, None
@@ -381,7 +361,7 @@ def test_bus_decoder(sizes):
     simulate(dut, bench)
 
 
-# ---- EventIssuer ----
+# ---- engines.EventIssuer ----
 
 ISSUER_CASES = {
     "hazard": dict(fan_in=12, max_chunks=3, hazard=7, chunks=3, inputs=10, in_tokens=1,
@@ -446,7 +426,8 @@ def test_event_issuer(name, idle):
                  for fate in issuer_model(step, case) if fate}
         if kinds == {"spike", "error"}:
             break
-    dut = EventIssuer(fan_in=case["fan_in"], chunks=case["max_chunks"], hazard=case["hazard"])
+    dut = engines.EventIssuer(fan_in=case["fan_in"], chunks=case["max_chunks"],
+                              hazard=case["hazard"])
 
     async def bench(ctx):
         for field in ("chunks", "inputs", "in_tokens", "in_stride"):
@@ -529,7 +510,7 @@ def test_event_issuer(name, idle):
 def test_event_log():
     rng = random.Random(4)
     F, T = 6, 4
-    dut = EventLog(fan_in=F, timesteps=T)
+    dut = engines.EventLog(fan_in=F, timesteps=T)
     logs = [sorted(rng.sample(range(F), rng.randint(0, F))) for _ in range(T)]
 
     async def bench(ctx):
@@ -552,7 +533,7 @@ def test_event_log():
     simulate(dut, bench)
 
 
-# ---- SpikeSerializer ----
+# ---- engines.SpikeSerializer ----
 
 SERIALIZER_CASES = [dict(neurons=32, lanes=4, depth=5), dict(neurons=12, lanes=1, depth=6),
                     dict(neurons=16, lanes=4, depth=3)]
@@ -563,7 +544,7 @@ def test_spike_serializer(case):
     N, P, depth = case["neurons"], case["lanes"], case["depth"]
     CH, latency = N // P, 4
     rng = random.Random(f"ser{N}{P}{depth}")
-    dut = SpikeSerializer(**case)
+    dut = engines.SpikeSerializer(**case)
 
     async def bench(ctx):
         ctx.set(dut.enable, 1)
@@ -625,7 +606,7 @@ def test_spike_serializer(case):
     simulate(dut, bench)
 
 
-# ---- BeatSender, ShortcutLink ----
+# ---- engines.BeatSender, engines.ShortcutLink ----
 
 class StreamSink:
     """Takes beats at random, checking that a beat once offered holds until it is taken."""
@@ -649,7 +630,7 @@ class StreamSink:
 @pytest.mark.parametrize("lanes", [1, 4])
 def test_beat_sender(lanes):
     rng = random.Random(5 + lanes)
-    dut = BeatSender(lanes)
+    dut = engines.BeatSender(lanes)
     beats = [(rng.getrandbits(16 * lanes), int(rng.random() < 0.25)) for _ in range(150)]
     sink = StreamSink(rng, dut.o)
 
@@ -688,7 +669,7 @@ LINK_CASES = [dict(lanes=4, max_chunks=4, chunks=3), dict(lanes=1, max_chunks=3,
 def test_shortcut_link_send(case):
     P, n = case["lanes"], case["chunks"]
     rng = random.Random(f"send{P}{n}")
-    dut = ShortcutLink(lanes=P, chunks=case["max_chunks"], add_latency=LA)
+    dut = engines.ShortcutLink(lanes=P, chunks=case["max_chunks"], add_latency=LA)
     sink = StreamSink(rng, dut.sc_o)
     steps = [[rng.getrandbits(16 * P) for _ in range(n)] for _ in range(4)]
 
@@ -738,7 +719,7 @@ def test_shortcut_link_send(case):
 def test_shortcut_link_add(case):
     P, n = case["lanes"], case["chunks"]
     rng = random.Random(f"add{P}{n}")
-    dut = ShortcutLink(lanes=P, chunks=case["max_chunks"], add_latency=LA)
+    dut = engines.ShortcutLink(lanes=P, chunks=case["max_chunks"], add_latency=LA)
     steps = 4
     beats = [rng.getrandbits(16 * P) for _ in range(n * steps)]
 
@@ -792,12 +773,12 @@ def test_shortcut_link_add(case):
     simulate(dut, bench)
 
 
-# ---- NonzeroScanner and ColumnIssuer ----
+# ---- engines.NonzeroScanner and engines.ColumnIssuer ----
 
 class ColumnPath(Elaboratable):
     def __init__(self, *, neurons, fan_in, lanes):
-        self.scanner = NonzeroScanner(neurons=neurons, lanes=lanes)
-        self.columns = ColumnIssuer(neurons=neurons, fan_in=fan_in, lanes=lanes,
+        self.scanner = engines.NonzeroScanner(neurons=neurons, lanes=lanes)
+        self.columns = engines.ColumnIssuer(neurons=neurons, fan_in=fan_in, lanes=lanes,
                                     mul_latency=LM, add_latency=LA)
 
     def elaborate(self, platform):
@@ -905,7 +886,7 @@ def test_scanner_throughput():
     N, P, chunks = 16, 4, 4
     rng = random.Random(6)
     masks = [rng.getrandbits(P) for _ in range(chunks)]
-    dut = NonzeroScanner(neurons=N, lanes=P)
+    dut = engines.NonzeroScanner(neurons=N, lanes=P)
 
     async def bench(ctx):
         ctx.set(dut.chunks, chunks)
@@ -927,7 +908,7 @@ def test_scanner_throughput():
     simulate(dut, bench)
 
 
-# ---- GradientSequencer, RowWalker ----
+# ---- engines.GradientSequencer, engines.RowWalker ----
 
 WG_CASES = {"full": dict(fan_in=6, max_chunks=4, chunks=4),
             "fewer": dict(fan_in=6, max_chunks=4, chunks=3),
@@ -940,7 +921,7 @@ def test_gradient_sequencer(name):
     case = WG_CASES[name]
     F, C = case["fan_in"], case["chunks"]
     rng = random.Random(name)
-    dut = GradientSequencer(fan_in=F, chunks=case["max_chunks"], add_latency=LA)
+    dut = engines.GradientSequencer(fan_in=F, chunks=case["max_chunks"], add_latency=LA)
 
     async def bench(ctx):
         ctx.set(dut.chunks, C)
@@ -999,7 +980,7 @@ def test_row_walker(name):
     case = WALKER_CASES[name]
     L = case["latency"]
     rng = random.Random(name)
-    dut = RowWalker(rows=case["rows"], chunks=case["chunks"], latency=L)
+    dut = engines.RowWalker(rows=case["rows"], chunks=case["chunks"], latency=L)
 
     async def bench(ctx):
         cycle = 0

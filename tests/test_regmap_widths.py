@@ -10,17 +10,8 @@ import spikeforge.hw.core_control as control
 from spikeforge import regmap
 from spikeforge.regmap import Command, Counter, Reg, Region
 
-
-class GrownCommand(enum.IntEnum, shape=4):
-    NONE = 0
-    BEGIN = 1
-    UPDATE = 2
-    CLEAR_GRAD = 3
-    CLEAR_COUNTERS = 4
-    STEP = 5
-    SAVE = 6
-    LOAD = 7
-    FLUSH = 8
+GrownCommand = enum.IntEnum("Command", [(c.name, c.value) for c in Command]
+                            + [("STEP", 5), ("SAVE", 6), ("LOAD", 7), ("FLUSH", 8)])
 
 
 GrownCounter = enum.IntEnum("Counter", [(c.name, c.value) for c in Counter]

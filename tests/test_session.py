@@ -5,27 +5,16 @@ no clock but the numbers given; and the command methods run by a scripted runner
 import pytest
 
 from spikeforge import protocol as p
+from spikeforge import session as sansio
 from spikeforge.errors import ConfigError
 from spikeforge.protocol import MAX_WORDS, Opcode, Status
 from spikeforge.regmap import Reg, Region, address
-from spikeforge.session import (
-    BoardError,
-    BoardTimeout,
-    Commands,
-    Done,
-    Failed,
-    LinkError,
-    Receive,
-    Request,
-    Send,
-    Session,
-    advance,
-)
+from spikeforge.session import Done, Failed, Receive, Request, Send
 
 
-def session(**kwargs) -> Session:
+def session(**kwargs) -> sansio.Session:
     args = {"url": "test://", "timeout": 5.0, "retries": 2, "seq": 7, "settle": 0.1} | kwargs
-    return Session(**args)
+    return sansio.Session(**args)
 
 
 def reply(seq, status=Status.OK, payload=()):
@@ -76,7 +65,7 @@ def test_silence_is_resent_then_a_timeout():
         action = s.received(b"", 10.0 * attempt + 5.0)
         if attempt < 2:
             assert action == Send(frame)
-    assert isinstance(action, Failed) and isinstance(action.error, BoardTimeout)
+    assert isinstance(action, Failed) and isinstance(action.error, sansio.BoardTimeout)
     assert str(action.error) == (
         "the board at test:// did not answer the WRITE of 2 words to core 1 at address "
         "0x10000003 (3 tries, 5 s each); is it running and connected?")
@@ -90,7 +79,7 @@ def test_an_error_status_fails_at_once():
     action = s.received(reply(7, Status.BAD_ADDRESS), 1.0)
     assert isinstance(action, Failed) and s.resends == 0
     error = action.error
-    assert isinstance(error, BoardError)
+    assert isinstance(error, sansio.BoardError)
     assert (error.status, error.opcode, error.core, error.address) == \
         (Status.BAD_ADDRESS, Opcode.READ, p.SOC, 0x100)
     assert str(error).startswith("the board at test:// refused the READ of 1 words to the SoC "
@@ -114,7 +103,7 @@ def test_a_bad_crc_status_then_silence_is_the_status():
     s.received(reply(7, Status.BAD_CRC), 0.5)
     s.sent(0.5)
     action = s.received(b"", 5.5)
-    assert isinstance(action.error, BoardError) and action.error.status == Status.BAD_CRC
+    assert isinstance(action.error, sansio.BoardError) and action.error.status == Status.BAD_CRC
 
 
 def test_a_corrupted_reply_is_resent_once_the_link_settles():
@@ -155,7 +144,7 @@ def test_parameters_are_checked(kwargs, message):
         session(**kwargs)
 
 
-class Scripted(Commands):
+class Scripted(sansio.Commands):
     """Runs command methods against a function from requests to outcomes; keeps the
     requests."""
 
@@ -165,10 +154,10 @@ class Scripted(Commands):
         self.requests = []
 
     def _run(self, steps):
-        step = advance(steps)
+        step = sansio.advance(steps)
         while isinstance(step, Request):
             self.requests.append(step)
-            step = advance(steps, self.answer(step))
+            step = sansio.advance(steps, self.answer(step))
         return step.payload
 
 
@@ -212,22 +201,22 @@ def test_a_method_that_needs_the_identity_syncs_first_unless_given():
 
 
 def test_errors_are_thrown_into_the_method():
-    refused = BoardError("refused", status=Status.BAD_CORE, opcode=Opcode.IDENTIFY, core=0,
+    refused = sansio.BoardError("refused", status=Status.BAD_CORE, opcode=Opcode.IDENTIFY, core=0,
                          address=0)
     answers = iter([Failed(refused), Done(tuple(IDENTITY.values()))])
     board = Scripted(lambda request: next(answers))
     assert board.sync() == IDENTITY           # the first, stale, reply's error is ignored
-    silent = Scripted(lambda request: Failed(BoardTimeout("silence")))
-    with pytest.raises(BoardTimeout, match="^silence$"):
+    silent = Scripted(lambda request: Failed(sansio.BoardTimeout("silence")))
+    with pytest.raises(sansio.BoardTimeout, match="^silence$"):
         silent.sync()
     assert len(silent.requests) == 1
 
 
 def test_a_wrong_answer_is_a_link_error():
     board = Scripted(lambda request: Done((1, 2)))
-    with pytest.raises(LinkError, match="answered a READ of 3 words with 2 words, not 3"):
+    with pytest.raises(sansio.LinkError, match="answered a READ of 3 words with 2 words, not 3"):
         board.read(0, 0, 3)
-    with pytest.raises(LinkError, match="answered IDENTIFY with 2 words"):
+    with pytest.raises(sansio.LinkError, match="answered IDENTIFY with 2 words"):
         board.identify()
 
 
@@ -241,5 +230,5 @@ def test_a_check_before_any_request_sends_nothing():
 
 
 def test_operations_keep_their_names_and_documents():
-    assert Commands.read.__name__ == "read"
-    assert Commands.read.__doc__.startswith("``count`` words from ``address`` on")
+    assert sansio.Commands.read.__name__ == "read"
+    assert sansio.Commands.read.__doc__.startswith("``count`` words from ``address`` on")
