@@ -255,7 +255,6 @@ class CoreDatapath(wiring.Component):
         m.d.comb += bptt.c_decay.eq(s.decay)
         m.submodules.weights = ws = WeightStore(neurons=N, fan_in=F, lanes=P, parts=p)
         sums = p.sums
-        a_rd = SimpleNamespace(data=sums.data)
         m.submodules.state = state = StepState(neurons=N, lanes=P, timesteps=T)
 
         t_base_ch, r_base_ch = seq.t * CH, seq.r * CH
@@ -321,7 +320,7 @@ class CoreDatapath(wiring.Component):
                      p.scanner.nz_data.eq(nz_rd.data), p.scanner.d_data.eq(d_rd_wt.data)]
 
         # ---- WG, the input errors out, the update ----
-        m.d.comb += [d_rd_wg.addr.eq(p.wg.slot), d_rd_wg.en.eq(1), p.out.data.eq(a_rd.data)]
+        m.d.comb += [d_rd_wg.addr.eq(p.wg.slot), d_rd_wg.en.eq(1), p.out.data.eq(sums.data)]
         wg_add.issue(m, p.wg.valid_d, ws.g_data, d_rd_wg.data)
         update = _phase(phase, Phase.UPDATE, Phase.DRAIN_IDLE)
         up_valid_d = p.walker.issue_d
@@ -343,7 +342,7 @@ class CoreDatapath(wiring.Component):
         with m.Elif(_phase(phase, Phase.BP_WT, Phase.BP_OUT)):
             m.d.comb += mul_b.eq(Cat(*([p.columns.mul_d] * P)))
             mul.issue(m, p.columns.mul_valid, ws.w_data, mul_b)
-            acc_add.issue(m, mul.o_valid, a_rd.data, mul.o_result)
+            acc_add.issue(m, mul.o_valid, sums.data, mul.o_result)
         with m.Else():
             acc_add.issue(m, acc_valid_d, i_rd.data, ws.w_data)
 
