@@ -20,7 +20,7 @@ from spikeforge.regmap import Counter
 from .core_engines import chunk_bits, error_layout
 from .core_sequencer import Phase
 from .fp16 import FP16Adder, FP16Multiplier
-from .lanes import FP16Lanes, delay, lane
+from .lanes import Delay, FP16Vector, lane
 from .neuron import BPTTUpdate, LIFUpdate
 from .skewmem import SkewedMemory
 
@@ -243,9 +243,9 @@ class CoreDatapath(wiring.Component):
         d_rd_wt, d_rd_wg, d_wr = d_mem.read_port(), d_mem.read_port(), d_mem.write_port()
         nz_rd, nz_wr = nz_mem.read_port(), nz_mem.write_port()
 
-        acc_add = FP16Lanes(m, "acc_add", FP16Adder, P)     # FP currents, Wᵀδ sums, update
-        wg_add = FP16Lanes(m, "wg_add", FP16Adder, P)       # WG
-        mul = FP16Lanes(m, "mul", FP16Multiplier, P)        # Wᵀδ products, lr·ΔW
+        m.submodules.acc_add = acc_add = FP16Vector(FP16Adder, P)  # FP currents, Wᵀδ, update
+        m.submodules.wg_add = wg_add = FP16Vector(FP16Adder, P)    # WG
+        m.submodules.mul = mul = FP16Vector(FP16Multiplier, P)     # Wᵀδ products, lr·ΔW
         la, lm = acc_add.latency, mul.latency
         m.submodules.lif = lif = self._lif
         m.submodules.bptt = bptt = self._bptt
@@ -264,8 +264,9 @@ class CoreDatapath(wiring.Component):
 
         # ---- FP: the currents, the LIF pass ----
         acc_fp = _phase(phase, Phase.FP_ACC, Phase.FP_DRAIN)
-        acc_valid_d = delay(m, p.issuer.valid, 1, "acc_valid")
-        acc_chunk_d = delay(m, p.issuer.chunk, 1 + la, "acc_chunk")
+        m.submodules.acc_valid_d = acc_valid_d = Delay(1, 1)
+        m.submodules.acc_chunk_d = acc_chunk_d = Delay(p.issuer.chunk.shape(), 1 + la)
+        m.d.comb += [acc_valid_d.i.eq(p.issuer.valid), acc_chunk_d.i.eq(p.issuer.chunk)]
         sc_fp = _phase(phase, Phase.FP_SC_OUT, Phase.FP_SC_ADD)
         sc_bp = _phase(phase, Phase.BP_SC_OUT, Phase.BP_SC_ADD)
         sc_rd = Signal(16 * P)
@@ -273,11 +274,12 @@ class CoreDatapath(wiring.Component):
         sc_sum = acc_add.o_valid & _phase(phase, Phase.FP_SC_ADD, Phase.BP_SC_ADD)
         sc_nz = Cat(*((lane(acc_add.o_result, k)[:15] != 0) for k in range(P)))
 
-        lif_issue_d = delay(m, seq.lif_issue, 1, "lif_issue")
-        lif_chunk_d = delay(m, seq.lif_chunk, 1, "lif_chunk")
-        m.d.comb += [lif.i_valid.eq(lif_issue_d), lif.i_x.eq(i_rd.data),
+        m.submodules.lif_issue_d = lif_issue_d = Delay(1, 1)
+        m.submodules.lif_chunk_d = lif_chunk_d = Delay(seq.lif_chunk.shape(), 1)
+        m.d.comb += [lif_issue_d.i.eq(seq.lif_issue), lif_chunk_d.i.eq(seq.lif_chunk)]
+        m.d.comb += [lif.i_valid.eq(lif_issue_d.o), lif.i_x.eq(i_rd.data),
                      lif.i_v.eq(Mux(seq.t < s.tokens, Cat(*([s.v_reset] * P)), state.v_data)),
-                     lif.i_tag.eq(lif_chunk_d), self.lif_out.eq(lif.o_valid)]
+                     lif.i_tag.eq(lif_chunk_d.o), self.lif_out.eq(lif.o_valid)]
         lif_chunk = lif.o_tag[:cb]
         lif_mask = Signal(P)
         m.d.comb += lif_mask.eq(lif.o_s & active_mask(lif_chunk))
@@ -321,11 +323,12 @@ class CoreDatapath(wiring.Component):
 
         # ---- WG, the input errors out, the update ----
         m.d.comb += [d_rd_wg.addr.eq(p.wg.slot), d_rd_wg.en.eq(1), p.out.data.eq(sums.data)]
-        wg_add.issue(m, p.wg.valid_d, ws.g_data, d_rd_wg.data)
+        m.d.comb += wg_add.issue(p.wg.valid_d, ws.g_data, d_rd_wg.data)
         update = _phase(phase, Phase.UPDATE, Phase.DRAIN_IDLE)
         up_valid_d = p.walker.issue_d
-        up_w_d = delay(m, ws.w_data, lm, "up_w")
-        up_mul_valid = delay(m, up_valid_d, lm, "up_mulv")
+        m.submodules.up_w_d = up_w_d = Delay(16 * P, lm)
+        m.submodules.up_mul_valid = up_mul_valid = Delay(1, lm)
+        m.d.comb += [up_w_d.i.eq(ws.w_data), up_mul_valid.i.eq(up_valid_d)]
         m.d.comb += [ws.wg_valid.eq(wg_add.o_valid), ws.wg_value.eq(wg_add.o_result),
                      ws.up_valid.eq(acc_add.o_valid & update), ws.up_value.eq(acc_add.o_result),
                      ws.up_row.eq(p.walker.row_d), ws.up_chunk.eq(p.walker.chunk_d),
@@ -335,16 +338,16 @@ class CoreDatapath(wiring.Component):
         # ---- the shared units, by phase ----
         mul_b = Signal(16 * P)
         with m.If(update):
-            mul.issue(m, up_valid_d, Cat(*([s.lr] * P)), ws.g_data)
-            acc_add.issue(m, up_mul_valid, up_w_d, mul.o_result, sub=1)
+            m.d.comb += [*mul.issue(up_valid_d, Cat(*([s.lr] * P)), ws.g_data),
+                         *acc_add.issue(up_mul_valid.o, up_w_d.o, mul.o_result, sub=1)]
         with m.Elif(_phase(phase, Phase.FP_SC_ADD, Phase.BP_SC_ADD)):
-            acc_add.issue(m, p.link.take_d, sc_rd, p.link.beat_d)
+            m.d.comb += acc_add.issue(p.link.take_d, sc_rd, p.link.beat_d)
         with m.Elif(_phase(phase, Phase.BP_WT, Phase.BP_OUT)):
             m.d.comb += mul_b.eq(Cat(*([p.columns.mul_d] * P)))
-            mul.issue(m, p.columns.mul_valid, ws.w_data, mul_b)
-            acc_add.issue(m, mul.o_valid, sums.data, mul.o_result)
+            m.d.comb += [*mul.issue(p.columns.mul_valid, ws.w_data, mul_b),
+                         *acc_add.issue(mul.o_valid, sums.data, mul.o_result)]
         with m.Else():
-            acc_add.issue(m, acc_valid_d, i_rd.data, ws.w_data)
+            m.d.comb += acc_add.issue(acc_valid_d.o, i_rd.data, ws.w_data)
 
         # ---- the currents, the Wᵀδ sums, the saved state ----
         link = p.link
@@ -356,7 +359,7 @@ class CoreDatapath(wiring.Component):
         with m.Elif((link.issue | link.take) & sc_fp):
             m.d.comb += [i_rd.en.eq(1), i_rd.addr.eq(link.j)]
         with m.If(acc_add.o_valid & acc_fp):
-            m.d.comb += [i_wr.en.eq(1), i_wr.addr.eq(acc_chunk_d), i_wr.data.eq(acc_add.o_result)]
+            m.d.comb += [i_wr.en.eq(1), i_wr.addr.eq(acc_chunk_d.o), i_wr.data.eq(acc_add.o_result)]
         with m.Elif(sc_sum & sc_fp):
             m.d.comb += [i_wr.en.eq(1), i_wr.addr.eq(link.j_out), i_wr.data.eq(acc_add.o_result)]
         m.d.comb += state.v_addr.eq(r_base_ch + seq.lif_chunk)

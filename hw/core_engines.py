@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from spikeforge.regmap import ErrorFlag
 
-from .lanes import LowestSet, delay
+from .lanes import Delay, LowestSet
 
 __all__ = ["BeatSender", "ColumnIssuer", "EventIssuer", "EventLog", "GradientSequencer",
            "NonzeroScanner", "RowWalker", "ShortcutLink", "SpikeSerializer", "error_layout",
@@ -271,9 +271,9 @@ class ShortcutLink(wiring.Component):
             m.d.sync += tail.eq(la + 3)
         with m.Elif(tail != 0):
             m.d.sync += tail.eq(tail - 1)
-        m.d.comb += [self.take_d.eq(delay(m, self.take, 1, "take")),
-                     self.beat_d.eq(delay(m, self.sc_i.payload.value, 1, "beat")),
-                     self.j_out.eq(delay(m, j, 1 + la, "jout"))]
+        m.submodules.j_late = j_late = Delay(j.shape(), 1 + la)
+        m.d.comb += [j_late.i.eq(j), self.j_out.eq(j_late.o)]
+        m.d.sync += [self.take_d.eq(self.take), self.beat_d.eq(self.sc_i.payload.value)]
         return m
 
 
@@ -383,11 +383,12 @@ class ColumnIssuer(wiring.Component):
             m.d.sync += self.done.eq(1)
         with m.If(self.clear):
             m.d.sync += self.done.eq(0)
-        m.d.comb += [self.mul_valid.eq(delay(m, self.issue, 1, "wt_valid")),
-                     self.mul_d.eq(delay(m, d, 1, "wt_d")),
-                     self.a_read.eq(delay(m, self.issue, lm, "wt_aread")),
-                     self.a_addr.eq(delay(m, slot, lm, "wt_aaddr")),
-                     self.a_write_addr.eq(delay(m, slot, 1 + lm + la, "wt_jout"))]
+        m.submodules.issue_late = issue_late = Delay(1, lm)
+        m.submodules.slot_late = slot_late = Delay(slot.shape(), 1 + lm + la)
+        m.d.sync += [self.mul_valid.eq(self.issue), self.mul_d.eq(d)]
+        m.d.comb += [issue_late.i.eq(self.issue), slot_late.i.eq(slot),
+                     self.a_read.eq(issue_late.o), self.a_addr.eq(slot_late.taps[lm]),
+                     self.a_write_addr.eq(slot_late.o)]
         return m
 
 
@@ -449,9 +450,11 @@ class GradientSequencer(wiring.Component):
             m.d.sync += self.done.eq(1)
         with m.If(self.clear):
             m.d.sync += self.done.eq(0)
-        m.d.comb += [self.valid_d.eq(delay(m, self.issue, 1, "wg_valid")),
-                     self.row_d.eq(delay(m, row, 1 + la, "wg_row")),
-                     self.chunk_d.eq(delay(m, slot, 1 + la, "wg_chunk"))]
+        m.submodules.row_late = row_late = Delay(row.shape(), 1 + la)
+        m.submodules.slot_late = slot_late = Delay(slot.shape(), 1 + la)
+        m.d.sync += self.valid_d.eq(self.issue)
+        m.d.comb += [row_late.i.eq(row), slot_late.i.eq(slot),
+                     self.row_d.eq(row_late.o), self.chunk_d.eq(slot_late.o)]
         return m
 
 
@@ -481,7 +484,9 @@ class RowWalker(wiring.Component):
             m.d.sync += chunk.eq(chunk + 1)
             with m.If(chunk + 1 == self.chunks):
                 m.d.sync += [chunk.eq(0), row.eq(row + 1)]
-        m.d.comb += [self.issue_d.eq(delay(m, self.issue, 1, "up_valid")),
-                     self.row_d.eq(delay(m, row, self._latency, "up_row")),
-                     self.chunk_d.eq(delay(m, chunk, self._latency, "up_chunk"))]
+        m.submodules.row_late = row_late = Delay(row.shape(), self._latency)
+        m.submodules.chunk_late = chunk_late = Delay(chunk.shape(), self._latency)
+        m.d.sync += self.issue_d.eq(self.issue)
+        m.d.comb += [row_late.i.eq(row), chunk_late.i.eq(chunk),
+                     self.row_d.eq(row_late.o), self.chunk_d.eq(chunk_late.o)]
         return m

@@ -104,11 +104,11 @@ class Router(wiring.Component):
         # ---- input spikes: from the host, the previous layer, or shared with the partner ----
         src = stream.Signature(fabric_event_layout()).create()
         with m.If(split):
-            _route(m, self.west_share, src)
+            m.d.comb += _route(self.west_share, src)
         with m.Elif(from_prev):
-            _route(m, self.west_spk, src)
+            m.d.comb += _route(self.west_spk, src)
         with m.Else():
-            _route(m, self.host_spk, src)
+            m.d.comb += _route(self.host_spk, src)
         # A fork: the core and (for a split partner) the east link each take every element
         # once; an output that took it waits (``sent``) until the other has.
         sent_core, sent_east = Signal(name="sent_core"), Signal(name="sent_east")
@@ -158,16 +158,16 @@ class Router(wiring.Component):
             with m.If(self.west_spk.valid & out.ready & west.last):
                 m.d.sync += from_west.eq(0)
         with m.If(to_next):
-            _route(m, out, self.east_spk)
+            m.d.comb += _route(out, self.east_spk)
         with m.Else():
-            _route(m, out, self.host_spk_o)
+            m.d.comb += _route(out, self.host_spk_o)
 
         # ---- errors in: the core's beats of each timestep, the partner's passed on ----
         err = stream.Signature(error_layout(P)).create()
         with m.If(from_next):
-            _route(m, self.east_err, err)
+            m.d.comb += _route(self.east_err, err)
         with m.Else():
-            _route(m, self.host_err, err)
+            m.d.comb += _route(self.host_err, err)
         # Registered: the layer size changes only by a bus write while the core is idle, and
         # the adder would otherwise sit in the error stream's ready path through every router.
         chunks = Signal(range(self._neurons // P + 1))
@@ -190,18 +190,19 @@ class Router(wiring.Component):
                 m.d.sync += beat.eq(beat + 1)
 
         # ---- errors out: the core's Wᵀ·δ, or the partner's share of the errors ----
-        _route(m, self.east_psum, self.core_psum_i)
+        m.d.comb += _route(self.east_psum, self.core_psum_i)
         with m.If(split):
-            _route(m, self.core_bp_o, self.west_psum)
-            _route(m, passed, self.west_err)
+            m.d.comb += _route(self.core_bp_o, self.west_psum)
+            m.d.comb += _route(passed, self.west_err)
         with m.Elif(to_prev):
-            _route(m, self.core_bp_o, self.west_err)
+            m.d.comb += _route(self.core_bp_o, self.west_err)
         with m.Else():
-            _route(m, self.core_bp_o, self.host_err_o)
+            m.d.comb += _route(self.core_bp_o, self.host_err_o)
         return m
 
 
-def _route(m: Module, source, sink) -> None:
-    """``source``'s elements to ``sink`` (in the enclosing condition)."""
-    m.d.comb += [sink.valid.eq(source.valid), sink.payload.eq(source.payload),
-                 source.ready.eq(sink.ready)]
+def _route(source, sink) -> list:
+    """The statements that join stream ``source`` to ``sink`` (in the condition they are added
+    under)."""
+    return [sink.valid.eq(source.valid), sink.payload.eq(source.payload),
+            source.ready.eq(sink.ready)]

@@ -23,14 +23,21 @@ _INF = 0x7C00
 _NAN = 0x7E00
 
 
-def _leading_zeros(m: Module, value: Value) -> Signal:
-    """The number of leading zeros of ``value`` (its width if ``value`` is zero)."""
-    count = Signal(range(len(value) + 1))
-    m.d.comb += count.eq(len(value))
-    for i in range(len(value)):
-        with m.If(value[i]):
-            m.d.comb += count.eq(len(value) - 1 - i)
-    return count
+class _LeadingZeros(wiring.Component):
+    """``count`` is the number of leading zeros of ``value`` (its width when ``value`` is zero);
+    combinational."""
+
+    def __init__(self, width: int):
+        self._width = width
+        super().__init__({"value": In(width), "count": Out(range(width + 1))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.count.eq(self._width)
+        for i in range(self._width):
+            with m.If(self.value[i]):
+                m.d.comb += self.count.eq(self._width - 1 - i)
+        return m
 
 
 def _shift_right_sticky(value: Value, amount: Value, width: int) -> Value:
@@ -160,7 +167,9 @@ class FP16Adder(wiring.Component):
         ]
 
         # Stage 3: normalize so the hidden bit is bit 13, or stop at the subnormal exponent.
-        leading_zeros = _leading_zeros(m, s2_sum[:14])
+        m.submodules.clz = clz = _LeadingZeros(14)
+        m.d.comb += clz.value.eq(s2_sum[:14])
+        leading_zeros = clz.count
         max_shift = s2_exp - 1
         shift = Mux(leading_zeros < max_shift, leading_zeros, max_shift)
         is_zero = s2_sum == 0
@@ -270,7 +279,9 @@ class FP16Multiplier(wiring.Component):
 
         # Stage 2: normalize the product so its leading one is bit 21, shifting left no further
         # than the subnormal exponent allows, or shift right into the subnormal range.
-        leading_zeros = _leading_zeros(m, s1_product)
+        m.submodules.clz = clz = _LeadingZeros(len(s1_product))
+        m.d.comb += clz.value.eq(s1_product)
+        leading_zeros = clz.count
         max_shift = s1_exp - 1
 
         s2_valid = Signal()

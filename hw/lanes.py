@@ -1,21 +1,21 @@
 # SPDX-License-Identifier: Apache-2.0
 """Lane vectors of binary16 values and the FP16 units that work on them side by side.
 
-A lane vector is a plain signal with lane ``k`` in bits ``[16k, 16k + 16)``.
+A lane vector holds lane ``k`` in bits ``[16k, 16k + 16)``; its layout is :func:`lane_vector`.
 """
 
-from amaranth.hdl import Cat, Module, Signal, Value
-from amaranth.lib import wiring
+from amaranth.hdl import Cat, Module, Value
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .fp16 import FP16Compare
 
-__all__ = ["LANE_COUNTS", "FP16Lanes", "LowestSet", "check_lanes", "delay", "delay_chain", "lane"]
+__all__ = ["LANE_COUNTS", "Delay", "FP16Vector", "LowestSet", "check_lanes", "lane", "lane_vector"]
 
 
-def lane(vector: Value, k: int) -> Value:
-    """Lane ``k`` of a lane vector."""
-    return vector[16 * k:16 * k + 16]
+def lane(vector, k: int) -> Value:
+    """Lane ``k`` of a lane vector (a plain value or a :func:`lane_vector` view)."""
+    return Value.cast(vector)[16 * k:16 * k + 16]
 
 
 class LowestSet(wiring.Component):
@@ -39,43 +39,100 @@ class LowestSet(wiring.Component):
         return m
 
 
-def delay_chain(m: Module, value: Value, cycles: int, name: str) -> list[Value]:
-    """``value`` and its copies delayed by 1 to ``cycles`` cycles: ``chain[d]`` is ``d`` late."""
-    chain = [value]
-    for d in range(1, cycles + 1):
-        reg = Signal.like(value, name=f"{name}_d{d}")
-        m.d.sync += reg.eq(chain[-1])
-        chain.append(reg)
-    return chain
+class Delay(wiring.Component):
+    """``i`` delayed by ``cycles`` clock cycles: a chain of ``cycles`` registers.
+
+    Members
+    -------
+    i : In(shape)
+    o : Out(shape)
+        ``i`` of ``cycles`` cycles ago (``i`` itself when ``cycles`` is 0).
+    taps : Out(ArrayLayout(shape, cycles + 1))
+        ``taps[d]`` is ``i`` of ``d`` cycles ago: ``taps[0]`` is ``i``, ``taps[cycles]`` is ``o``.
+
+    Costs ``cycles`` registers of the shape; no logic.
+    """
+
+    def __init__(self, shape, cycles: int):
+        if not isinstance(cycles, int) or cycles < 0:
+            raise ValueError(f"A delay is a whole number of cycles, not {cycles!r}")
+        self._cycles = cycles
+        super().__init__({"i": In(shape), "o": Out(shape),
+                          "taps": Out(data.ArrayLayout(shape, cycles + 1))})
+
+    cycles = property(lambda self: self._cycles)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.taps[0].eq(self.i)
+        for d in range(1, self._cycles + 1):
+            m.d.sync += self.taps[d].eq(self.taps[d - 1])
+        m.d.comb += self.o.eq(self.taps[self._cycles])
+        return m
 
 
-def delay(m: Module, value: Value, cycles: int, name: str) -> Value:
-    """``value`` delayed by ``cycles`` clock cycles."""
-    assert cycles >= 0
-    return delay_chain(m, value, cycles, name)[-1]
+def lane_vector(lanes: int) -> data.ArrayLayout:
+    """The layout of ``lanes`` binary16 values side by side, lane ``k`` in ``[16k, 16k+16)``."""
+    return data.ArrayLayout(16, lanes)
 
 
-class FP16Lanes:
-    """One FP16 unit per lane, issued together with lane-vector operands."""
+class FP16Vector(wiring.Component):
+    """``lanes`` FP16 units of one kind (:mod:`~spikeforge.hw.fp16`) side by side, issued together
+    on lane vectors: lane ``k`` of the result is ``unit(i_a[k], i_b[k])``.
 
-    def __init__(self, m: Module, name: str, unit, lanes: int):
-        self.units = [unit() for _ in range(lanes)]
-        for k, u in enumerate(self.units):
-            m.submodules[f"{name}{k}"] = u
-        self.latency = self.units[0].latency
-        self.o_valid = self.units[0].o_valid
-        if isinstance(self.units[0], FP16Compare):
-            self.o_result = Cat(*(u.o_ge for u in self.units))
-        else:
-            self.o_result = Cat(*(u.o_result for u in self.units))
+    Members
+    -------
+    i_valid : In(1)
+    i_a, i_b : In(lane_vector(lanes))
+    i_sub : In(1)
+        Only for :class:`~spikeforge.hw.fp16.FP16Adder`: subtract in every lane.
+    o_valid : Out(1)
+        ``i_valid`` of ``latency`` cycles ago.
+    o_result : Out(lane_vector(lanes)), or Out(lanes) for a compare
+        The results (a compare's ``o_ge`` bits) of the operation issued ``latency`` cycles ago.
 
-    def issue(self, m: Module, valid: Value, a: Value, b: Value, sub=None) -> Value:
-        """Drive the units; return the lane vector of their results (``o_ge`` of compares)."""
-        for k, u in enumerate(self.units):
-            m.d.comb += [u.i_valid.eq(valid), u.i_a.eq(lane(a, k)), u.i_b.eq(lane(b, k))]
-            if sub is not None:
-                m.d.comb += u.i_sub.eq(sub)
-        return self.o_result
+    Accepts one operation a cycle; costs ``lanes`` units.
+    """
+
+    def __init__(self, unit: type, lanes: int):
+        self._unit = unit
+        self._lanes = check_lanes(lanes)
+        sample = unit()
+        self._compare = isinstance(sample, FP16Compare)
+        self._subtracts = "i_sub" in sample.signature.members
+        self._latency = sample.latency
+        members = {"i_valid": In(1), "i_a": In(lane_vector(lanes)), "i_b": In(lane_vector(lanes))}
+        if self._subtracts:
+            members["i_sub"] = In(1)
+        members["o_valid"] = Out(1)
+        members["o_result"] = Out(lanes if self._compare else lane_vector(lanes))
+        super().__init__(members)
+
+    lanes = property(lambda self: self._lanes)
+    latency = property(lambda self: self._latency)
+
+    def issue(self, valid, a, b, sub=None) -> list:
+        """The statements that issue ``a`` op ``b`` when ``valid`` (subtracting with ``sub``);
+        add them to the domain and condition the operands hold in."""
+        stmts = [self.i_valid.eq(valid), self.i_a.eq(a), self.i_b.eq(b)]
+        if sub is not None:
+            stmts.append(self.i_sub.eq(sub))
+        return stmts
+
+    def elaborate(self, platform):
+        m = Module()
+        results = []
+        for k in range(self._lanes):
+            m.submodules[f"lane{k}"] = u = self._unit()
+            m.d.comb += [u.i_valid.eq(self.i_valid), u.i_a.eq(self.i_a[k]),
+                         u.i_b.eq(self.i_b[k])]
+            if self._subtracts:
+                m.d.comb += u.i_sub.eq(self.i_sub)
+            results.append(u.o_ge if self._compare else u.o_result)
+            if k == 0:
+                m.d.comb += self.o_valid.eq(u.o_valid)
+        m.d.comb += self.o_result.eq(Cat(*results))
+        return m
 
 
 LANE_COUNTS = tuple(1 << k for k in range(7))

@@ -23,7 +23,7 @@ from spikeforge.golden.lif import RESETS
 from spikeforge.golden.surrogate import Surrogate
 
 from .fp16 import FP16Adder, FP16Compare, FP16Multiplier
-from .lanes import FP16Lanes, check_lanes, delay, delay_chain, lane
+from .lanes import Delay, FP16Vector, check_lanes, lane
 
 __all__ = ["BPTTUpdate", "LIFUpdate"]
 
@@ -115,40 +115,49 @@ class LIFUpdate(wiring.Component):
         m = Module()
         P = self._lanes
 
-        sub_a = FP16Lanes(m, "sub_a", FP16Adder, P)
-        sub_b = FP16Lanes(m, "sub_b", FP16Adder, P)
-        mul_c = FP16Lanes(m, "mul_c", FP16Multiplier, P)
-        add_h = FP16Lanes(m, "add_h", FP16Adder, P)
-        cmp_s = FP16Lanes(m, "cmp_s", FP16Compare, P)
+        m.submodules.sub_a = sub_a = FP16Vector(FP16Adder, P)
+        m.submodules.sub_b = sub_b = FP16Vector(FP16Adder, P)
+        m.submodules.mul_c = mul_c = FP16Vector(FP16Multiplier, P)
+        m.submodules.add_h = add_h = FP16Vector(FP16Adder, P)
+        m.submodules.cmp_s = cmp_s = FP16Vector(FP16Compare, P)
         la, lm = sub_a.latency, mul_c.latency
         t_h, t_out = self._charged, self.latency
 
-        valid = delay_chain(m, self.i_valid, t_out, "valid")
+        m.submodules.valid = valid = Delay(1, t_out)
+        m.submodules.x_late = x_late = Delay(16 * P, la)
+        m.submodules.v_late = v_late = Delay(16 * P, 2 * la + lm)
+        m.submodules.h_late = h_late = Delay(16 * P, t_out - t_h)
+        m.submodules.s_late = s_late = Delay(P, t_out - t_h - cmp_s.latency)
+        m.submodules.tag_late = tag_late = Delay(len(self.i_tag), t_out)
         v_reset = self.c_v_reset.replicate(P)
         v_th = self.c_v_th.replicate(P)
+        m.d.comb += [valid.i.eq(self.i_valid), x_late.i.eq(self.i_x), v_late.i.eq(self.i_v),
+                     h_late.i.eq(add_h.o_result), s_late.i.eq(cmp_s.o_result),
+                     tag_late.i.eq(self.i_tag)]
 
-        a = sub_a.issue(m, valid[0], self.i_v, v_reset, sub=1)
-        b = sub_b.issue(m, valid[la], delay(m, self.i_x, la, "x"), a, sub=1)
-        c = mul_c.issue(m, valid[2 * la], b, self.c_inv_tau.replicate(P))
-        h = add_h.issue(m, valid[2 * la + lm], delay(m, self.i_v, 2 * la + lm, "v"), c)
-        s = cmp_s.issue(m, valid[t_h], h, v_th)
-
-        h_out = delay(m, h, t_out - t_h, "h")
-        s_out = delay(m, s, t_out - t_h - cmp_s.latency, "s")
+        m.d.comb += [
+            *sub_a.issue(valid.taps[0], self.i_v, v_reset, sub=1),
+            *sub_b.issue(valid.taps[la], x_late.o, sub_a.o_result, sub=1),
+            *mul_c.issue(valid.taps[2 * la], sub_b.o_result, self.c_inv_tau.replicate(P)),
+            *add_h.issue(valid.taps[2 * la + lm], v_late.o, mul_c.o_result),
+            *cmp_s.issue(valid.taps[t_h], add_h.o_result, v_th),
+        ]
         if self._reset == "soft":
-            sub_r = FP16Lanes(m, "sub_r", FP16Adder, P)
-            r = sub_r.issue(m, valid[t_h], h, v_th, sub=1)
-            fired = delay(m, r, t_out - t_h - sub_r.latency, "r")
+            m.submodules.sub_r = sub_r = FP16Vector(FP16Adder, P)
+            m.submodules.r_late = r_late = Delay(16 * P, t_out - t_h - sub_r.latency)
+            m.d.comb += [*sub_r.issue(valid.taps[t_h], add_h.o_result, v_th, sub=1),
+                         r_late.i.eq(sub_r.o_result)]
+            fired = r_late.o
         else:
             fired = v_reset
 
         m.d.comb += [
-            self.o_valid.eq(valid[t_out]),
-            self.o_h.eq(h_out),
-            self.o_s.eq(s_out),
-            self.o_v.eq(Cat(*(Mux(s_out[k], lane(fired, k), lane(h_out, k))
+            self.o_valid.eq(valid.o),
+            self.o_h.eq(h_late.o),
+            self.o_s.eq(s_late.o),
+            self.o_v.eq(Cat(*(Mux(s_late.o[k], lane(fired, k), lane(h_late.o, k))
                               for k in range(P)))),
-            self.o_tag.eq(delay(m, self.i_tag, t_out, "tag")),
+            self.o_tag.eq(tag_late.o),
         ]
         return m
 
@@ -259,59 +268,71 @@ class BPTTUpdate(wiring.Component):
         m = Module()
         P = self._lanes
         t = self._schedule()
-        valid = delay_chain(m, self.i_valid, t["out"], "valid")
+        m.submodules.valid = valid = Delay(1, t["out"])
+        m.d.comb += valid.i.eq(self.i_valid)
 
-        mul_gamma = FP16Lanes(m, "mul_gamma", FP16Multiplier, P)
-        sub_x = FP16Lanes(m, "sub_x", FP16Adder, P)
+        m.submodules.mul_gamma = mul_gamma = FP16Vector(FP16Multiplier, P)
+        m.submodules.sub_x = sub_x = FP16Vector(FP16Adder, P)
         la, lm = sub_x.latency, mul_gamma.latency
-        gamma = mul_gamma.issue(m, valid[0], self.i_eps, self.c_decay.replicate(P))
-        x = sub_x.issue(m, valid[0], self.i_h, self.c_v_th.replicate(P), sub=1)
+        gamma = mul_gamma.o_result
+        m.d.comb += [*mul_gamma.issue(valid.taps[0], self.i_eps, self.c_decay.replicate(P)),
+                     *sub_x.issue(valid.taps[0], self.i_h, self.c_v_th.replicate(P), sub=1)]
 
         table = fp16.bits(self._surrogate.table()).tolist()
         shift = 10 - self._surrogate.mantissa_bits
-        sg = []
+        m.submodules.sg_late = sg_late = Delay(16 * P, t["mul_a"] - t["sg"])
         for k in range(P):
             m.submodules[f"sg_rom{k}"] = rom = memory.Memory(shape=16, depth=len(table),
                                                              init=table)
             port = rom.read_port()
-            m.d.comb += port.addr.eq(lane(x, k)[shift:])
-            sg.append(port.data)
-        sg = delay(m, Cat(*sg), t["mul_a"] - t["sg"], "sg")
+            m.d.comb += [port.addr.eq(lane(sub_x.o_result, k)[shift:]),
+                         lane(sg_late.i, k).eq(port.data)]
 
         if self._detach:
             ds = self.i_g
         else:
             if self._reset == "hard":
-                sub_dvds = FP16Lanes(m, "sub_dvds", FP16Adder, P)
-                dvds = sub_dvds.issue(m, valid[0], self.c_v_reset.replicate(P), self.i_h, sub=1)
-                dvds = delay(m, dvds, t["mul_dvds"] - la, "dvds")
+                m.submodules.sub_dvds = sub_dvds = FP16Vector(FP16Adder, P)
+                m.submodules.dvds_late = dvds_late = Delay(16 * P, t["mul_dvds"] - la)
+                m.d.comb += [*sub_dvds.issue(valid.taps[0], self.c_v_reset.replicate(P),
+                                             self.i_h, sub=1),
+                             dvds_late.i.eq(sub_dvds.o_result)]
+                dvds = dvds_late.o
             else:
                 dvds = (self.c_v_th ^ 0x8000).replicate(P)
-            mul_dvds = FP16Lanes(m, "mul_dvds", FP16Multiplier, P)
-            add_ds = FP16Lanes(m, "add_ds", FP16Adder, P)
-            p = mul_dvds.issue(m, valid[t["mul_dvds"]],
-                               delay(m, gamma, t["mul_dvds"] - lm, "gamma_p"), dvds)
-            ds = add_ds.issue(m, valid[t["add_ds"]],
-                              delay(m, self.i_g, t["add_ds"], "g"), p)
-        ds = delay(m, ds, t["mul_a"] - t["ds"], "ds")
+            m.submodules.mul_dvds = mul_dvds = FP16Vector(FP16Multiplier, P)
+            m.submodules.add_ds = add_ds = FP16Vector(FP16Adder, P)
+            m.submodules.gamma_p = gamma_p = Delay(16 * P, t["mul_dvds"] - lm)
+            m.submodules.g_late = g_late = Delay(16 * P, t["add_ds"])
+            m.d.comb += [gamma_p.i.eq(gamma), g_late.i.eq(self.i_g),
+                         *mul_dvds.issue(valid.taps[t["mul_dvds"]], gamma_p.o, dvds),
+                         *add_ds.issue(valid.taps[t["add_ds"]], g_late.o, mul_dvds.o_result)]
+            ds = add_ds.o_result
+        m.submodules.ds_late = ds_late = Delay(16 * P, t["mul_a"] - t["ds"])
+        m.d.comb += ds_late.i.eq(ds)
 
-        mul_a = FP16Lanes(m, "mul_a", FP16Multiplier, P)
-        a = mul_a.issue(m, valid[t["mul_a"]], ds, sg)
-        gamma_b = delay(m, gamma, t["add_eps"] - lm, "gamma_b")
+        m.submodules.mul_a = mul_a = FP16Vector(FP16Multiplier, P)
+        m.submodules.gamma_b = gamma_b = Delay(16 * P, t["add_eps"] - lm)
+        m.d.comb += [*mul_a.issue(valid.taps[t["mul_a"]], ds_late.o, sg_late.o),
+                     gamma_b.i.eq(gamma)]
         if self._reset == "hard":
-            fired = delay(m, self.i_s, t["add_eps"], "s")
-            b = Cat(*(Mux(fired[k], 0, lane(gamma_b, k)) for k in range(P)))
+            m.submodules.s_late = s_late = Delay(P, t["add_eps"])
+            m.d.comb += s_late.i.eq(self.i_s)
+            b = Cat(*(Mux(s_late.o[k], 0, lane(gamma_b.o, k)) for k in range(P)))
         else:
-            b = gamma_b
-        add_eps = FP16Lanes(m, "add_eps", FP16Adder, P)
-        eps = add_eps.issue(m, valid[t["add_eps"]], a, b)
-        mul_dx = FP16Lanes(m, "mul_dx", FP16Multiplier, P)
-        dx = mul_dx.issue(m, valid[t["mul_dx"]], eps, self.c_inv_tau.replicate(P))
-
+            b = gamma_b.o
+        m.submodules.add_eps = add_eps = FP16Vector(FP16Adder, P)
+        m.submodules.mul_dx = mul_dx = FP16Vector(FP16Multiplier, P)
+        m.submodules.eps_late = eps_late = Delay(16 * P, t["out"] - t["mul_dx"])
+        m.submodules.tag_late = tag_late = Delay(len(self.i_tag), t["out"])
         m.d.comb += [
-            self.o_valid.eq(valid[t["out"]]),
-            self.o_eps.eq(delay(m, eps, t["out"] - t["mul_dx"], "eps")),
-            self.o_dx.eq(dx),
-            self.o_tag.eq(delay(m, self.i_tag, t["out"], "tag")),
+            *add_eps.issue(valid.taps[t["add_eps"]], mul_a.o_result, b),
+            *mul_dx.issue(valid.taps[t["mul_dx"]], add_eps.o_result, self.c_inv_tau.replicate(P)),
+            eps_late.i.eq(add_eps.o_result),
+            tag_late.i.eq(self.i_tag),
+            self.o_valid.eq(valid.o),
+            self.o_eps.eq(eps_late.o),
+            self.o_dx.eq(mul_dx.o_result),
+            self.o_tag.eq(tag_late.o),
         ]
         return m

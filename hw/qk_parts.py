@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out
 
 from .core import error_layout
 from .fp16 import FP16Adder
-from .lanes import FP16Lanes, delay, lane
+from .lanes import Delay, FP16Vector, lane
 from .neuron import BPTTUpdate, LIFUpdate
 
 __all__ = [
@@ -68,11 +68,9 @@ def _rot_up(vector, amount, lanes):
     return _rot_down(vector, (C(lanes, lb + 1) - amount)[:lb], lanes)
 
 
-def _lanes_below(m, base, limit, lanes, name):
-    """Lane ``l`` is set where ``base + l < limit``."""
-    mask = Signal(lanes, name=name)
-    m.d.comb += mask.eq(Cat(*((base + k) < limit for k in range(lanes))))
-    return mask
+def _lanes_below(base, limit, lanes):
+    """The lane mask with lane ``l`` set where ``base + l < limit``."""
+    return Cat(*((base + k) < limit for k in range(lanes)))
 
 
 def geometry_signature(*, lanes: int, longest: int, timesteps: int) -> wiring.Signature:
@@ -405,7 +403,7 @@ class SpikeRows(wiring.Component):
         row_end = in_c == geo.chunks - 1
         step_end = row_end & (in_i == geo.n_i - 1)
         group_end = (in_i[:lb] == P - 1 if lb else C(1, 1)) | (in_i == geo.n_i - 1)
-        j_mask = _lanes_below(m, in_c << lb, geo.n_j, P, "j_mask")
+        j_mask = _lanes_below(in_c << lb, geo.n_j, P)
         q_bits = Signal(P)
         m.d.comb += q_bits.eq(beat.q & j_mask)
         popcount = sum(q_bits[k] for k in range(P))
@@ -579,13 +577,14 @@ class MaskedRows(wiring.Component):
         with m.If(~self.start & next_row):
             m.d.comb += self.a.ready.eq(1)
             m.d.sync += [cur_valid.eq(self.a.valid), cur_a.eq(self.a.payload)]
-        written = delay(m, issue, 1, "written")
-        m.d.sync += inflight.eq(inflight + issue - written)
+        written, a_d, last_d = Signal(), Signal.like(cur_a), Signal()
+        m.d.sync += [written.eq(issue), a_d.eq(cur_a), last_d.eq(step_end),
+                     inflight.eq(inflight + issue - written)]
         m.d.comb += [
             self.k.base.eq(out_base + (out_c << lb)), self.k.rot.eq(_modp(out_i, P)),
             self.o.valid.eq(written),
-            self.o.payload.x.eq(self.k_data & delay(m, cur_a, 1, "a").replicate(P)),
-            self.o.payload.last.eq(delay(m, step_end, 1, "last")),
+            self.o.payload.x.eq(self.k_data & a_d.replicate(P)),
+            self.o.payload.last.eq(last_d),
             self.done.eq(out_done & (inflight == 0)),
         ]
         return m
@@ -706,7 +705,7 @@ class ColumnScan(wiring.Component):
             m.d.sync += full.bit_select(self.clear_par, 1).eq(0)
         m.d.comb += self.settling.eq(wait != 0)
 
-        i_mask = _lanes_below(m, slot << lb, geo.n_i, P, "i_mask")
+        i_mask = _lanes_below(slot << lb, geo.n_i, P)
         a_mask = Signal(P)
         m.d.comb += a_mask.eq(a_vec.word_select(slot, P) & i_mask)
         g = self.i.payload.value
@@ -761,26 +760,27 @@ class DeltaAccumulator(wiring.Component):
         wr = mem.write_port()
         rd = mem.read_port(transparent_for=(wr,))
         rd_pass = mem.read_port()
-        add = FP16Lanes(m, "add", FP16Adder, P)
+        m.submodules.add = add = FP16Vector(FP16Adder, P)
         la, beat = add.latency, self.i.payload
         assert la == self.latency
         m.d.comb += [rd.addr.eq(beat.addr), rd.en.eq(1)]
-        s_valid = delay(m, self.i.valid, 1, "valid")
-        s_first = delay(m, beat.first, 1, "first")
-        s_g = delay(m, beat.g, 1, "g")
-        s_mask = delay(m, beat.mask, 1, "mask")
-        s_addr = delay(m, beat.addr, 1, "addr")
+        s_valid, s_first = Signal(), Signal()
+        s_g, s_mask, s_addr = Signal.like(beat.g), Signal.like(beat.mask), Signal.like(beat.addr)
+        m.d.sync += [s_valid.eq(self.i.valid), s_first.eq(beat.first), s_g.eq(beat.g),
+                     s_mask.eq(beat.mask), s_addr.eq(beat.addr)]
         s_old = Signal(16 * P)
         m.d.comb += s_old.eq(Mux(s_first, 0, rd.data))
         k_col = Signal(P)
         m.d.comb += k_col.eq(self.k & s_mask)
-        total = add.issue(m, s_valid, s_old, s_g)
-        w_old = delay(m, s_old, la, "old")
-        w_k = delay(m, k_col, la, "k")
-        w_addr = delay(m, s_addr, la, "waddr")
+        m.submodules.w_old = w_old = Delay(16 * P, la)
+        m.submodules.w_k = w_k = Delay(P, la)
+        m.submodules.w_addr = w_addr = Delay(s_addr.shape(), la)
         m.d.comb += [
-            wr.en.eq(add.o_valid), wr.addr.eq(w_addr),
-            wr.data.eq(Cat(*(Mux(w_k[k], lane(total, k), lane(w_old, k)) for k in range(P)))),
+            *add.issue(s_valid, s_old, s_g),
+            w_old.i.eq(s_old), w_k.i.eq(k_col), w_addr.i.eq(s_addr),
+            wr.en.eq(add.o_valid), wr.addr.eq(w_addr.o),
+            wr.data.eq(Cat(*(Mux(w_k.o[k], lane(add.o_result, k), lane(w_old.o, k))
+                             for k in range(P)))),
             rd_pass.addr.eq(self.rd_addr), rd_pass.en.eq(1), self.rd_data.eq(rd_pass.data),
         ]
         return m
@@ -889,9 +889,8 @@ class BPTTPass(wiring.Component):
             self.h_addr.eq(hbase + i),
             e_rd.addr.eq(i), e_rd.en.eq(1),
         ]
-        valid = delay(m, issue, 1, "valid")
-        at = delay(m, i, 1, "at")
-        m.d.sync += inflight.eq(inflight + issue - bptt.o_valid)
+        valid, at = Signal(), Signal.like(i)
+        m.d.sync += [valid.eq(issue), at.eq(i), inflight.eq(inflight + issue - bptt.o_valid)]
         m.d.comb += [
             bptt.i_valid.eq(valid),
             bptt.i_g.eq((self.acc_data >> (_modp(at, P) * 16))[:16]),
@@ -988,14 +987,14 @@ class DeltaQOut(wiring.Component):
                 with m.If((inflight == 0) & (self.level == 0) & self.dk_empty):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
-        written = delay(m, issue, 1, "written")
-        m.d.sync += inflight.eq(inflight + issue - written)
+        written, mask, last_d = Signal(), Signal(P), Signal()
+        m.d.sync += [written.eq(issue), mask.eq(_lanes_below(g << lb, geo.n_i, P)),
+                     last_d.eq(last), inflight.eq(inflight + issue - written)]
         m.d.comb += [rd.addr.eq(Mux(par, GM, 0) + g), rd.en.eq(1)]
-        mask = delay(m, _lanes_below(m, g << lb, geo.n_i, P, "i_mask"), 1, "mask")
         m.d.comb += [
             self.o.valid.eq(written),
             self.o.payload.value.eq(Cat(*(Mux(mask[k], lane(rd.data, k), 0)
                                           for k in range(P)))),
-            self.o.payload.last.eq(delay(m, last, 1, "last")),
+            self.o.payload.last.eq(last_d),
         ]
         return m
