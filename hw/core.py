@@ -59,8 +59,6 @@ Engines and their cost in cycles (``P`` lanes, ``C = ⌈neurons/P⌉``, ``F = �
 * **Update**: ``W = W - lr·ΔW`` and ``ΔW = 0``, one lane vector a cycle.
 """
 
-from types import SimpleNamespace
-
 from amaranth.hdl import Module, Mux
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -70,7 +68,7 @@ from spikeforge.golden.surrogate import Surrogate
 from spikeforge.regmap import Counter
 
 from .core_control import BusDecoder, CoreRegisters, Counters
-from .core_datapath import CoreDatapath, ErrorSums
+from .core_datapath import CoreDatapath, ErrorSums, PortSet
 from .core_engines import (
     BeatSender,
     ColumnIssuer,
@@ -81,11 +79,14 @@ from .core_engines import (
     RowWalker,
     ShortcutLink,
     SpikeSerializer,
+    chunk_bits,
     error_layout,
     event_layout,
 )
 from .core_sequencer import CoreSequencer, Phase
+from .fp16 import FP16Adder, FP16Multiplier
 from .lanes import check_lanes
+from .neuron import BPTTUpdate, LIFUpdate
 
 __all__ = ["Core", "error_layout", "event_layout"]
 
@@ -166,17 +167,17 @@ class Core(wiring.Component):
         P, N, F, T = self._lanes, self._neurons, self._fan_in, self._timesteps
         CH = N // P
         sizes = dict(neurons=N, fan_in=F, timesteps=T, lanes=P)
-        parts = SimpleNamespace()
-        m.submodules.datapath = dp = CoreDatapath(
-            **sizes, reset=self._reset, detach_reset=self._detach_reset,
-            surrogate=self._surrogate, parts=parts)
-        la, lm = dp.add_latency, dp.mul_latency
-        lif_depth = dp.lif_latency + 4
+        cb = chunk_bits(CH)
+        lif = LIFUpdate(lanes=P, reset=self._reset, tag_width=cb)
+        bptt = BPTTUpdate(lanes=P, tag_width=cb, reset=self._reset,
+                          detach_reset=self._detach_reset, surrogate=self._surrogate)
+        la, lm = FP16Adder.LATENCY, FP16Multiplier.LATENCY
+        lif_depth = lif.latency + 4
         m.submodules.regs = regs = CoreRegisters(**sizes)
         m.submodules.counters = counters = Counters()
         m.submodules.bus = bus = BusDecoder(**sizes)
         m.submodules.seq = seq = CoreSequencer(**sizes, fp_drain=la + 2,
-                                               bp_drain=dp.bptt_latency + 2,
+                                               bp_drain=bptt.latency + 2,
                                                update_drain=lm + la + 2)
         m.submodules.issuer = issuer = EventIssuer(fan_in=F, chunks=CH, hazard=la + 2)
         m.submodules.serializer = ser = SpikeSerializer(neurons=N, lanes=P, depth=lif_depth)
@@ -190,9 +191,15 @@ class Core(wiring.Component):
         m.submodules.out = out = BeatSender(P)
         m.submodules.sums = sums = ErrorSums(fan_in=F, lanes=P)
         s, phase = regs.settings, seq.phase
-        parts.__dict__.update(seq=seq, settings=s, issuer=issuer, serializer=ser, link=link,
-                              scanner=scanner, columns=columns, wg=wg, walker=walker, out=out,
-                              sums=sums, bus=bus, bp_i=self.bp_i, wdata=self.bus_wdata)
+        parts = dict(seq=seq, issuer=issuer, serializer=ser, link=link, scanner=scanner,
+                     columns=columns, wg=wg, walker=walker, out=out, sums=sums, bus=bus)
+        m.submodules.datapath = dp = CoreDatapath(**sizes, lif=lif, bptt=bptt,
+                                                  settings=regs.settings.shape(), parts=parts)
+        for name, names in CoreDatapath.USES.items():
+            wiring.connect(m, PortSet(parts[name], names), getattr(dp, name))
+        bp_take = self.bp_i.valid & self.bp_i.ready & (phase == Phase.BP_RECV)
+        m.d.comb += [dp.settings.eq(s), dp.wdata.eq(self.bus_wdata),
+                     dp.bp_g.eq(self.bp_i.payload.value), dp.bp_take.eq(bp_take)]
 
         # the bus, the registers, the counters
         for name in ("bus_en", "bus_we", "bus_probe", "bus_addr", "bus_wdata"):

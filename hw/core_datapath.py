@@ -9,8 +9,6 @@ all; the adders and multipliers are shared the same way: the FP accumulation, a 
 ``Wᵀ·δX`` and the update each use them in their own phases.
 """
 
-from types import SimpleNamespace
-
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -24,11 +22,27 @@ from .lanes import Delay, FP16Vector, lane
 from .neuron import BPTTUpdate, LIFUpdate
 from .skewmem import SkewedMemory
 
-__all__ = ["CoreDatapath", "ErrorSums", "StepState", "WeightStore"]
+__all__ = ["CoreDatapath", "ErrorSums", "PortSet", "StepState", "WeightStore", "ports_of"]
 
 
 def _phase(phase, *phases):
     return Cat(*(phase == p for p in phases)).any()
+
+
+def ports_of(component: wiring.Component, names) -> wiring.Signature:
+    """The signature of the members ``names`` of ``component``, as the component has them."""
+    members = component.signature.members
+    return wiring.Signature({name: members[name] for name in names})
+
+
+class PortSet:
+    """The members ``names`` of ``component`` as an interface of their own, to
+    :func:`~amaranth.lib.wiring.connect` with a port of signature :func:`ports_of`."""
+
+    def __init__(self, component: wiring.Component, names):
+        self.signature = ports_of(component, names)
+        for name in names:
+            setattr(self, name, getattr(component, name))
 
 
 class WeightStore(wiring.Component):
@@ -38,13 +52,22 @@ class WeightStore(wiring.Component):
     ``ΔW``: WG's rows, the update's. Writes of ``ΔW``: WG's sums, then the update's and the
     clear's zeros; of ``W``: the update's results. A bus access overrides them all.
     ``bump``: the reads and writes of :class:`~spikeforge.regmap.Counter`.
+
+    ``phase`` is the sequencer's; ``issuer``, ``columns``, ``wg`` and ``walker`` are the
+    engines' schedules (``schedules``: their signatures, :attr:`CoreDatapath.USES`), ``w_req`` and
+    ``g_req`` the bus decoder's requests (``requests``: their layouts).
     """
 
-    def __init__(self, *, neurons: int, fan_in: int, lanes: int, parts: SimpleNamespace):
+    SCHEDULES = ("issuer", "columns", "wg", "walker")
+
+    def __init__(self, *, neurons: int, fan_in: int, lanes: int, schedules: dict,
+                 requests: dict):
         self._sizes = dict(lanes=lanes, neurons=neurons, inputs=fan_in)
-        self._parts = parts
         CH = neurons // lanes
         super().__init__({
+            "phase": In(Phase),
+            **{name: In(schedules[name]) for name in self.SCHEDULES},
+            **{name: In(requests[name]) for name in ("w_req", "g_req")},
             "wg_valid": In(1), "wg_value": In(16 * lanes),
             "up_valid": In(1), "up_row": In(range(fan_in + 1)), "up_chunk": In(range(CH + 1)),
             "up_value": In(16 * lanes),
@@ -54,12 +77,12 @@ class WeightStore(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = self._parts
+        p = self
         P = self._sizes["lanes"]
         m.submodules.wmem = wmem = SkewedMemory(**self._sizes)
         m.submodules.gmem = gmem = SkewedMemory(**self._sizes)
         m.d.comb += [self.w_data.eq(wmem.rd_data), self.g_data.eq(gmem.rd_data)]
-        phase = p.seq.phase
+        phase = self.phase
         acc_fp = _phase(phase, Phase.FP_ACC, Phase.FP_DRAIN)
         up_issue = p.walker.issue & (phase == Phase.UPDATE)
         clr_issue = p.walker.issue & (phase == Phase.CLEAR)
@@ -90,7 +113,7 @@ class WeightStore(wiring.Component):
         with m.If(self.up_valid):
             write(wmem, Counter.W_WRITES, self.up_row, self.up_chunk, self.up_value)
 
-        for mem, req in ((wmem, p.bus.w_req), (gmem, p.bus.g_req)):
+        for mem, req in ((wmem, self.w_req), (gmem, self.g_req)):
             with m.If(req.en & req.we):
                 m.d.comb += [mem.wr_en.eq(~req.probe), mem.wr_major.eq(req.major),
                              mem.wr_minor.eq(req.minor), mem.wr_data.eq(Cat(*([self.wdata] * P))),
@@ -202,33 +225,63 @@ class ErrorSums(wiring.Component):
 
 
 class CoreDatapath(wiring.Component):
-    """The memories and FP16 units of a core, run by its engines (``parts``: the sequencer
-    ``seq``, the registers' ``settings``, the engines ``issuer``, ``serializer``, ``link``,
-    ``scanner``, ``columns``, ``wg``, ``walker``, the input-error sums ``sums`` and sender ``out``,
-    the bus decoder ``bus``, the core's stream ``bp_i`` and bus ``wdata``). It answers the engines
-    on their data inputs (the LIF pass's spikes to ``serializer.i``, the memories' read data).
+    """The memories and FP16 units of a core and its ``lif`` and ``bptt`` passes, run by the
+    core's engines. It answers the engines on their data inputs (the LIF pass's spikes to
+    ``serializer.i``, the memories' read data).
 
-    ``bump``: the memory counters of :class:`~spikeforge.regmap.Counter`.
+    Members
+    -------
+    settings : In(settings_layout)
+        The registers' settings.
+    seq, issuer, serializer, link, scanner, columns, wg, walker, out, sums, bus : In
+        The members :attr:`USES` names of the sequencer, the engines, the input-error sums and
+        the bus decoder, with the signatures they have there (``parts``: those components, for
+        their signatures; connect them with :class:`PortSet`).
+    bp_take : In(1)
+        The core's ``bp_i`` takes a beat; ``bp_g`` its value.
+    wdata : In(16)
+        The word of a bus write.
+    bump : Out(len(Counter))
+        The memory counters of :class:`~spikeforge.regmap.Counter`.
+    lif_out : Out(1)
+        The LIF pass has a result.
     """
 
-    def __init__(self, *, neurons: int, fan_in: int, lanes: int, timesteps: int, reset: str,
-                 detach_reset: bool, surrogate, parts: SimpleNamespace):
-        self._N, self._F, self._P, self._T = neurons, fan_in, lanes, timesteps
-        self._neuron = dict(reset=reset, detach_reset=detach_reset, surrogate=surrogate)
-        self._parts = parts
-        cb = chunk_bits(neurons // lanes)
-        self._lif = LIFUpdate(lanes=lanes, reset=reset, tag_width=cb)
-        self._bptt = BPTTUpdate(lanes=lanes, tag_width=cb, **self._neuron)
-        super().__init__({"bump": Out(len(Counter)), "lif_out": Out(1)})
+    #: What the datapath uses of each part: the members of the part's own signature.
+    USES = {
+        "seq": ("phase", "t", "r", "rc", "bt", "lif_issue", "lif_chunk", "out_issue", "out_j"),
+        "issuer": ("valid", "row", "chunk"),
+        "serializer": ("i",),
+        "link": ("issue", "take", "take_d", "beat_d", "j", "j_out", "data"),
+        "scanner": ("addr", "nz_data", "d_data"),
+        "columns": ("issue", "n", "slot", "mul_valid", "mul_d", "a_read", "a_addr",
+                    "a_write_addr"),
+        "wg": ("issue", "row", "slot", "valid_d", "row_d", "chunk_d"),
+        "walker": ("issue", "row", "chunk", "issue_d", "row_d", "chunk_d"),
+        "out": ("data",),
+        "sums": ("read", "read_addr", "send", "send_addr", "sum_valid", "sum_addr", "sum",
+                 "data"),
+        "bus": ("w_req", "g_req", "state_req", "w_data", "g_data", "h_data", "s_data"),
+    }
 
-    add_latency = property(lambda self: FP16Adder.LATENCY)
-    mul_latency = property(lambda self: FP16Multiplier.LATENCY)
-    lif_latency = property(lambda self: self._lif.latency)
-    bptt_latency = property(lambda self: self._bptt.latency)
+    def __init__(self, *, neurons: int, fan_in: int, lanes: int, timesteps: int,
+                 lif: LIFUpdate, bptt: BPTTUpdate, settings, parts: dict):
+        self._N, self._F, self._P, self._T = neurons, fan_in, lanes, timesteps
+        self._lif, self._bptt = lif, bptt
+        schedules = {name: ports_of(parts[name], names) for name, names in self.USES.items()}
+        self._schedules = schedules
+        self._requests = {name: parts["bus"].signature.members[name].shape
+                          for name in ("w_req", "g_req")}
+        super().__init__({
+            "settings": In(settings),
+            **{name: In(sig) for name, sig in schedules.items()},
+            "bp_take": In(1), "bp_g": In(16 * lanes), "wdata": In(16),
+            "bump": Out(len(Counter)), "lif_out": Out(1),
+        })
 
     def elaborate(self, platform):
         m = Module()
-        p, s = self._parts, self._parts.settings
+        p, s = self, self.settings
         P, N, F, T = self._P, self._N, self._F, self._T
         CH, cb = N // P, chunk_bits(N // P)
         seq, phase = p.seq, p.seq.phase
@@ -253,7 +306,12 @@ class CoreDatapath(wiring.Component):
             m.d.comb += [unit.c_v_th.eq(s.v_th), unit.c_v_reset.eq(s.v_reset),
                          unit.c_inv_tau.eq(s.inv_tau)]
         m.d.comb += bptt.c_decay.eq(s.decay)
-        m.submodules.weights = ws = WeightStore(neurons=N, fan_in=F, lanes=P, parts=p)
+        m.submodules.weights = ws = WeightStore(neurons=N, fan_in=F, lanes=P,
+                                                schedules=self._schedules, requests=self._requests)
+        for name in WeightStore.SCHEDULES:
+            wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(ws, name))
+        m.d.comb += [ws.phase.eq(seq.phase), ws.w_req.eq(self.bus.w_req),
+                     ws.g_req.eq(self.bus.g_req)]
         sums = p.sums
         m.submodules.state = state = StepState(neurons=N, lanes=P, timesteps=T)
 
@@ -294,9 +352,9 @@ class CoreDatapath(wiring.Component):
             ]
 
         # ---- BP: the BPTT pass, δX and its nonzero masks ----
-        bp_take = p.bp_i.valid & p.bp_i.ready & (phase == Phase.BP_RECV)
+        bp_take = self.bp_take
         bp_g, bp_chunk, bp_valid = Signal(16 * P), Signal(range(CH)), Signal()
-        m.d.sync += [bp_valid.eq(bp_take), bp_g.eq(p.bp_i.payload.value), bp_chunk.eq(seq.rc)]
+        m.d.sync += [bp_valid.eq(bp_take), bp_g.eq(self.bp_g), bp_chunk.eq(seq.rc)]
         last_step = seq.bt + s.tokens >= s.timesteps   # no carry from a later timestep
         m.d.comb += [bptt.i_valid.eq(bp_valid), bptt.i_g.eq(bp_g), bptt.i_h.eq(state.h_data),
                      bptt.i_s.eq(state.s_data), bptt.i_eps.eq(Mux(last_step, 0, state.e_data)),

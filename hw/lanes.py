@@ -95,9 +95,8 @@ class FP16Vector(wiring.Component):
     """
 
     def __init__(self, unit: type, lanes: int):
-        self._unit = unit
-        self._lanes = check_lanes(lanes)
-        sample = unit()
+        self._units = [unit() for _ in range(check_lanes(lanes))]
+        sample = self._units[0]
         self._compare = isinstance(sample, FP16Compare)
         self._subtracts = "i_sub" in sample.signature.members
         self._latency = sample.latency
@@ -108,7 +107,7 @@ class FP16Vector(wiring.Component):
         members["o_result"] = Out(lanes if self._compare else lane_vector(lanes))
         super().__init__(members)
 
-    lanes = property(lambda self: self._lanes)
+    lanes = property(lambda self: len(self._units))
     latency = property(lambda self: self._latency)
 
     def issue(self, valid, a, b, sub=None) -> list:
@@ -122,8 +121,8 @@ class FP16Vector(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         results = []
-        for k in range(self._lanes):
-            m.submodules[f"lane{k}"] = u = self._unit()
+        for k, u in enumerate(self._units):
+            m.submodules[f"lane{k}"] = u
             m.d.comb += [u.i_valid.eq(self.i_valid), u.i_a.eq(self.i_a[k]),
                          u.i_b.eq(self.i_b[k])]
             if self._subtracts:
