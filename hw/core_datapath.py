@@ -286,12 +286,9 @@ class CoreDatapath(wiring.Component):
         CH, cb = N // P, chunk_bits(N // P)
         seq, phase = p.seq, p.seq.phase
 
-        def mem(name, shape, depth):
-            m.submodules[name] = store = memory.Memory(shape=shape, depth=depth, init=[])
-            return store
-
-        i_mem, d_mem, nz_mem = mem("imem", 16 * P, CH), mem("dmem", 16 * P, CH), \
-            mem("nzmem", P, CH)
+        m.submodules.imem = i_mem = memory.Memory(shape=16 * P, depth=CH, init=[])
+        m.submodules.dmem = d_mem = memory.Memory(shape=16 * P, depth=CH, init=[])
+        m.submodules.nzmem = nz_mem = memory.Memory(shape=P, depth=CH, init=[])
         i_rd, i_wr = i_mem.read_port(), i_mem.write_port()
         d_rd_wt, d_rd_wg, d_wr = d_mem.read_port(), d_mem.read_port(), d_mem.write_port()
         nz_rd, nz_wr = nz_mem.read_port(), nz_mem.write_port()
@@ -312,7 +309,7 @@ class CoreDatapath(wiring.Component):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(ws, name))
         m.d.comb += [ws.phase.eq(seq.phase), ws.w_req.eq(self.bus.w_req),
                      ws.g_req.eq(self.bus.g_req)]
-        sums = p.sums
+        sums = self.sums
         m.submodules.state = state = StepState(neurons=N, lanes=P, timesteps=T)
 
         t_base_ch, r_base_ch = seq.t * CH, seq.r * CH
@@ -322,9 +319,8 @@ class CoreDatapath(wiring.Component):
 
         # ---- FP: the currents, the LIF pass ----
         acc_fp = _phase(phase, Phase.FP_ACC, Phase.FP_DRAIN)
-        m.submodules.acc_valid_d = acc_valid_d = Delay(1, 1)
         m.submodules.acc_chunk_d = acc_chunk_d = Delay(p.issuer.chunk.shape(), 1 + la)
-        m.d.comb += [acc_valid_d.i.eq(p.issuer.valid), acc_chunk_d.i.eq(p.issuer.chunk)]
+        m.d.comb += acc_chunk_d.i.eq(p.issuer.chunk)
         sc_fp = _phase(phase, Phase.FP_SC_OUT, Phase.FP_SC_ADD)
         sc_bp = _phase(phase, Phase.BP_SC_OUT, Phase.BP_SC_ADD)
         sc_rd = Signal(16 * P)
@@ -332,12 +328,12 @@ class CoreDatapath(wiring.Component):
         sc_sum = acc_add.o_valid & _phase(phase, Phase.FP_SC_ADD, Phase.BP_SC_ADD)
         sc_nz = Cat(*((lane(acc_add.o_result, k)[:15] != 0) for k in range(P)))
 
-        m.submodules.lif_issue_d = lif_issue_d = Delay(1, 1)
-        m.submodules.lif_chunk_d = lif_chunk_d = Delay(seq.lif_chunk.shape(), 1)
-        m.d.comb += [lif_issue_d.i.eq(seq.lif_issue), lif_chunk_d.i.eq(seq.lif_chunk)]
-        m.d.comb += [lif.i_valid.eq(lif_issue_d.o), lif.i_x.eq(i_rd.data),
+        acc_valid_d, lif_issue_d, lif_chunk_d = Signal(), Signal(), Signal.like(seq.lif_chunk)
+        m.d.sync += [acc_valid_d.eq(p.issuer.valid), lif_issue_d.eq(seq.lif_issue),
+                     lif_chunk_d.eq(seq.lif_chunk)]
+        m.d.comb += [lif.i_valid.eq(lif_issue_d), lif.i_x.eq(i_rd.data),
                      lif.i_v.eq(Mux(seq.t < s.tokens, Cat(*([s.v_reset] * P)), state.v_data)),
-                     lif.i_tag.eq(lif_chunk_d.o), self.lif_out.eq(lif.o_valid)]
+                     lif.i_tag.eq(lif_chunk_d), self.lif_out.eq(lif.o_valid)]
         lif_chunk = lif.o_tag[:cb]
         lif_mask = Signal(P)
         m.d.comb += lif_mask.eq(lif.o_s & active_mask(lif_chunk))
@@ -405,7 +401,7 @@ class CoreDatapath(wiring.Component):
             m.d.comb += [*mul.issue(p.columns.mul_valid, ws.w_data, mul_b),
                          *acc_add.issue(mul.o_valid, sums.data, mul.o_result)]
         with m.Else():
-            m.d.comb += acc_add.issue(acc_valid_d.o, i_rd.data, ws.w_data)
+            m.d.comb += acc_add.issue(acc_valid_d, i_rd.data, ws.w_data)
 
         # ---- the currents, the Wᵀδ sums, the saved state ----
         link = p.link

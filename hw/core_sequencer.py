@@ -247,11 +247,9 @@ class CoreSequencer(wiring.Component):
                 with m.If(self.walk_done):
                     m.d.sync += drain.eq(update_drain)
                     m.next = "DRAIN_IDLE"
-
             with m.State("CLEAR"):
                 with m.If(self.walk_done):
                     m.next = "IDLE"
-
             with m.State("DRAIN_IDLE"):
                 m.d.sync += drain.eq(drain - 1)
                 with m.If(drain == 0):

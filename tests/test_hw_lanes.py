@@ -36,7 +36,7 @@ def test_delay_taps_are_the_input_of_earlier_cycles(shape, cycles):
             await ctx.tick()
 
     simulate(top, bench)
-    assert sum(a != b for a, b in zip(drawn, drawn[1:])) > 10   # stale taps would show
+    assert sum(a != b for a, b in zip(drawn, drawn[1:], strict=False)) > 10   # changes
 
 
 def test_delay_refuses_a_negative_or_fractional_length():
