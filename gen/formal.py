@@ -58,6 +58,31 @@ class FormalError(SpikeforgeError):
     """A property does not hold, or the prover could not run."""
 
 
+def _bit(port, flag: Link):
+    """The bit of the Link value ``port`` that holds ``flag``."""
+    return port[flag.bit_length() - 1]
+
+
+def _fire(s):
+    return s.valid & s.ready
+
+
+def _past(name: str, value):
+    """``value`` a cycle ago (its reset value in the first cycle), and the statement that
+    registers it: not to be added inside a condition, which would hold the register."""
+    value = Cat(value)
+    reg = Signal(len(value), name=f"past_{name}")
+    return reg, reg.eq(value)
+
+
+def _kept(s, waited_name: str, offered_name: str):
+    """The stream rule for ``s`` (if it waited last cycle, it still offers the same payload), and
+    the statements that register last cycle's ``past_<waited_name>`` and ``past_<offered_name>``."""
+    waited, wait = _past(waited_name, s.valid & ~s.ready)
+    offered, offer = _past(offered_name, s.payload.as_value())
+    return ~waited | (s.valid & (s.payload.as_value() == offered)), [wait, offer]
+
+
 class RouterProperties(Elaboratable):
     """A router of ``neurons``, ``fan_in`` and ``lanes`` (made by ``router``, the class) under
     the properties of the module. ``ports`` are the free inputs: the router's links and neuron
@@ -86,39 +111,68 @@ class RouterProperties(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        r = self.router
         # The router's own state, to state that the harness's bookkeeping agrees with it:
         # what makes the properties inductive.
-        fragment = Fragment.get(r, platform)
+        fragment = Fragment.get(self.router, platform)
         state = {sig.name: sig for stmts in fragment.statements.values() for stmt in stmts
                  for sig in stmt._lhs_signals()}
         m.submodules.router = fragment
-        free = self.free
-        F, P = self._params["fan_in"], self._params["lanes"]
-
-        def past(name, value):
-            """``value`` a cycle ago (its reset value in the first cycle); not to be called
-            inside a condition, which would hold the register."""
-            value = Cat(value)
-            reg = Signal(len(value), name=f"past_{name}")
-            m.d.sync += reg.eq(value)
-            return reg
-
-        def check(condition, message):
-            """Assert ``condition``, through a signal ``property_<n>`` that names it in a
-            counterexample (``message`` is :attr:`properties` ``[n]``)."""
-            ok = Signal(name=f"property_{len(self.properties)}")
-            self.properties.append(message)
-            m.d.comb += [ok.eq(condition), Assert(ok, message)]
-
         self.properties = []
+        self._environment(m)
+        self._fork(m, state)
+        self._merge(m, state)
+        err, mine = self._demux(m, state)
+        self._outputs(m, err, mine)
+        return m
+
+    def _check(self, condition, message: str) -> list:
+        """The statements that assert ``condition`` through a signal ``property_<n>`` that names
+        it in a counterexample (``message`` is :attr:`properties` ``[n]``)."""
+        ok = Signal(name=f"property_{len(self.properties)}")
+        self.properties.append(message)
+        return [ok.eq(condition), Assert(ok, message)]
+
+    def _route(self, chosen, names, elsewhere=None):
+        """The streams ``names`` of the router, a ``taken`` signal for each that is true for the
+        one the links choose (``chosen``: one condition a port, the first true wins), and the
+        statements that drive them and check that no other port is offered (outputs) or taken
+        (inputs, unless ``elsewhere`` names the condition under which another route takes it)."""
+        elsewhere = elsewhere or {}
+        taken = [Signal(name=f"route_{name}") for name in names]
+        stmts, first = [], 0
+        for k, cond in enumerate(chosen):
+            stmts.append(taken[k].eq(cond & ~first))
+            first = first | cond
+        for k, name in enumerate(names):
+            s = getattr(self.router, name)
+            if name in INPUTS:
+                stmts += self._check(taken[k] | elsewhere.get(name, 0) | ~s.ready,
+                                     f"{name} was taken though not routed")
+            else:
+                stmts += self._check(taken[k] | ~s.valid, f"{name} was offered though not routed")
+        return [getattr(self.router, name) for name in names], taken, stmts
+
+    def _chosen(self, m, streams, taken):
+        """valid, ready, payload and fire of the stream of ``streams`` that ``taken`` names."""
+        valid, ready, fired = Signal(), Signal(), Signal()
+        payload = Signal.like(streams[0].payload)
+        for s, t in zip(streams, taken, strict=True):
+            with m.If(t):
+                m.d.comb += [valid.eq(s.valid), ready.eq(s.ready), payload.eq(s.payload),
+                             fired.eq(_fire(s))]
+        return valid, ready, payload, fired
+
+    def _environment(self, m):
+        """The free inputs: links and neuron count constant, input streams keeping the stream
+        rules; and the stream rules of every output."""
+        r, free = self.router, self.free
         started = Signal()
         m.d.sync += started.eq(1)
-
-        # ---- the environment ----
         for name in ("link", "east_link", "west_link", "n_active"):
+            before, update = _past(name, free[name])
+            m.d.sync += update
             m.d.comb += [getattr(r, name).eq(free[name]),
-                         Assume(~started | (free[name] == past(name, free[name])))]
+                         Assume(~started | (free[name] == before))]
         m.d.comb += [Assume((r.n_active > 0) & (r.n_active <= self._params["neurons"])),
                      Assume(~ResetSignal()),    # the reset state is the initial state
                      # the router has registered the neuron count before the first error beat
@@ -128,124 +182,116 @@ class RouterProperties(Elaboratable):
             s = getattr(r, name)
             m.d.comb += [s.valid.eq(free[f"{name}_valid"]),
                          s.payload.as_value().eq(free[f"{name}_payload"])]
-            m.d.comb += Assume(~past(f"{name}_waits", s.valid & ~s.ready)
-                               | (s.valid & (s.payload.as_value()
-                                             == past(f"{name}_payload", s.payload.as_value()))))
+            kept, updates = _kept(s, f"{name}_waits", f"{name}_payload")
+            m.d.sync += updates
+            m.d.comb += Assume(kept)
         for name in OUTPUTS:
             s = getattr(r, name)
             m.d.comb += s.ready.eq(free[f"{name}_ready"])
-            check(~past(f"{name}_held", s.valid & ~s.ready)
-                  | (s.valid & (s.payload.as_value()
-                                == past(f"{name}_offered", s.payload.as_value()))),
-                  f"{name} withdrew or changed an element it offered")
+            kept, updates = _kept(s, f"{name}_held", f"{name}_offered")
+            m.d.sync += updates
+            m.d.comb += self._check(kept, f"{name} withdrew or changed an element it offered")
 
-        def bit(port, flag):
-            return port[flag.bit_length() - 1]
-
-        def fire(s):
-            return s.valid & s.ready
-
-        split, to_next = bit(r.link, Link.SPLIT), bit(r.link, Link.FP_TO_NEXT)
-        to_prev = bit(r.link, Link.BP_TO_PREV)
-        east_split = bit(r.east_link, Link.SPLIT)
-        from_prev = bit(r.west_link, Link.FP_TO_NEXT)
-        from_next = bit(r.east_link, Link.BP_TO_PREV) | east_split
-
-        def select(chosen, ports, elsewhere=None):
-            """The port of ``ports`` the links choose (``chosen``: one condition a port, the
-            first true wins); every other port must not be offered (outputs) or taken (inputs,
-            unless ``elsewhere`` names the condition under which another route takes it)."""
-            elsewhere = elsewhere or {}
-            taken = [Signal(name=f"route_{name}") for name in ports]
-            first = 0
-            for k, cond in enumerate(chosen):
-                m.d.comb += taken[k].eq(cond & ~first)
-                first = first | cond
-            for k, name in enumerate(ports):
-                s = getattr(r, name)
-                if name in INPUTS:
-                    check(taken[k] | elsewhere.get(name, 0) | ~s.ready,
-                          f"{name} was taken though not routed")
-                else:
-                    check(taken[k] | ~s.valid, f"{name} was offered though not routed")
-            return [getattr(r, name) for name in ports], taken
-
-        def chosen_stream(ports, taken):
-            """valid, ready, payload and fire of the chosen port."""
-            valid, ready, fired = Signal(), Signal(), Signal()
-            payload = Signal.like(ports[0].payload)
-            for s, t in zip(ports, taken, strict=True):
-                with m.If(t):
-                    m.d.comb += [valid.eq(s.valid), ready.eq(s.ready), payload.eq(s.payload),
-                                 fired.eq(fire(s))]
-            return valid, ready, payload, fired
-
-        # ---- input spikes: the fork ----
-        ports, taken = select([split, from_prev, 1], ["west_share", "west_spk", "host_spk"],
-                               elsewhere={"west_spk": split})    # the merge's, checked there
-        src_valid, _, src, src_fire = chosen_stream(ports, taken)
-        check(east_split | ~r.east_share.valid, "east_share offered with no split partner")
+    def _fork(self, m, state):
+        """Input spikes: the core and the split partner each take the source's element once."""
+        r, F = self.router, self._params["fan_in"]
+        split, east_split = _bit(r.link, Link.SPLIT), _bit(r.east_link, Link.SPLIT)
+        from_prev = _bit(r.west_link, Link.FP_TO_NEXT)
+        # In a split layer west_spk is the merge's, checked there.
+        ports, taken, routes = self._route([split, from_prev, 1],
+                                           ["west_share", "west_spk", "host_spk"],
+                                           elsewhere={"west_spk": split})
+        m.d.comb += routes
+        src_valid, _, src, src_fire = self._chosen(m, ports, taken)
+        m.d.comb += self._check(east_split | ~r.east_share.valid,
+                                "east_share offered with no split partner")
         core_has, east_has = Signal(), Signal()   # took the element at the source's head
         with m.If(src_fire):
             m.d.sync += [core_has.eq(0), east_has.eq(0)]
         with m.Else():
-            m.d.sync += [core_has.eq(core_has | fire(r.core_fp_i)),
-                         east_has.eq(east_has | fire(r.east_share))]
+            m.d.sync += [core_has.eq(core_has | _fire(r.core_fp_i)),
+                         east_has.eq(east_has | _fire(r.east_share))]
         core_in = r.core_fp_i.payload
-        check(~r.core_fp_i.valid | src_valid, "the core was offered an element not at the source")
-        check(~r.core_fp_i.valid | ((core_in.index == src.index[:len(core_in.index)])
-                                    & (core_in.last == src.last)
-                                    & (core_in.spike == (src.spike & (src.index < F)))),
-              "the core's input element differs from the source's")
-        check(~r.east_share.valid | (src_valid & (r.east_share.payload.as_value()
-                                                  == src.as_value())),
-              "the shared element differs from the source's")
-        check(~(core_has & r.core_fp_i.valid), "the core was offered an element twice")
-        check(~(east_has & r.east_share.valid), "the partner was offered an element twice")
-        check(~src_fire | core_has | fire(r.core_fp_i),
-              "the source let an element go before the core took it")
-        check(~src_fire | ~east_split | east_has | fire(r.east_share),
-              "the source let an element go before the split partner took it")
-        check((core_has == state["sent_core"]) & (east_has == state["sent_east"])
-              & (east_split | ~east_has) & (src_valid | ~(core_has | east_has)),
-              "the fork's sent flags disagree with what its outputs took")
-        check(~(src_valid & (core_has | r.core_fp_i.ready)
-                & (~east_split | east_has | r.east_share.ready)) | src_fire,
-              "the fork held an element both outputs had taken")
+        m.d.comb += self._check(~r.core_fp_i.valid | src_valid,
+                                "the core was offered an element not at the source")
+        m.d.comb += self._check(
+            ~r.core_fp_i.valid | ((core_in.index == src.index[:len(core_in.index)])
+                                  & (core_in.last == src.last)
+                                  & (core_in.spike == (src.spike & (src.index < F)))),
+            "the core's input element differs from the source's")
+        m.d.comb += self._check(
+            ~r.east_share.valid | (src_valid & (r.east_share.payload.as_value()
+                                                == src.as_value())),
+            "the shared element differs from the source's")
+        m.d.comb += self._check(~(core_has & r.core_fp_i.valid),
+                                "the core was offered an element twice")
+        m.d.comb += self._check(~(east_has & r.east_share.valid),
+                                "the partner was offered an element twice")
+        m.d.comb += self._check(~src_fire | core_has | _fire(r.core_fp_i),
+                                "the source let an element go before the core took it")
+        m.d.comb += self._check(~src_fire | ~east_split | east_has | _fire(r.east_share),
+                                "the source let an element go before the split partner took it")
+        m.d.comb += self._check(
+            (core_has == state["sent_core"]) & (east_has == state["sent_east"])
+            & (east_split | ~east_has) & (src_valid | ~(core_has | east_has)),
+            "the fork's sent flags disagree with what its outputs took")
+        m.d.comb += self._check(
+            ~(src_valid & (core_has | r.core_fp_i.ready)
+              & (~east_split | east_has | r.east_share.ready)) | src_fire,
+            "the fork held an element both outputs had taken")
 
-        # ---- output spikes: the merge ----
-        ports, taken = select([to_next, 1], ["east_spk", "host_spk_o"])
-        out_valid, _, out, out_fire = chosen_stream(ports, taken)
+    def _merge(self, m, state):
+        """Output spikes: the core's events of a timestep, then the split partner's, offset."""
+        r = self.router
+        split, to_next = _bit(r.link, Link.SPLIT), _bit(r.link, Link.FP_TO_NEXT)
+        from_prev = _bit(r.west_link, Link.FP_TO_NEXT)
+        ports, taken, routes = self._route([to_next, 1], ["east_spk", "host_spk_o"])
+        m.d.comb += routes
+        out_valid, _, out, out_fire = self._chosen(m, ports, taken)
         partner_turn = Signal()      # the core's `last` of this timestep was taken
         own, west = r.core_fp_o.payload, r.west_spk.payload
-        closes = fire(r.core_fp_o) & own.last & split
+        closes = _fire(r.core_fp_o) & own.last & split
         with m.If(closes):
             m.d.sync += partner_turn.eq(1)
-        with m.If(fire(r.west_spk) & west.last):
+        with m.If(_fire(r.west_spk) & west.last):
             m.d.sync += partner_turn.eq(0)
         own_turn = ~split | ~partner_turn
-        check((partner_turn == state["from_west"]) & (split | ~partner_turn),
-              "the merge's turn disagrees with the events")
-        check(~fire(r.core_fp_o) | own_turn, "the core's events were taken in the partner's turn")
-        check(~fire(r.west_spk) | (split & partner_turn) | (~split & from_prev),
-              "the partner's events were taken in the core's turn")
-        check(out_fire == ((fire(r.core_fp_o) & ~closes) | (fire(r.west_spk) & split)),
-              "an output event was lost or invented")
-        check(~out_valid | ~own_turn | (r.core_fp_o.valid & ~(own.last & split)
-                                        & (out.index == own.index) & (out.spike == own.spike)
-                                        & (out.last == own.last)),
-              "an output event differs from the core's")
-        check(~out_valid | own_turn | (r.west_spk.valid & (out.spike == west.spike)
-                                       & (out.last == west.last)
-                                       & (out.index == (west.index + r.n_active)[:len(out.index)])),
-              "an output event differs from the partner's, offset by the core's neurons")
+        m.d.comb += self._check((partner_turn == state["from_west"]) & (split | ~partner_turn),
+                                "the merge's turn disagrees with the events")
+        m.d.comb += self._check(~_fire(r.core_fp_o) | own_turn,
+                                "the core's events were taken in the partner's turn")
+        m.d.comb += self._check(
+            ~_fire(r.west_spk) | (split & partner_turn) | (~split & from_prev),
+            "the partner's events were taken in the core's turn")
+        m.d.comb += self._check(
+            out_fire == ((_fire(r.core_fp_o) & ~closes) | (_fire(r.west_spk) & split)),
+            "an output event was lost or invented")
+        m.d.comb += self._check(
+            ~out_valid | ~own_turn | (r.core_fp_o.valid & ~(own.last & split)
+                                      & (out.index == own.index) & (out.spike == own.spike)
+                                      & (out.last == own.last)),
+            "an output event differs from the core's")
+        m.d.comb += self._check(
+            ~out_valid | own_turn | (r.west_spk.valid & (out.spike == west.spike)
+                                     & (out.last == west.last)
+                                     & (out.index == (west.index + r.n_active)[:len(out.index)])),
+            "an output event differs from the partner's, offset by the core's neurons")
 
-        # ---- input errors: the demux ----
-        ports, taken = select([from_next, 1], ["east_err", "host_err"])
-        _, _, err, err_fire = chosen_stream(ports, taken)
+    def _demux(self, m, state):
+        """Input errors: the core takes the first beats of a timestep, the partner the rest.
+        Returns the chosen input's payload and whether its beat is the core's."""
+        r, P = self.router, self._params["lanes"]
+        split = _bit(r.link, Link.SPLIT)
+        from_next = _bit(r.east_link, Link.BP_TO_PREV) | _bit(r.east_link, Link.SPLIT)
+        ports, taken, routes = self._route([from_next, 1], ["east_err", "host_err"])
+        m.d.comb += routes
+        _, _, err, err_fire = self._chosen(m, ports, taken)
         # The router registers its beat count from the neuron count: a cycle behind it.
-        chunks = (past("n_active_seen", r.n_active) + P - 1) // P
-        check(state["chunks"] == chunks, "the demux's beat count is not the neuron count's")
+        seen, update = _past("n_active_seen", r.n_active)
+        m.d.sync += update
+        chunks = (seen + P - 1) // P
+        m.d.comb += self._check(state["chunks"] == chunks,
+                                "the demux's beat count is not the neuron count's")
         beats = Signal(range(self._params["neurons"] + 2))
         with m.If(err_fire):
             with m.If(err.last):
@@ -253,34 +299,48 @@ class RouterProperties(Elaboratable):
             with m.Elif(split & (beats < chunks)):
                 m.d.sync += beats.eq(beats + 1)
         mine = ~split | (beats < chunks)
-        check((beats == state["beat"]) & (beats <= chunks),
-              "the demux's beat count disagrees with the beats taken")
-        check(err_fire == (fire(r.core_bp_i) | (fire(r.west_err) & split)),
-              "an error beat was lost or invented")
-        check(~fire(r.core_bp_i) | mine, "the core took a partner's error beat")
-        check(~r.core_bp_i.valid | ((r.core_bp_i.payload.value == err.value)
-                                    & (r.core_bp_i.payload.last
-                                       == (err.last | (beats + 1 == chunks)))),
-              "the core's error beat differs from the one in, or its last is not marked")
+        m.d.comb += self._check((beats == state["beat"]) & (beats <= chunks),
+                                "the demux's beat count disagrees with the beats taken")
+        m.d.comb += self._check(err_fire == (_fire(r.core_bp_i) | (_fire(r.west_err) & split)),
+                                "an error beat was lost or invented")
+        m.d.comb += self._check(~_fire(r.core_bp_i) | mine,
+                                "the core took a partner's error beat")
+        m.d.comb += self._check(
+            ~r.core_bp_i.valid | ((r.core_bp_i.payload.value == err.value)
+                                  & (r.core_bp_i.payload.last
+                                     == (err.last | (beats + 1 == chunks)))),
+            "the core's error beat differs from the one in, or its last is not marked")
+        return err, mine
 
-        # ---- output errors: the core's Wᵀ·δ, the partner's beats; partial sums ----
+    def _outputs(self, m, err, mine):
+        """Output errors (the core's Wᵀ·δ, the partner's beats) and partial sums pass one for
+        one; ``err`` and ``mine`` are the demux's input payload and whether it is the core's."""
+        r = self.router
+        split, to_prev = _bit(r.link, Link.SPLIT), _bit(r.link, Link.BP_TO_PREV)
         ports = [r.west_psum, r.west_err, r.host_err_o]
         taken = [split, ~split & to_prev, ~split & ~to_prev]
-        _, _, bp_out, bp_fire = chosen_stream(ports, taken)
-        check(split | to_prev | ~r.west_err.valid, "west_err was offered though not routed")
-        check(split | ~r.west_psum.valid, "west_psum was offered though not routed")
-        check(~(split | to_prev) | ~r.host_err_o.valid, "host_err_o was offered though not routed")
-        check(bp_fire == fire(r.core_bp_o), "a core's error beat was lost or invented")
-        check(~fire(r.core_bp_o) | (bp_out.as_value() == r.core_bp_o.payload.as_value()),
-              "a core's error beat changed on its way")
-        check(~split | ~fire(r.west_err)
-              | (~mine & (r.west_err.payload.as_value() == err.as_value())),
-              "a passed error beat is the core's or changed on its way")
-        check(fire(r.core_psum_i) == fire(r.east_psum), "a partial sum was lost or invented")
-        check(~r.core_psum_i.valid | (r.core_psum_i.payload.as_value()
-                                      == r.east_psum.payload.as_value()),
-              "a partial sum changed on its way")
-        return m
+        _, _, bp_out, bp_fire = self._chosen(m, ports, taken)
+        m.d.comb += self._check(split | to_prev | ~r.west_err.valid,
+                                "west_err was offered though not routed")
+        m.d.comb += self._check(split | ~r.west_psum.valid,
+                                "west_psum was offered though not routed")
+        m.d.comb += self._check(~(split | to_prev) | ~r.host_err_o.valid,
+                                "host_err_o was offered though not routed")
+        m.d.comb += self._check(bp_fire == _fire(r.core_bp_o),
+                                "a core's error beat was lost or invented")
+        m.d.comb += self._check(
+            ~_fire(r.core_bp_o) | (bp_out.as_value() == r.core_bp_o.payload.as_value()),
+            "a core's error beat changed on its way")
+        m.d.comb += self._check(
+            ~split | ~_fire(r.west_err)
+            | (~mine & (r.west_err.payload.as_value() == err.as_value())),
+            "a passed error beat is the core's or changed on its way")
+        m.d.comb += self._check(_fire(r.core_psum_i) == _fire(r.east_psum),
+                                "a partial sum was lost or invented")
+        m.d.comb += self._check(
+            ~r.core_psum_i.valid | (r.core_psum_i.payload.as_value()
+                                    == r.east_psum.payload.as_value()),
+            "a partial sum changed on its way")
 
 
 def prove_router(*, neurons: int = 8, fan_in: int = 8, lanes: int = 2, depth: int = 4,
