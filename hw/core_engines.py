@@ -384,7 +384,7 @@ class ColumnIssuer(wiring.Component):
         with m.If(self.clear):
             m.d.sync += self.done.eq(0)
         m.submodules.issue_late = issue_late = Delay(1, lm)
-        m.submodules.slot_late = slot_late = Delay(slot.shape(), 1 + lm + la)
+        m.submodules.slot_late = slot_late = Delay(slot.shape(), 1 + lm + la, taps=True)
         m.d.sync += [self.mul_valid.eq(self.issue), self.mul_d.eq(d)]
         m.d.comb += [issue_late.i.eq(self.issue), slot_late.i.eq(slot),
                      self.a_read.eq(issue_late.o), self.a_addr.eq(slot_late.taps[lm]),

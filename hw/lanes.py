@@ -4,7 +4,7 @@
 A lane vector holds lane ``k`` in bits ``[16k, 16k + 16)``; its layout is :func:`lane_vector`.
 """
 
-from amaranth.hdl import Cat, Module, Value
+from amaranth.hdl import Cat, Module, Signal, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -48,26 +48,32 @@ class Delay(wiring.Component):
     o : Out(shape)
         ``i`` of ``cycles`` cycles ago (``i`` itself when ``cycles`` is 0).
     taps : Out(ArrayLayout(shape, cycles + 1))
-        ``taps[d]`` is ``i`` of ``d`` cycles ago: ``taps[0]`` is ``i``, ``taps[cycles]`` is ``o``.
+        Only with ``taps``: ``taps[d]`` is ``i`` of ``d`` cycles ago (``taps[0]`` is ``i``).
 
     Costs ``cycles`` registers of the shape; no logic.
     """
 
-    def __init__(self, shape, cycles: int):
-        if not isinstance(cycles, int) or cycles < 0:
+    def __init__(self, shape, cycles: int, *, taps: bool = False):
+        if not isinstance(cycles, int) or isinstance(cycles, bool) or cycles < 0:
             raise ValueError(f"A delay is a whole number of cycles, not {cycles!r}")
-        self._cycles = cycles
-        super().__init__({"i": In(shape), "o": Out(shape),
-                          "taps": Out(data.ArrayLayout(shape, cycles + 1))})
+        self._cycles, self._shape = cycles, shape
+        members = {"i": In(shape), "o": Out(shape)}
+        if taps:
+            members["taps"] = Out(data.ArrayLayout(shape, cycles + 1))
+        super().__init__(members)
 
     cycles = property(lambda self: self._cycles)
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += self.taps[0].eq(self.i)
+        chain = [self.i]
         for d in range(1, self._cycles + 1):
-            m.d.sync += self.taps[d].eq(self.taps[d - 1])
-        m.d.comb += self.o.eq(self.taps[self._cycles])
+            reg = Signal(self._shape, name=f"d{d}")
+            m.d.sync += reg.eq(chain[-1])
+            chain.append(reg)
+        m.d.comb += self.o.eq(chain[-1])
+        if "taps" in self.signature.members:
+            m.d.comb += [self.taps[d].eq(value) for d, value in enumerate(chain)]
         return m
 
 

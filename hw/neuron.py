@@ -123,7 +123,7 @@ class LIFUpdate(wiring.Component):
         la, lm = sub_a.latency, mul_c.latency
         t_h, t_out = self._charged, self.latency
 
-        m.submodules.valid = valid = Delay(1, t_out)
+        m.submodules.valid = valid = Delay(1, t_out, taps=True)
         m.submodules.x_late = x_late = Delay(16 * P, la)
         m.submodules.v_late = v_late = Delay(16 * P, 2 * la + lm)
         m.submodules.h_late = h_late = Delay(16 * P, t_out - t_h)
@@ -268,7 +268,7 @@ class BPTTUpdate(wiring.Component):
         m = Module()
         P = self._lanes
         t = self._schedule()
-        m.submodules.valid = valid = Delay(1, t["out"])
+        m.submodules.valid = valid = Delay(1, t["out"], taps=True)
         m.d.comb += valid.i.eq(self.i_valid)
 
         m.submodules.mul_gamma = mul_gamma = FP16Vector(FP16Multiplier, P)

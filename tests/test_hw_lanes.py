@@ -19,7 +19,7 @@ from spikeforge.testing import pack_lanes, unpack_lanes
 @pytest.mark.parametrize("cycles", [0, 1, 3])
 @pytest.mark.parametrize("shape", [1, 7, data.ArrayLayout(4, 3)])
 def test_delay_taps_are_the_input_of_earlier_cycles(shape, cycles):
-    dut = Delay(shape, cycles)
+    dut = Delay(shape, cycles, taps=True)
     top = Module()                      # a clock domain even for a delay of no registers
     top.domains.sync = ClockDomain()
     top.submodules.dut = dut
@@ -39,8 +39,13 @@ def test_delay_taps_are_the_input_of_earlier_cycles(shape, cycles):
     assert sum(a != b for a, b in zip(drawn, drawn[1:], strict=False)) > 10   # changes
 
 
+def test_delay_has_taps_only_when_asked():
+    assert "taps" not in Delay(1024, 14).signature.members
+    assert len(Value.cast(Delay(3, 2, taps=True).taps)) == 9
+
+
 def test_delay_refuses_a_negative_or_fractional_length():
-    for cycles in (-1, 1.5):
+    for cycles in (-1, 1.5, True):
         with pytest.raises(ValueError, match="whole number of cycles"):
             Delay(4, cycles)
 
