@@ -43,10 +43,11 @@ of a token-wise producer, such as a classifier head over the flattened tokens): 
 (``index < d``). The layer's ``Wᵀ·δX`` on ``bp_o`` is then, per timestep, token after token the
 errors of the producer's steps in its back-propagation order.
 
-The word bus (``bus_*``) reaches registers, weights, gradients, the saved state and the
-counters (:mod:`spikeforge.regmap`); every access is acknowledged two cycles after ``bus_en``.
-A write with ``bus_probe`` set is checked (``bus_err`` as for the write) but changes nothing, so
-that a host link can check every word of a frame before it writes any.
+The word bus (``bus``, :func:`~spikeforge.hw.core_control.word_bus`) reaches registers, weights,
+gradients, the saved state and the counters (:mod:`spikeforge.regmap`); every access is
+acknowledged two cycles after ``bus.en``. A write with ``bus.probe`` set is checked (``bus.err``
+as for the write) but changes nothing, so that a host link can check every word of a frame
+before it writes any.
 
 Engines and their cost in cycles (``P`` lanes, ``C = ⌈neurons/P⌉``, ``F = ⌈fan_in/P⌉``):
 
@@ -67,7 +68,7 @@ from spikeforge import regmap
 from spikeforge.golden.surrogate import Surrogate
 from spikeforge.regmap import Counter
 
-from .core_control import BusDecoder, CoreRegisters, Counters
+from .core_control import BusDecoder, CoreRegisters, Counters, word_bus
 from .core_datapath import CoreDatapath, ErrorSums, PortSet
 from .core_engines import (
     BeatSender,
@@ -108,6 +109,19 @@ class Core(wiring.Component):
         Whether BP treats the reset as a constant (QKFormer's default).
     surrogate : Surrogate
         The surrogate whose lookup table the BPTT pass uses.
+
+    Members
+    -------
+    fp_i, fp_o, bp_i, bp_o, psum_i, sc_o, sc_i : stream.Signature
+        The streams (see the module).
+    bus : In(:func:`~spikeforge.hw.core_control.word_bus`)
+        The word bus (see the module).
+    n_active : Out(range(neurons + 1))
+        The active neurons (``Reg.NEURONS``).
+    busy : Out(1)
+        An engine is running (``Status.BUSY``).
+    waiting : Out(1)
+        The core waits for input on ``fp_i``, ``bp_i`` or ``sc_i``.
     """
 
     def __init__(self, *, neurons: int, fan_in: int, lanes: int, timesteps: int,
@@ -135,14 +149,7 @@ class Core(wiring.Component):
             "sc_o": Out(stream.Signature(error_layout(lanes))),
             "sc_i": In(stream.Signature(error_layout(lanes))),
             "n_active": Out(range(neurons + 1)),
-            "bus_en": In(1),
-            "bus_we": In(1),
-            "bus_probe": In(1),
-            "bus_addr": In(32),
-            "bus_wdata": In(16),
-            "bus_ack": Out(1),
-            "bus_err": Out(1),
-            "bus_rdata": Out(16),
+            "bus": In(word_bus()),
             "busy": Out(1),
             "waiting": Out(1),
         })
@@ -175,7 +182,7 @@ class Core(wiring.Component):
         lif_depth = lif.latency + 4
         m.submodules.regs = regs = CoreRegisters(**sizes)
         m.submodules.counters = counters = Counters()
-        m.submodules.bus = bus = BusDecoder(**sizes)
+        m.submodules.bus = decoder = BusDecoder(**sizes)
         m.submodules.seq = seq = CoreSequencer(**sizes, fp_drain=la + 2,
                                                bp_drain=bptt.latency + 2,
                                                update_drain=lm + la + 2)
@@ -192,29 +199,26 @@ class Core(wiring.Component):
         m.submodules.sums = sums = ErrorSums(fan_in=F, lanes=P)
         s, phase = regs.settings, seq.phase
         parts = dict(seq=seq, issuer=issuer, serializer=ser, link=link, scanner=scanner,
-                     columns=columns, wg=wg, walker=walker, out=out, sums=sums, bus=bus)
+                     columns=columns, wg=wg, walker=walker, out=out, sums=sums, bus=decoder)
         m.submodules.datapath = dp = CoreDatapath(**sizes, lif=lif, bptt=bptt,
                                                   settings=regs.settings.shape(), parts=parts)
         for name, names in CoreDatapath.USES.items():
             wiring.connect(m, PortSet(parts[name], names), getattr(dp, name))
         bp_take = self.bp_i.valid & self.bp_i.ready & (phase == Phase.BP_RECV)
-        m.d.comb += [dp.settings.eq(s), dp.wdata.eq(self.bus_wdata),
+        m.d.comb += [dp.settings.eq(s), dp.wdata.eq(self.bus.wdata),
                      dp.bp_g.eq(self.bp_i.payload.value), dp.bp_take.eq(bp_take)]
 
         # the bus, the registers, the counters
-        for name in ("bus_en", "bus_we", "bus_probe", "bus_addr", "bus_wdata"):
-            m.d.comb += getattr(bus, name).eq(getattr(self, name))
-        for name in ("bus_ack", "bus_err", "bus_rdata"):
-            m.d.comb += getattr(self, name).eq(getattr(bus, name))
+        wiring.connect(m, wiring.flipped(self.bus), decoder.bus)
         idle = phase == Phase.IDLE
         m.d.comb += [
-            bus.idle.eq(idle), regs.idle.eq(idle), regs.access.eq(bus.reg_access),
-            regs.we.eq(self.bus_we), regs.probe.eq(self.bus_probe),
-            regs.offset.eq(self.bus_addr[:regmap.OFFSET_BITS]), regs.wdata.eq(self.bus_wdata),
-            bus.reg_write_ok.eq(regs.write_ok), bus.reg_read_ok.eq(regs.read_ok),
-            bus.reg_read_data.eq(regs.read_data),
-            counters.read.eq(bus.counter_read), counters.index.eq(bus.counter_index),
-            counters.high.eq(bus.counter_high), bus.counter_data.eq(counters.read_data),
+            decoder.idle.eq(idle), regs.idle.eq(idle), regs.access.eq(decoder.reg_access),
+            regs.we.eq(self.bus.we), regs.probe.eq(self.bus.probe),
+            regs.offset.eq(self.bus.addr.offset), regs.wdata.eq(self.bus.wdata),
+            decoder.reg_write_ok.eq(regs.write_ok), decoder.reg_read_ok.eq(regs.read_ok),
+            decoder.reg_read_data.eq(regs.read_data),
+            counters.read.eq(decoder.counter_read), counters.index.eq(decoder.counter_index),
+            counters.high.eq(decoder.counter_high), decoder.counter_data.eq(counters.read_data),
             counters.clear.eq(regs.clear_counters),
             regs.fp_done_set.eq(seq.fp_done_set), regs.bp_done_set.eq(seq.bp_done_set),
             regs.done_clear.eq(seq.done_clear), regs.error_set.eq(issuer.error_set),

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A core's control blocks on its word bus: the registers, the counters and the bus decoder.
+"""A core's word bus and its control blocks on it: the registers, the counters and the bus
+decoder.
 
-The bus (:mod:`spikeforge.regmap`) takes one access a cycle (``bus_en``) and acknowledges it two
-cycles later: the decoder registers the access's result (``err`` and the read data) one cycle
-after ``bus_en`` and the core's bus port registers it again. Memory regions are reached through
+The bus (:func:`word_bus`, :mod:`spikeforge.regmap`) takes one access a cycle (``en``) and
+acknowledges it two cycles later: the decoder registers the access's result (``err`` and the
+read data) one cycle after ``en`` and again on its bus port. Memory regions are reached through
 the decoder's request ports, which the core's memory arbiter gives precedence over its engines.
 """
 
@@ -14,7 +15,46 @@ from amaranth.lib.wiring import In, Out
 from spikeforge import regmap
 from spikeforge.regmap import COUNTERS, Command, Counter, ErrorFlag, Reg, Region, Shortcut
 
-__all__ = ["BusDecoder", "CoreRegisters", "Counters", "settings_layout"]
+__all__ = ["BusDecoder", "CoreRegisters", "Counters", "settings_layout", "word_bus"]
+
+
+def word_bus() -> wiring.Signature:
+    """The word bus of a core (:mod:`spikeforge.regmap`), as the one that makes the accesses
+    sees it.
+
+    Members
+    -------
+    en : Out(1)
+        An access this cycle. ``we``, ``probe``, ``addr`` and ``wdata`` are taken only in the
+        cycle of ``en``; a core takes one access a cycle.
+    we : Out(1)
+        The access is a write.
+    probe : Out(1)
+        A write that is checked (``err`` as for the write) but changes nothing, so that a host
+        link can check every word of a frame before it writes any.
+    addr : Out(:func:`~spikeforge.regmap.address_layout`)
+        The word's address: a :class:`~spikeforge.regmap.Region` and an offset in it.
+    wdata : Out(16)
+        The word written.
+    ack : In(1)
+        The access's answer, high for one cycle: at a core, two cycles after ``en``. A requester
+        behind more registers (the SoC's) waits for it.
+    err : In(1)
+        With ``ack``: the access was refused (an address out of range, a write to a read-only
+        region, or a write while the core is busy) and changed nothing.
+    rdata : In(16)
+        With ``ack``: the word read.
+    """
+    return wiring.Signature({
+        "en": Out(1),
+        "we": Out(1),
+        "probe": Out(1),
+        "addr": Out(regmap.address_layout()),
+        "wdata": Out(16),
+        "ack": In(1),
+        "err": In(1),
+        "rdata": In(16),
+    })
 
 
 def settings_layout(*, neurons: int, fan_in: int, timesteps: int,
@@ -177,22 +217,32 @@ def _memory_request(index_shape) -> data.StructLayout:
 class BusDecoder(wiring.Component):
     """The word bus of a core: the address decode, the acknowledge and the read data.
 
-    An access (``bus_en``) is answered two cycles later on ``bus_ack`` with ``bus_err`` and, for
-    a read, ``bus_rdata``. Register accesses go to ``regs`` (a :class:`CoreRegisters`' bus
-    side) and counter reads to ``counters``; a weight or gradient access drives ``w_req`` /
-    ``g_req`` (``major`` = input ``i``, ``minor`` = lane chunk of ``n``, ``lane`` its lane), a
-    charge or spike read ``state_req`` (the step's chunk address), whose read data the memories
-    return on the next cycle on ``w_data``, ``g_data``, ``h_data`` and ``s_data``. Memory and
-    state regions are refused while the core is busy, out of range, or written where they are
-    read only.
+    Members
+    -------
+    bus : In(:func:`word_bus`)
+        An access (``en``) is answered two cycles later on ``ack`` with ``err`` and, for a read,
+        ``rdata``. Memory and state regions are refused while the core is busy, out of range,
+        or written where they are read only.
+    idle : In(1)
+        The core is idle.
+    reg_access : Out(1); reg_write_ok, reg_read_ok, reg_read_data : In
+        A register access, to a :class:`CoreRegisters`' bus side, and its answer.
+    counter_read, counter_index, counter_high : Out; counter_data : In
+        A counter read, to :class:`Counters`, and its answer.
+    w_req, g_req : Out
+        A weight or gradient access (``major`` = input ``i``, ``minor`` = lane chunk of ``n``,
+        ``lane`` its lane).
+    state_req : Out
+        A charge or spike read (the step's chunk address).
+    w_data, g_data, h_data, s_data : In
+        The memories' read data, the cycle after a request.
     """
 
     def __init__(self, *, neurons: int, fan_in: int, timesteps: int, lanes: int):
         self._N, self._F, self._T, self._P = neurons, fan_in, timesteps, lanes
         CH = neurons // lanes
         super().__init__({
-            "bus_en": In(1), "bus_we": In(1), "bus_probe": In(1), "bus_addr": In(32),
-            "bus_wdata": In(16), "bus_ack": Out(1), "bus_err": Out(1), "bus_rdata": Out(16),
+            "bus": In(word_bus()),
             "idle": In(1),
             "reg_access": Out(1), "reg_write_ok": In(1), "reg_read_ok": In(1),
             "reg_read_data": In(16),
@@ -209,8 +259,8 @@ class BusDecoder(wiring.Component):
         m = Module()
         N, F, T, P = self._N, self._F, self._T, self._P
         lane_bits = P.bit_length() - 1
-        addr = data.View(regmap.address_layout(), self.bus_addr)
-        offset, region = addr.offset, addr.region
+        bus = self.bus
+        offset, region = bus.addr.offset, bus.addr.region
         nb, ib = regmap.index_bits(N), regmap.index_bits(F)
         w_n, w_i = offset[ib:ib + nb], offset[:ib]
         w_ok = (offset[ib + nb:] == 0) & (w_n < N) & (w_i < F)
@@ -221,43 +271,41 @@ class BusDecoder(wiring.Component):
         lane_sel = Signal(range(P))
         kind = Signal(Region)
         reg = Signal(16)
-        m.d.sync += [pending.eq(self.bus_en), self.bus_ack.eq(pending),
-                     self.bus_err.eq(err), err.eq(0)]
-        m.d.comb += [self.reg_access.eq(self.bus_en & (region == Region.REG)),
-                     self.counter_read.eq(self.bus_en & (region == Region.COUNTER) & c_ok
-                                          & ~self.bus_we),
+        m.d.sync += [pending.eq(bus.en), bus.ack.eq(pending), bus.err.eq(err), err.eq(0)]
+        m.d.comb += [self.reg_access.eq(bus.en & (region == Region.REG)),
+                     self.counter_read.eq(bus.en & (region == Region.COUNTER) & c_ok & ~bus.we),
                      self.counter_index.eq(offset[1:]), self.counter_high.eq(offset[0])]
         for req in (self.w_req, self.g_req):
-            m.d.comb += [req.we.eq(self.bus_we), req.probe.eq(self.bus_probe),
+            m.d.comb += [req.we.eq(bus.we), req.probe.eq(bus.probe),
                          req.major.eq(w_i), req.minor.eq(w_n >> lane_bits),
                          req.lane.eq(w_n[:lane_bits] if lane_bits else 0)]
         m.d.comb += self.state_req.addr.eq(st_t * (N // P) + (st_n >> lane_bits))
-        with m.If(self.bus_en):
+        with m.If(bus.en):
             m.d.sync += kind.eq(region)
             with m.Switch(region):
                 with m.Case(Region.REG):
                     m.d.sync += lane_sel.eq(0)
-                    with m.If(self.bus_we):
+                    with m.If(bus.we):
                         m.d.sync += err.eq(~self.reg_write_ok)
                     with m.Elif(self.reg_read_ok):
                         m.d.sync += reg.eq(self.reg_read_data)
                     with m.Else():
                         m.d.sync += err.eq(1)
                 with m.Case(Region.WEIGHT, Region.GRAD):
-                    with m.If(~w_ok | ~self.idle | (self.bus_we & (region == Region.GRAD))):
+                    with m.If(~w_ok | ~self.idle | (bus.we & (region == Region.GRAD))):
                         m.d.sync += err.eq(1)
                     with m.Else():
                         m.d.sync += lane_sel.eq(w_n[:lane_bits] if lane_bits else 0)
                         m.d.comb += [self.w_req.en.eq(region == Region.WEIGHT),
                                      self.g_req.en.eq(region == Region.GRAD)]
                 with m.Case(Region.CHARGE, Region.SPIKE):
-                    with m.If(~st_ok | ~self.idle | self.bus_we):
+                    with m.If(~st_ok | ~self.idle | bus.we):
                         m.d.sync += err.eq(1)
                     with m.Else():
                         m.d.sync += lane_sel.eq(st_n[:lane_bits] if lane_bits else 0)
                         m.d.comb += self.state_req.en.eq(1)
                 with m.Case(Region.COUNTER):
-                    with m.If(~c_ok | self.bus_we):
+                    with m.If(~c_ok | bus.we):
                         m.d.sync += err.eq(1)
                     with m.Else():
                         m.d.sync += reg.eq(self.counter_data)
@@ -265,13 +313,13 @@ class BusDecoder(wiring.Component):
                     m.d.sync += err.eq(1)
         with m.Switch(kind):
             with m.Case(Region.WEIGHT):
-                m.d.sync += self.bus_rdata.eq((self.w_data >> (lane_sel * 16))[:16])
+                m.d.sync += bus.rdata.eq((self.w_data >> (lane_sel * 16))[:16])
             with m.Case(Region.GRAD):
-                m.d.sync += self.bus_rdata.eq((self.g_data >> (lane_sel * 16))[:16])
+                m.d.sync += bus.rdata.eq((self.g_data >> (lane_sel * 16))[:16])
             with m.Case(Region.CHARGE):
-                m.d.sync += self.bus_rdata.eq((self.h_data >> (lane_sel * 16))[:16])
+                m.d.sync += bus.rdata.eq((self.h_data >> (lane_sel * 16))[:16])
             with m.Case(Region.SPIKE):
-                m.d.sync += self.bus_rdata.eq((self.s_data >> lane_sel)[0])
+                m.d.sync += bus.rdata.eq((self.s_data >> lane_sel)[0])
             with m.Default():
-                m.d.sync += self.bus_rdata.eq(reg)
+                m.d.sync += bus.rdata.eq(reg)
         return m

@@ -41,6 +41,8 @@ from spikeforge.protocol import (
     reply_header,
 )
 
+from .core_control import word_bus
+
 __all__ = ["BusAccess", "CommandDispatcher", "FrameReceiver", "FrameTransmitter", "HostLink",
            "InputForwarder", "OutputCollector", "SocRegisters", "errors_layout", "executor_members",
            "header_layout", "job_layout", "register_bus", "reply_layout", "result_layout",
@@ -506,15 +508,14 @@ class BusAccess(wiring.Component):
         reads ``arg`` words from ``address`` on, a ``WRITE`` writes the payload's ``words``
         words there. The dispatcher has checked core and lengths. The result is ``OK`` (with
         the words read) or ``BAD_ADDRESS`` at the first word refused.
-    bus_en, bus_we, bus_probe, bus_core, bus_addr, bus_wdata : Out
-        A request on the word bus of core ``bus_core`` (:class:`~spikeforge.hw.core.Core`'s
-        bus), valid in the cycle of ``bus_en``.
-    bus_ack, bus_err, bus_rdata : In
-        Its answer, in a later cycle of ``bus_ack``.
+    bus : Out(:func:`~spikeforge.hw.core_control.word_bus`)
+        The word bus of core ``bus_core``; it waits for each access's ``ack``, however late.
+    bus_core : Out(range(max(cores, 2)))
+        The core of the access, held from its ``en`` to its ``ack``.
     regs : Out(:func:`register_bus`)
         The SoC registers, for core ``SOC``.
 
-    A ``WRITE`` is first checked word by word, with ``bus_probe`` set on every target core, or
+    A ``WRITE`` is first checked word by word, with ``bus.probe`` set on every target core, or
     with ``w_ok`` of the registers, and written only if every word passed, so that a bad frame
     changes nothing. A core's word takes a request cycle (and a fetch cycle when written) and
     the bus's answer; a register's word one cycle to read and two to write.
@@ -525,15 +526,8 @@ class BusAccess(wiring.Component):
         self._cores = cores
         super().__init__({
             **executor_members(),
-            "bus_en": Out(1),
-            "bus_we": Out(1),
-            "bus_probe": Out(1),
+            "bus": Out(word_bus()),
             "bus_core": Out(range(max(cores, 2))),
-            "bus_addr": Out(32),
-            "bus_wdata": Out(16),
-            "bus_ack": In(1),
-            "bus_err": In(1),
-            "bus_rdata": In(16),
             "regs": Out(register_bus()),
         })
 
@@ -547,6 +541,7 @@ class BusAccess(wiring.Component):
         target = Signal(range(max(n, 2)))           # core of a broadcast
         probe = Signal()
         status = Signal.like(self.o.payload.status)
+        bus = self.bus
         m.d.comb += [self.rd_addr.eq(index), self.bus_core.eq(target),
                      self.regs.addr.eq(job.address + index), self.regs.w_data.eq(word),
                      self.o.payload.status.eq(status), self.o.payload.words.eq(count)]
@@ -580,15 +575,15 @@ class BusAccess(wiring.Component):
                     with m.Else():
                         reply(Status.BAD_ADDRESS)
                 with m.Else():
-                    m.d.comb += [self.bus_en.eq(1), self.bus_addr.eq(job.address + index)]
+                    m.d.comb += [bus.en.eq(1), bus.addr.eq(job.address + index)]
                     m.next = "READ_WAIT"
             with m.State("READ_WAIT"):
-                m.d.comb += self.bus_addr.eq(job.address + index)
-                with m.If(self.bus_ack):
-                    with m.If(self.bus_err):
+                m.d.comb += bus.addr.eq(job.address + index)
+                with m.If(bus.ack):
+                    with m.If(bus.err):
                         reply(Status.BAD_ADDRESS)
                     with m.Else():
-                        put(self.bus_rdata)
+                        put(bus.rdata)
                         m.d.sync += index.eq(index + 1)
                         with m.If(index == count - 1):
                             reply(Status.OK, count)
@@ -616,13 +611,13 @@ class BusAccess(wiring.Component):
                         m.d.sync += index.eq(index + 1)
                         m.next = "WRITE_FETCH"
                 with m.Else():
-                    m.d.comb += [self.bus_en.eq(1), self.bus_we.eq(1),
-                                 self.bus_probe.eq(probe), self.bus_addr.eq(job.address + index),
-                                 self.bus_wdata.eq(word)]
+                    m.d.comb += [bus.en.eq(1), bus.we.eq(1),
+                                 bus.probe.eq(probe), bus.addr.eq(job.address + index),
+                                 bus.wdata.eq(word)]
                     m.next = "WRITE_WAIT"
             with m.State("WRITE_WAIT"):
-                with m.If(self.bus_ack):
-                    with m.If(self.bus_err):
+                with m.If(bus.ack):
+                    with m.If(bus.err):
                         reply(Status.BAD_ADDRESS)
                     with m.Else():
                         m.d.sync += index.eq(index + 1)
@@ -1098,7 +1093,8 @@ class HostLink(wiring.Component):
     Members
     -------
     i, o : byte streams from and to the host.
-    bus_* : the word bus of core ``bus_core`` (:class:`~spikeforge.hw.core.Core`'s bus).
+    bus, bus_core : the word bus (:func:`~spikeforge.hw.core_control.word_bus`) of core
+        ``bus_core``, as :class:`BusAccess`'s.
     spikes : Out(stream) ``{core, word}``: input event words for a core's FP engine.
     errors : Out(stream) ``{core, value, last}``: error beats for a core's BP engine.
     out_sel : Out
@@ -1117,7 +1113,7 @@ class HostLink(wiring.Component):
     qk_active : In(qk_units)
         A Q-K unit is working (busy, and not waiting for input): counted in ``QK_CYCLES``.
 
-    A ``WRITE`` is first checked word by word with ``bus_probe`` set on every target core and
+    A ``WRITE`` is first checked word by word with ``bus.probe`` set on every target core and
     written only if every word passed, so that a bad frame changes nothing.
     """
 
@@ -1137,15 +1133,8 @@ class HostLink(wiring.Component):
             **qk_ports,
             "i": In(stream.Signature(8)),
             "o": Out(stream.Signature(8)),
-            "bus_en": Out(1),
-            "bus_we": Out(1),
-            "bus_probe": Out(1),
+            "bus": Out(word_bus()),
             "bus_core": Out(range(max(cores, 2))),
-            "bus_addr": Out(32),
-            "bus_wdata": Out(16),
-            "bus_ack": In(1),
-            "bus_err": In(1),
-            "bus_rdata": In(16),
             "spikes": Out(stream.Signature(spikes_layout())),
             "errors": Out(stream.Signature(errors_layout(lanes))),
             "out_sel": Out(range(max(cores, 2))),
@@ -1199,10 +1188,8 @@ class HostLink(wiring.Component):
 
         access, forward, collect = executors.values()
         wiring.connect(m, access.regs, regs.bus)
-        for name in ("bus_en", "bus_we", "bus_probe", "bus_core", "bus_addr", "bus_wdata"):
-            m.d.comb += getattr(self, name).eq(getattr(access, name))
-        for name in ("bus_ack", "bus_err", "bus_rdata"):
-            m.d.comb += getattr(access, name).eq(getattr(self, name))
+        wiring.connect(m, access.bus, wiring.flipped(self.bus))
+        m.d.comb += self.bus_core.eq(access.bus_core)
         wiring.connect(m, forward.spikes, wiring.flipped(self.spikes))
         wiring.connect(m, forward.errors, wiring.flipped(self.errors))
         wiring.connect(m, wiring.flipped(self.spikes_out), collect.spikes_out)

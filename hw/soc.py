@@ -245,15 +245,15 @@ class SoC(wiring.Component):
         # differ, so synthesis keeps one set beside each core rather than merging them into one
         # set that would drive every core's decode across the die.
         for k, core in enumerate(cores):
-            selected = link.bus_en & (link.bus_core == k)
-            m.d.sync += core.bus_en.eq(selected)
+            selected = link.bus.en & (link.bus_core == k)
+            m.d.sync += core.bus.en.eq(selected)
             with m.If(selected):
-                m.d.sync += [core.bus_we.eq(link.bus_we), core.bus_probe.eq(link.bus_probe),
-                             core.bus_addr.eq(link.bus_addr), core.bus_wdata.eq(link.bus_wdata)]
+                m.d.sync += [core.bus.we.eq(link.bus.we), core.bus.probe.eq(link.bus.probe),
+                             core.bus.addr.eq(link.bus.addr), core.bus.wdata.eq(link.bus.wdata)]
         m.d.sync += [
-            link.bus_ack.eq(Array(core.bus_ack for core in cores)[link.bus_core]),
-            link.bus_err.eq(Array(core.bus_err for core in cores)[link.bus_core]),
-            link.bus_rdata.eq(Array(core.bus_rdata for core in cores)[link.bus_core]),
+            link.bus.ack.eq(Array(core.bus.ack for core in cores)[link.bus_core]),
+            link.bus.err.eq(Array(core.bus.err for core in cores)[link.bus_core]),
+            link.bus.rdata.eq(Array(core.bus.rdata for core in cores)[link.bus_core]),
         ]
 
         m.submodules.host_inputs = host = HostInputs(cores=n, lanes=P)

@@ -304,21 +304,21 @@ def test_bus_decoder(sizes):
                 answers[cycle + 1] = (False, word >> k & 1 if region == Region.SPIKE
                                       else lane_of(word, k))
             expected = answers.pop(cycle, None)
-            assert ctx.get(dut.bus_ack) == (expected is not None)
+            assert ctx.get(dut.bus.ack) == (expected is not None)
             if expected is not None:
                 err, rdata = expected
-                assert ctx.get(dut.bus_err) == err
+                assert ctx.get(dut.bus.err) == err
                 if rdata is not None:
-                    assert ctx.get(dut.bus_rdata) == rdata
+                    assert ctx.get(dut.bus.rdata) == rdata
 
             acc = new_access() if rng.random() < 0.8 else None
-            ctx.set(dut.bus_en, acc is not None)
+            ctx.set(dut.bus.en, acc is not None)
             region = acc["region"] if acc else None
             if acc:
-                ctx.set(dut.bus_we, acc["we"])
-                ctx.set(dut.bus_probe, acc["probe"])
-                ctx.set(dut.bus_addr, regmap.address(region, acc["offset"]))
-                ctx.set(dut.bus_wdata, rng.getrandbits(16))
+                ctx.set(dut.bus.we, acc["we"])
+                ctx.set(dut.bus.probe, acc["probe"])
+                ctx.set(dut.bus.addr.as_value(), regmap.address(region, acc["offset"]))
+                ctx.set(dut.bus.wdata, rng.getrandbits(16))
             req = dict(reg=False, counter=False, w=False, g=False, state=False)
             err, rdata = True, None
             if region == Region.REG:

@@ -281,21 +281,21 @@ def test_bus_access_reads_and_writes_cores_and_registers():
     async def bus(ctx):
         while True:
             _, _, en, we, probe, core, addr, wdata = await ctx.tick().sample(
-                dut.bus_en, dut.bus_we, dut.bus_probe, dut.bus_core, dut.bus_addr,
-                dut.bus_wdata)
+                dut.bus.en, dut.bus.we, dut.bus.probe, dut.bus_core, dut.bus.addr.as_value(),
+                dut.bus.wdata)
             if not en:
                 continue
             log.append((core, addr, we and (wdata, probe)))
             for _ in range(rng.randrange(3)):
                 await ctx.tick()
             ok = (core, addr) in memory_ and (core, addr) not in refused
-            ctx.set(dut.bus_ack, 1)
-            ctx.set(dut.bus_err, not ok)
-            ctx.set(dut.bus_rdata, memory_.get((core, addr), 0))
+            ctx.set(dut.bus.ack, 1)
+            ctx.set(dut.bus.err, not ok)
+            ctx.set(dut.bus.rdata, memory_.get((core, addr), 0))
             if ok and we and not probe:
                 memory_[core, addr] = wdata
             await ctx.tick()
-            ctx.set(dut.bus_ack, 0)
+            ctx.set(dut.bus.ack, 0)
 
     async def body(ctx):
         run = execute

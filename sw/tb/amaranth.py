@@ -70,26 +70,30 @@ async def get(ctx, stream, *, rng: random.Random | None = None, stall: float = 0
 
 
 async def bus_write(ctx, dut, addr: int, value: int) -> bool:
-    """Write a word on ``dut``'s word bus; return whether it answered with an error."""
-    ctx.set(dut.bus_en, 1)
-    ctx.set(dut.bus_we, 1)
-    ctx.set(dut.bus_addr, addr)
-    ctx.set(dut.bus_wdata, value)
+    """Write a word on ``dut``'s word bus (``dut.bus``, a
+    :func:`~spikeforge.hw.core_control.word_bus`); return whether it answered with an error."""
+    bus = dut.bus
+    ctx.set(bus.en, 1)
+    ctx.set(bus.we, 1)
+    ctx.set(bus.addr.as_value(), addr)
+    ctx.set(bus.wdata, value)
     await ctx.tick()
-    ctx.set(dut.bus_en, 0)
-    ctx.set(dut.bus_we, 0)
-    (err,) = await ctx.tick().sample(dut.bus_err).until(dut.bus_ack)
+    ctx.set(bus.en, 0)
+    ctx.set(bus.we, 0)
+    (err,) = await ctx.tick().sample(bus.err).until(bus.ack)
     return bool(err)
 
 
 async def bus_read(ctx, dut, addr: int, *, check: bool = True) -> int:
-    """Read a word on ``dut``'s word bus; with ``check``, an error answer fails the test."""
-    ctx.set(dut.bus_en, 1)
-    ctx.set(dut.bus_we, 0)
-    ctx.set(dut.bus_addr, addr)
+    """Read a word on ``dut``'s word bus (``dut.bus``); with ``check``, an error answer fails
+    the test."""
+    bus = dut.bus
+    ctx.set(bus.en, 1)
+    ctx.set(bus.we, 0)
+    ctx.set(bus.addr.as_value(), addr)
     await ctx.tick()
-    ctx.set(dut.bus_en, 0)
-    data, err = await ctx.tick().sample(dut.bus_rdata, dut.bus_err).until(dut.bus_ack)
+    ctx.set(bus.en, 0)
+    data, err = await ctx.tick().sample(bus.rdata, bus.err).until(bus.ack)
     assert not (check and err), f"bus read of {addr:#x} failed"
     return int(data)
 

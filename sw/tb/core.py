@@ -31,7 +31,7 @@ __all__ = ["CoreTB"]
 
 
 class CoreTB(StreamDriver):
-    quiet = ("bus_en", "bus_we", "fp_i__valid", "fp_o__ready", "bp_i__valid", "bp_o__ready")
+    quiet = ("bus__en", "bus__we", "fp_i__valid", "fp_o__ready", "bp_i__valid", "bp_o__ready")
 
     def __init__(self, dut, *, lanes: int, neurons: int, fan_in: int, seed: int = 1,
                  idle: float = 0.0, stall: float = 0.0):
@@ -51,17 +51,17 @@ class CoreTB(StreamDriver):
 
     async def _bus(self, addr: int, we: int, value: int = 0):
         d = self.dut
-        d.bus_en.value = 1
-        d.bus_we.value = we
-        d.bus_addr.value = addr
-        d.bus_wdata.value = value
+        d.bus__en.value = 1
+        d.bus__we.value = we
+        d.bus__addr.value = addr
+        d.bus__wdata.value = value
         await RisingEdge(d.clk)
-        d.bus_en.value = 0
-        d.bus_we.value = 0
+        d.bus__en.value = 0
+        d.bus__we.value = 0
         while True:
             await RisingEdge(d.clk)
-            if int(d.bus_ack.value):
-                return int(d.bus_rdata.value), bool(int(d.bus_err.value))
+            if int(d.bus__ack.value):
+                return int(d.bus__rdata.value), bool(int(d.bus__err.value))
 
     async def write(self, addr: int, value: int) -> bool:
         """Write a word; return whether the core flagged an error."""
