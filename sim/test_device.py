@@ -9,12 +9,12 @@ import nir
 import numpy as np
 import pytest
 import torch
+from configs import BOARD
 
 from spikeforge.checkpoint import load_checkpoint
 from spikeforge.data import encode, load_dataset
 from spikeforge.device import DeviceBackend
 from spikeforge.driver import Board, LinkError
-from spikeforge.gen.config import AcceleratorConfig
 from spikeforge.gen.nir_graph import network_from_nir
 from spikeforge.gen.vboard import VirtualBoard
 from spikeforge.golden import fp16
@@ -23,8 +23,8 @@ from spikeforge.lockstep import GoldenMismatch, Lockstep, load_case, replay
 from spikeforge.regmap import Region, address, weight_offset
 from spikeforge.train import GoldenBackend, TrainConfig, train
 
-T = 4
-CONFIG = AcceleratorConfig(cores=2, neurons=32, fan_in=64, lanes=8, timesteps=T)
+CONFIG = BOARD
+T = CONFIG.timesteps
 
 
 @pytest.fixture(scope="module")

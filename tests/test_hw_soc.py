@@ -279,6 +279,7 @@ def test_two_layers_chained_on_the_chip():
     run(body)
 
 
+@pytest.mark.slow
 def test_token_wise_layer_and_a_head_over_all_its_tokens_on_the_chip():
     """QKFormer's classifier: a token-wise layer (one set of weights, a membrane per token) and
     a head over the flattened tokens, chained core to core. The head counts the producer's
