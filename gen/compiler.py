@@ -48,7 +48,10 @@ from spikeforge.regmap import Reg, Shortcut, index_bits, weight_offset
 
 from .config import AcceleratorConfig
 
-__all__ = ["CoreProgram", "Program", "compile_network"]
+__all__ = ["DEVICE_MODELS", "CoreProgram", "Program", "compile_network"]
+
+# The golden models' kinds that the compiler places on cores.
+DEVICE_MODELS = ("mlp", "qk")
 
 
 @dataclass
@@ -167,9 +170,9 @@ def compile_network(network: Network, config: AcceleratorConfig, *, timesteps: i
     kind = getattr(network, "kind", type(network).__name__)
     if kind == "qk":
         return _compile_qk(network, config, timesteps)
-    if kind != "mlp":
+    if kind not in DEVICE_MODELS:
         raise ConfigError(f"the {kind} model does not map onto the accelerator's cores; the "
-                          f"compiler places mlp and qk models")
+                          f"compiler places {' and '.join(DEVICE_MODELS)} models")
     problems = _lif_problems(network.lif, config)
     problems += _steps_problem(timesteps, config, f"{timesteps} timesteps take")
     layers = list(network.weights.items())

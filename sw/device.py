@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 import torch
 
-from spikeforge.gen.compiler import Program, compile_network
+from spikeforge.gen.compiler import DEVICE_MODELS, Program, compile_network
 
 from .driver import Board
 from .errors import ConfigError, ShapeError
@@ -383,6 +383,9 @@ def open_backend(name: str, cfg, stack, config_path=None, accelerator: dict | No
     ``accelerator``, else for ``cfg``."""
     if name == "golden":
         return None
+    if cfg.model not in DEVICE_MODELS:
+        raise ConfigError(f"the {cfg.model} model runs on the golden model only: the cores "
+                          f"have no convolution yet (device models: {', '.join(DEVICE_MODELS)})")
     if name == "sim":
         from spikeforge.gen.config import AcceleratorConfig
         from spikeforge.gen.vboard import VirtualBoard

@@ -79,6 +79,8 @@ class TrainConfig:
                   "gain": self.init_gain}
         if self.model == "mlp":
             return build_model("mlp", sizes=(64, self.hidden, 10), **kwargs)
+        if self.model == "cnn":
+            return build_model("cnn", image=(1, 8, 8), **kwargs)
         # The attention neuron is the network's (time constant, reset, surrogate) with QKFormer's
         # threshold of 0.5.
         attention_lif = replace(kwargs["lif"], v_th=attention_lif_params().v_th)
@@ -127,7 +129,9 @@ class GoldenBackend:
 
 def model_input(x: torch.Tensor, model: str) -> torch.Tensor:
     """Samples ``[B, 64]`` of the digits as the model takes them: the qk model's 8 tokens are
-    an image's rows of 8 pixels."""
+    an image's rows of 8 pixels, the cnn's input is one 8×8 channel."""
+    if model == "cnn":
+        return x.unflatten(-1, (1, 8, 8))
     return x if model == "mlp" else x.unflatten(-1, (8, 8))
 
 

@@ -14,12 +14,13 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spikeforge.golden.arith import Float
 from spikeforge.golden.autograd import lif_autograd
 from spikeforge.golden.lif import LIFParams, lif_backward, lif_forward
 from spikeforge.golden.linear import linear_backward, linear_forward, linear_weight_grad
-from spikeforge.golden.network import QKNet, SpikingMLP
+from spikeforge.golden.network import QKNet, SpikingCNN, SpikingMLP
 from spikeforge.golden.qk import (
     attention_lif_params,
     qk_attention_backward,
@@ -182,6 +183,50 @@ def test_qknet_backward_equals_autograd(reset, detach, kind, attention):
     outa, ca = _qknet_autograd(net, x, ws)
     for name, s in ca.items():
         assert torch.equal(s.detach(), cache[name]), name
+    assert torch.equal(outa.detach(), out)
+    (outa * g).sum().backward()
+    for name, w in ws.items():
+        _close(grads[name], w.grad, f"ΔW of {name}")
+
+
+def _cnn_autograd(net, x, ws):
+    s, spikes = x, []
+    for i, g in enumerate(net.geometries):
+        currents = F.conv2d(s.flatten(0, 1), ws[f"conv{i}"], padding=g.padding)
+        if net.pool[i]:
+            currents = F.max_pool2d(currents, 2)
+        s = lif_autograd(currents.unflatten(0, s.shape[:2]), net.lif)
+        spikes.append(s)
+    return lif_autograd(s.flatten(2) @ ws["fc"].T, net.lif), spikes
+
+
+@pytest.mark.parametrize(("reset", "detach", "kind", "pool"), [
+    *(pytest.param(*config.values, (True, True), id=config.id) for config in CONFIGS),
+    pytest.param("hard", True, "sigmoid", (False, True), id="hard-detach-sigmoid-unpooled"),
+    pytest.param("soft", False, "atan", (False, True), id="soft-attached-atan-unpooled"),
+])
+def test_cnn_backward_equals_autograd(reset, detach, kind, pool):
+    gen = torch.Generator().manual_seed(5)
+    p = _lif(reset, detach, kind)
+    net = SpikingCNN(image=(2, 7, 6), channels=(5, 3), classes=4, pool=pool, lif=p, arith=F64)
+    _set_weights(net, gen, mean=0.0)
+    x = _spikes((6, 3, 2, 7, 6), 0.5, gen)
+    g = torch.randn(6, 3, 4, generator=gen, dtype=torch.float64)
+    out, cache = net.forward(x)
+    states = net.states(cache)
+    assert sorted(states) == ["conv0", "conv1", "fc"]
+    sizes = [(3, 3), (1, 1)] if pool[0] else [(7, 6), (3, 3)]
+    assert states["conv0"][1].shape == (6, 3, 5, *sizes[0])
+    assert states["conv1"][1].shape == (6, 3, 3, *sizes[1])
+    for name, (_, s) in states.items():
+        _fires_sometimes(s, f"CNN {name}")
+    grads = net.backward(cache, g)
+    assert sorted(grads) == sorted(net.weights)
+
+    ws = {name: w.clone().requires_grad_(True) for name, w in net.weights.items()}
+    outa, spikes = _cnn_autograd(net, x, ws)
+    for i, s in enumerate(spikes):
+        assert torch.equal(s.detach(), states[f"conv{i}"][1]), i
     assert torch.equal(outa.detach(), out)
     (outa * g).sum().backward()
     for name, w in ws.items():

@@ -56,6 +56,18 @@ def test_qk_float_accuracy():
     assert result["test_accuracy"] >= 0.93
 
 
+def test_the_cnn_learns_the_digits_in_two_epochs():
+    result = train(TrainConfig(model="cnn", epochs=2), progress=False)
+    assert result["test_accuracy"] >= 0.75
+    assert result["history"][1]["loss"] < result["history"][0]["loss"]
+
+
+@pytest.mark.slow
+def test_cnn_float_accuracy():
+    result = train(TrainConfig(model="cnn", epochs=10), progress=False)
+    assert result["test_accuracy"] >= 0.975
+
+
 def test_cli_train_writes_json_and_checkpoint(tmp_path, capsys):
     out, ck = tmp_path / "run.json", tmp_path / "run.pt"
     assert main(["train", "--epochs", "1", "--quiet", "--json", str(out),
@@ -77,6 +89,8 @@ def test_cli_train_writes_json_and_checkpoint(tmp_path, capsys):
     (["train", "--backend", "ftp://board"], "backend must be golden, sim, tcp://HOST:PORT"),
     (["train", "--encoder", "direct", "--precision", "fp16"], "only float precision"),
     (["infer", "--checkpoint", "/nonexistent.pt"], "does not exist"),
+    (["train", "--model", "cnn", "--backend", "sim"],
+     "the cnn model runs on the golden model only: the cores have no convolution yet"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
@@ -92,8 +106,8 @@ def test_bad_checkpoint_is_refused(tmp_path):
 
 
 def test_config_rejects_unknown_model():
-    with pytest.raises(ConfigError, match="model must be one of mlp, qk"):
-        TrainConfig(model="cnn")
+    with pytest.raises(ConfigError, match="model must be one of mlp, qk, cnn, not 'snn'"):
+        TrainConfig(model="snn")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -109,7 +123,8 @@ def test_config_is_checked_when_made(kwargs, message):
         TrainConfig(**kwargs)
 
 
-@pytest.mark.parametrize("model, shape", [("mlp", (8, 64)), ("qk", (8, 8, 8))])
+@pytest.mark.parametrize("model, shape", [("mlp", (8, 64)), ("qk", (8, 8, 8)),
+                                          ("cnn", (8, 1, 8, 8))])
 def test_the_raster_sample_has_the_models_input_shape(model, shape):
     from spikeforge.cli import _first_test_sample
 
@@ -117,7 +132,7 @@ def test_the_raster_sample_has_the_models_input_shape(model, shape):
     assert tuple(x.shape) == shape and x.any() and not x.all()
 
 
-@pytest.mark.parametrize("model", ["mlp", "qk"])
+@pytest.mark.parametrize("model", ["mlp", "qk", "cnn"])
 def test_every_backend_starts_from_the_same_binary16_weights(model):
     """A device is handed the float network and rounds it to binary16 (DeviceBackend); the FP16
     golden model rounds its own draw. Both must hold the same bits, and the float model those

@@ -6,9 +6,12 @@ BP and WG from the output error the host streams back, then the SGD update. In `
 precision its bits are the reference for the gateware; in ``float`` it is the reference
 accuracy. The same network trains in both, so the only difference is the arithmetic.
 
-Two networks, both for 8×8 digits:
+Three networks, all for 8×8 digits by default:
 
 * :class:`SpikingMLP`: ``64 → 128 → 10`` (sizes configurable) Linear + LIF layers.
+* :class:`SpikingCNN`: convolutional stages (3×3 convolution, LIF), the pooled ones CML (the
+  2×2 max-pooling of the currents between the two), then a Linear + LIF head: by default
+  ``8×8 → 32 channels → CML 32 channels 4×4 → 10``.
 * :class:`QKNet`: QKFormer's Q-K attention on 8 row tokens of 8 pixels: an embedding
   ``Linear + LIF`` per token, spike Q and K projections, token (or channel) attention, a
   projection whose current is added to the embedding's (Spikingformer's membrane shortcut), an
@@ -27,13 +30,22 @@ import torch
 from ..errors import ConfigError, ShapeError
 from . import fp16
 from .arith import Arith, Float
+from .conv import (
+    ConvGeometry,
+    conv_backward,
+    conv_forward,
+    conv_weight_grad,
+    max_pool_backward,
+    max_pool_currents,
+)
 from .lif import LIFParams, lif_backward, lif_forward
 from .linear import linear_backward, linear_forward, linear_weight_grad, sgd_update
 from .qk import attention_lif_params, qk_attention_backward, qk_attention_forward
 
-__all__ = ["MODELS", "Network", "QKNet", "SpikingMLP", "build_model", "round_once"]
+__all__ = ["MODELS", "Network", "QKNet", "SpikingCNN", "SpikingMLP", "build_model",
+           "round_once"]
 
-MODELS = ("mlp", "qk")
+MODELS = ("mlp", "qk", "cnn")
 
 
 def round_once(w) -> torch.Tensor:
@@ -53,9 +65,12 @@ def round_once(w) -> torch.Tensor:
 
 def _init(n_out: int, n_in: int, gain: float, gen: torch.Generator) -> torch.Tensor:
     """Weights drawn uniformly from ``±gain/√n_in`` in float64, then :func:`round_once`."""
-    bound = gain / math.sqrt(n_in)
-    return round_once((torch.rand(n_out, n_in, generator=gen, dtype=torch.float64) * 2 - 1)
-                      * bound)
+    return _draw((n_out, n_in), n_in, gain, gen)
+
+
+def _draw(shape: tuple, fan_in: int, gain: float, gen: torch.Generator) -> torch.Tensor:
+    bound = gain / math.sqrt(fan_in)
+    return round_once((torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound)
 
 
 class Network:
@@ -212,10 +227,101 @@ class QKNet(Network):
         return grads
 
 
+class SpikingCNN(Network):
+    """CML stages and a head, for input spikes ``[T, B, C, H, W]``.
+
+    Stage ``i`` is ``conv{i}``: a 3×3 convolution with zero padding 1 to ``channels[i]``
+    channels, then, where ``pool[i]`` (None: every stage), CML's 2×2 max-pooling of its
+    currents (:func:`~.conv.max_pool_currents`), which halves the image (odd sizes round down),
+    and LIF neurons. ``fc`` is a Linear + LIF head from the last stage's flattened spikes
+    (channel, row, column) to ``classes`` neurons. No batch normalisation: the cores have none
+    (a trained BN folds into the weights before it).
+    """
+
+    kind = "cnn"
+
+    def __init__(self, image=(1, 8, 8), channels=(32, 32), classes: int = 10,
+                 pool=(False, True),
+                 lif: LIFParams | None = None, arith: Arith | None = None, seed: int = 0,
+                 gain: float = 1.0):
+        if len(image) != 3 or any(not isinstance(n, int) or n < 1 for n in image):
+            raise ConfigError(f"CNN image must be (channels, height, width), positive "
+                              f"integers, not {image!r}")
+        if not channels or any(not isinstance(n, int) or n < 1 for n in channels):
+            raise ConfigError(f"CNN channels must be one or more positive integers, not "
+                              f"{channels!r}")
+        if not isinstance(classes, int) or classes < 1:
+            raise ConfigError(f"CNN classes must be a positive integer, not {classes!r}")
+        pool = (True,) * len(channels) if pool is None else tuple(pool)
+        if len(pool) != len(channels) or any(not isinstance(p, bool) for p in pool):
+            raise ConfigError(f"CNN pool must be a True or False for each of the "
+                              f"{len(channels)} stages, not {pool!r}")
+        c, h, w = image
+        self.geometries = []
+        for i, (k, pooled) in enumerate(zip(channels, pool, strict=True)):
+            if pooled and (h < 2 or w < 2):
+                raise ConfigError(f"a {image[1]}×{image[2]} image is {h}×{w} before stage {i}; "
+                                  f"its 2×2 pooling needs 2×2 or more: pool fewer stages")
+            self.geometries.append(ConvGeometry(in_channels=c, out_channels=k, height=h,
+                                                width=w, kernel=3, padding=1))
+            c, h, w = (k, h // 2, w // 2) if pooled else (k, h, w)
+        self.image, self.channels, self.classes = tuple(image), tuple(channels), classes
+        self.pool = pool
+        self.features = c * h * w
+        gen = torch.Generator().manual_seed(seed)
+        weights = {f"conv{i}": _draw(g.weight_shape, g.in_channels * 9, gain, gen)
+                   for i, g in enumerate(self.geometries)}
+        weights["fc"] = _init(classes, self.features, gain, gen)
+        super().__init__(weights, lif or LIFParams(), arith or Float())
+
+    def forward(self, x: torch.Tensor):
+        """Return the output spikes ``[T, B, classes]`` and the cache for :meth:`backward`."""
+        if x.dim() != 5 or tuple(x.shape[2:]) != self.image:
+            raise ShapeError(f"CNN input must be [T, B, {', '.join(map(str, self.image))}], "
+                             f"not {tuple(x.shape)}")
+        a, cache, s = self.arith, [], x
+        for i, g in enumerate(self.geometries):
+            x, winner = conv_forward(s, self.weights[f"conv{i}"], g, a), None
+            if self.pool[i]:
+                x, winner = max_pool_currents(x, a)
+            s_out, h = lif_forward(x, self.lif, a)
+            cache.append((s, winner, h, s_out))
+            s = s_out
+        flat = s.flatten(2)
+        out, h = lif_forward(linear_forward(flat, self.weights["fc"], a), self.lif, a)
+        cache.append((flat, None, h, out))
+        return out, cache
+
+    def states(self, cache) -> dict:
+        """Each layer's charges and spikes ``(H, S)`` by weight name: ``[T, B, K, H', W']`` (after
+        the pooling of a pooled stage), ``[T, B, classes]`` for the head."""
+        names = [*(f"conv{i}" for i in range(len(self.geometries))), "fc"]
+        return {name: (h, s_out) for name, (_, _, h, s_out) in zip(names, cache, strict=True)}
+
+    def backward(self, cache, g_out: torch.Tensor) -> dict:
+        """BP and WG from ``g_out = ∂L/∂S_out``; return ``ΔW`` per weight."""
+        a, lif, w = self.arith, self.lif, self.weights
+        flat, _, h, out = cache[-1]
+        dx = lif_backward(g_out, h, out, lif, a)
+        grads = {"fc": linear_weight_grad(dx, flat, a)}
+        g = linear_backward(dx, w["fc"], a).unflatten(2, cache[-2][3].shape[2:])
+        for i in reversed(range(len(self.geometries))):
+            geometry, (s_in, winner, h, s_out) = self.geometries[i], cache[i]
+            dx = lif_backward(g, h, s_out, lif, a)
+            if winner is not None:
+                dx = max_pool_backward(dx, winner, (geometry.out_height, geometry.out_width))
+            grads[f"conv{i}"] = conv_weight_grad(dx, s_in, geometry, a)
+            if i:
+                g = conv_backward(dx, w[f"conv{i}"], geometry, a)
+        return grads
+
+
 def build_model(kind: str, **kwargs) -> Network:
-    """A network by name: ``mlp`` or ``qk``."""
+    """A network by name: ``mlp``, ``qk`` or ``cnn``."""
     if kind == "mlp":
         return SpikingMLP(**kwargs)
     if kind == "qk":
         return QKNet(**kwargs)
+    if kind == "cnn":
+        return SpikingCNN(**kwargs)
     raise ConfigError(f"model must be one of {', '.join(MODELS)}, not {kind!r}")
