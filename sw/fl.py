@@ -145,8 +145,8 @@ def _worker(index: int, port: int, shard: list, kind: str, url: str | None, cfg_
                         order = torch.randperm(len(y_all), generator=gen)
                         for start in range(0, len(order), cfg.batch_size):
                             idx = order[start:start + cfg.batch_size]
-                            x = encode(model_input(x_all[idx], cfg.model), cfg.timesteps,
-                                       cfg.encoder, gen)
+                            x = encode(model_input(x_all[idx], cfg.model, cfg.dataset),
+                                       cfg.timesteps, cfg.encoder, gen)
                             _, loss = backend.train_step(x, y_all[idx], cfg.lr)
                             loss_sum += loss * len(idx)
                     weights = self.get_parameters({})

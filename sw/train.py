@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASETS, ENCODERS, encode, load_dataset
+from .data import DATASETS, ENCODERS, IMAGES, encode, load_dataset
 from .errors import ConfigError
 from .golden.arith import arith_for
 from .golden.lif import LIFParams
@@ -77,14 +77,19 @@ class TrainConfig:
     def build(self) -> Network:
         kwargs = {"lif": self.lif(), "arith": arith_for(self.precision), "seed": self.seed,
                   "gain": self.init_gain}
+        channels, height, width = IMAGES[self.dataset]
         if self.model == "mlp":
-            return build_model("mlp", sizes=(64, self.hidden, 10), **kwargs)
+            return build_model("mlp", sizes=(channels * height * width, self.hidden, 10),
+                               **kwargs)
         if self.model == "cnn":
-            return build_model("cnn", image=(1, 8, 8), **kwargs)
+            # Both stages pool an MNIST image (28 → 14 → 7) to keep the head's fan-in small.
+            pool = (False, True) if height <= 8 else (True, True)
+            return build_model("cnn", image=(channels, height, width), pool=pool, **kwargs)
         # The attention neuron is the network's (time constant, reset, surrogate) with QKFormer's
         # threshold of 0.5.
         attention_lif = replace(kwargs["lif"], v_th=attention_lif_params().v_th)
-        return build_model("qk", attention=self.attention, attention_lif=attention_lif, **kwargs)
+        return build_model("qk", tokens=height, features=width, attention=self.attention,
+                           attention_lif=attention_lif, **kwargs)
 
 
 def rate_loss(out: torch.Tensor, y: torch.Tensor):
@@ -127,12 +132,13 @@ class GoldenBackend:
         return out, loss
 
 
-def model_input(x: torch.Tensor, model: str) -> torch.Tensor:
-    """Samples ``[B, 64]`` of the digits as the model takes them: the qk model's 8 tokens are
-    an image's rows of 8 pixels, the cnn's input is one 8×8 channel."""
+def model_input(x: torch.Tensor, model: str, dataset: str = "digits") -> torch.Tensor:
+    """Flat samples ``[B, pixels]`` of ``dataset`` as the model takes them: the mlp's as they
+    are, the qk model's tokens are an image's rows, the cnn's input is the image."""
+    image = IMAGES[dataset]
     if model == "cnn":
-        return x.unflatten(-1, (1, 8, 8))
-    return x if model == "mlp" else x.unflatten(-1, (8, 8))
+        return x.unflatten(-1, image)
+    return x if model == "mlp" else x.unflatten(-1, image[1:])
 
 
 def evaluate(backend, split, cfg: TrainConfig, seed: int = 1) -> float:
@@ -140,7 +146,8 @@ def evaluate(backend, split, cfg: TrainConfig, seed: int = 1) -> float:
     gen = torch.Generator().manual_seed(seed)
     correct = 0
     for i in range(0, len(split), 64):
-        x = encode(model_input(split.x[i:i + 64], cfg.model), cfg.timesteps, cfg.encoder, gen)
+        x = encode(model_input(split.x[i:i + 64], cfg.model, cfg.dataset), cfg.timesteps,
+                   cfg.encoder, gen)
         counts = backend.forward(x).float().sum(0)
         correct += int((counts.argmax(1) == split.y[i:i + 64]).sum())
     return correct / len(split)
@@ -210,7 +217,7 @@ def _train(cfg: TrainConfig, backend=None, json_path: str | Path | None = None,
             loss_sum = correct = 0
             for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                x = encode(model_input(train_set.x[idx], cfg.model), cfg.timesteps,
+                x = encode(model_input(train_set.x[idx], cfg.model, cfg.dataset), cfg.timesteps,
                            cfg.encoder, gen)
                 if hasattr(backend, "at"):
                     backend.at(epoch + 1, step + 1)

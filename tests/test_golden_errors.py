@@ -42,6 +42,8 @@ def _qknet():
 
 
 SHAPE_ERRORS = {
+    "cnn-input": (lambda: build_model("cnn").forward(torch.zeros(2, 1, 64)),
+                  r"^CNN input must be \[T, B, 1, 8, 8\], not \(2, 1, 64\)$"),
     "lif-scalar": (lambda: lif_forward(torch.tensor(1.0), LIFParams()),
                    r"^LIF input must be a tensor of shape \[T, \.\.\.\]"),
     "lif-list": (lambda: lif_forward([1.0, 2.0], LIFParams()),
@@ -162,13 +164,19 @@ CONFIG_ERRORS = {
                                                    LIFParams(), FP16()),
                       r"^attention sums over 2049 spikes; binary16 counts exactly only up to "
                       r"2048$"),
-    "dataset": (lambda: load_dataset("mnist"), r"^dataset must be one of digits, not 'mnist'$"),
+    "dataset": (lambda: load_dataset("cifar10"),
+                r"^dataset must be one of digits, mnist, not 'cifar10'$"),
     "encoder": (lambda: encode(_z(2, 4), 3, "poisson"),
                 r"^encoder must be one of rate, direct, not 'poisson'$"),
     "timesteps-0": (lambda: encode(_z(2, 4), 0), r"^timesteps must be a positive integer, not 0$"),
     "timesteps-float": (lambda: encode(_z(2, 4), 2.0),
                         r"^timesteps must be a positive integer, not 2\.0$"),
-    "model": (lambda: build_model("cnn"), r"^model must be one of mlp, qk, not 'cnn'$"),
+    "model": (lambda: build_model("rnn"), r"^model must be one of mlp, qk, cnn, not 'rnn'$"),
+    "cnn-stages": (lambda: build_model("cnn", image=(1, 3, 3), channels=(4, 4), pool=None),
+                   r"^a 3×3 image is 1×1 before stage 1; its 2×2 pooling needs 2×2 or more: "
+                   r"pool fewer stages$"),
+    "cnn-pool": (lambda: build_model("cnn", channels=(4, 4), pool=(True,)),
+                 r"^CNN pool must be a True or False for each of the 2 stages, not \(True,\)$"),
     "mlp-sizes": (lambda: SpikingMLP([4]),
                   r"^MLP sizes must be two or more positive integers, not \[4\]$"),
     "mlp-sizes-zero": (lambda: SpikingMLP([4, 0, 2]), r"^MLP sizes must be two or more"),
@@ -178,7 +186,8 @@ CONFIG_ERRORS = {
     "precision": (lambda: arith_for("fp8"), r"^precision must be one of float, fp16, not 'fp8'$"),
     "float-dtype": (lambda: Float(torch.float16),
                     r"^float precision must be float32 or float64, not torch\.float16$"),
-    "config-model": (lambda: TrainConfig(model="cnn"), r"^model must be one of mlp, qk, not 'cnn'"),
+    "config-model": (lambda: TrainConfig(model="rnn"),
+                     r"^model must be one of mlp, qk, cnn, not 'rnn'"),
     "config-precision": (lambda: TrainConfig(precision="fp8"),
                          r"^precision must be one of float, fp16, not 'fp8'$"),
     "config-timesteps": (lambda: TrainConfig(timesteps=0),
@@ -195,8 +204,8 @@ CONFIG_ERRORS = {
     "config-tau": (lambda: TrainConfig(tau=0.5).build(), r"^LIF tau must be at least 1"),
     "config-attention": (lambda: TrainConfig(model="qk", attention="spatial").build(),
                          r"^attention must be one of token, channel, not 'spatial'$"),
-    "config-dataset": (lambda: train(TrainConfig(dataset="mnist"), progress=False),
-                       r"^dataset must be one of digits, not 'mnist'$"),
+    "config-dataset": (lambda: train(TrainConfig(dataset="cifar10"), progress=False),
+                       r"^dataset must be one of digits, mnist, not 'cifar10'$"),
 }
 
 

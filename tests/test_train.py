@@ -10,7 +10,7 @@ from spikeforge.cli import main
 from spikeforge.data import load_dataset
 from spikeforge.golden import fp16
 from spikeforge.golden.arith import FP16
-from spikeforge.train import TrainConfig, rate_loss, train
+from spikeforge.train import TrainConfig, model_input, rate_loss, train
 
 
 def test_rate_loss_gradient_matches_autograd():
@@ -29,6 +29,32 @@ def test_split_is_fixed_and_stratified():
     train_b, test_b = load_dataset("digits")
     assert torch.equal(train_a.x, train_b.x) and torch.equal(test_a.y, test_b.y)
     assert torch.bincount(test_a.y).min() >= 35
+
+
+def test_mnist_is_the_wheel_s_5000_images_split_once():
+    train_set, test_set = load_dataset("mnist")
+    assert train_set.x.shape == (4000, 784) and test_set.x.shape == (1000, 784)
+    assert 0 <= float(train_set.x.min()) and float(train_set.x.max()) == 1.0
+    assert torch.bincount(test_set.y).min() >= 80
+    again, _ = load_dataset("mnist")
+    assert torch.equal(again.x, train_set.x) and torch.equal(again.y, train_set.y)
+
+
+@pytest.mark.parametrize("model, shape, weights", [
+    ("mlp", (3, 784), {"fc0": (128, 784), "fc1": (10, 128)}),
+    ("qk", (3, 28, 28), {"embed": (32, 28), "head": (10, 28 * 32)}),
+    ("cnn", (3, 1, 28, 28), {"conv0": (32, 1, 3, 3), "fc": (10, 32 * 7 * 7)}),
+])
+def test_every_model_takes_mnist_s_images(model, shape, weights):
+    _, test_set = load_dataset("mnist")
+    cfg = TrainConfig(model=model, dataset="mnist", timesteps=2)
+    x = model_input(test_set.x[:3], model, "mnist")
+    assert tuple(x.shape) == shape
+    net = cfg.build()
+    for name, size in weights.items():
+        assert tuple(net.weights[name].shape) == size
+    out, _ = net.forward(x.expand(2, *x.shape))
+    assert tuple(out.shape) == (2, 3, 10)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +141,7 @@ def test_config_rejects_unknown_model():
     ({"reset": "none"}, r"LIF reset must be one of hard, soft, not 'none'"),
     ({"attention": "spatial"}, r"attention must be one of token, channel, not 'spatial'"),
     ({"encoder": "latency"}, r"encoder must be one of rate, direct, not 'latency'"),
-    ({"dataset": "mnist"}, r"dataset must be one of digits, not 'mnist'"),
+    ({"dataset": "cifar10"}, r"dataset must be one of digits, mnist, not 'cifar10'"),
     ({"tau": 0.5}, r"LIF tau must be at least 1"),
 ])
 def test_config_is_checked_when_made(kwargs, message):
