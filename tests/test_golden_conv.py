@@ -4,38 +4,30 @@ import torch
 import torch.nn.functional as F
 
 from spikeforge.errors import ConfigError, ShapeError
-from spikeforge.golden import fp16
+from spikeforge.golden import conv, fp16
 from spikeforge.golden.arith import FP16, Float
-from spikeforge.golden.conv import (
-    ConvGeometry,
-    conv_backward,
-    conv_forward,
-    conv_weight_grad,
-    max_pool_backward,
-    max_pool_currents,
-)
 from spikeforge.golden.linear import linear_backward, linear_forward
 
 F64 = Float(torch.float64)
 
 GEOMETRIES = [
-    ConvGeometry(in_channels=1, out_channels=1, height=5, width=5, kernel=3),
-    ConvGeometry(in_channels=3, out_channels=5, height=6, width=7, kernel=3, padding=1),
-    ConvGeometry(in_channels=2, out_channels=4, height=8, width=8, kernel=3, stride=2,
+    conv.ConvGeometry(in_channels=1, out_channels=1, height=5, width=5, kernel=3),
+    conv.ConvGeometry(in_channels=3, out_channels=5, height=6, width=7, kernel=3, padding=1),
+    conv.ConvGeometry(in_channels=2, out_channels=4, height=8, width=8, kernel=3, stride=2,
                  padding=1),
-    ConvGeometry(in_channels=4, out_channels=3, height=7, width=5, kernel=5, padding=2),
-    ConvGeometry(in_channels=5, out_channels=6, height=9, width=6, kernel=5, stride=2),
-    ConvGeometry(in_channels=6, out_channels=2, height=4, width=3, kernel=1),
-    ConvGeometry(in_channels=3, out_channels=16, height=6, width=6, kernel=1, stride=2),
+    conv.ConvGeometry(in_channels=4, out_channels=3, height=7, width=5, kernel=5, padding=2),
+    conv.ConvGeometry(in_channels=5, out_channels=6, height=9, width=6, kernel=5, stride=2),
+    conv.ConvGeometry(in_channels=6, out_channels=2, height=4, width=3, kernel=1),
+    conv.ConvGeometry(in_channels=3, out_channels=16, height=6, width=6, kernel=1, stride=2),
 ]
 
 
-def ids(g: ConvGeometry) -> str:
+def ids(g: conv.ConvGeometry) -> str:
     return f"c{g.in_channels}k{g.out_channels}_{g.height}x{g.width}_k{g.kernel}s{g.stride}" \
            f"p{g.padding}"
 
 
-def weights(g: ConvGeometry, seed: int) -> torch.Tensor:
+def weights(g: conv.ConvGeometry, seed: int) -> torch.Tensor:
     """binary16 weights whose sums round: the order of the additions shows in the bits."""
     gen = torch.Generator().manual_seed(seed)
     return fp16.to_fp16(torch.randn(g.weight_shape, generator=gen, dtype=torch.float64) * 0.7)
@@ -46,7 +38,7 @@ def spikes(shape, rate: float, seed: int) -> torch.Tensor:
     return (torch.rand(shape, generator=gen) < rate).to(torch.float16)
 
 
-def unrolled(w: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
+def unrolled(w: torch.Tensor, g: conv.ConvGeometry) -> torch.Tensor:
     """The convolution as a matrix [K·H'·W', C·H·W], column i the response to input i alone."""
     n_in = g.in_channels * g.height * g.width
     basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *g.input_shape)
@@ -68,10 +60,10 @@ def test_the_float_engines_are_pytorch_s_convolution_and_its_gradients(g):
     grad = torch.randn(y.shape, generator=gen, dtype=torch.float64)
     y.backward(grad)
     grad = grad.reshape(2, 3, *g.output_shape)
-    assert torch.allclose(conv_forward(x, w, g, F64), y.detach().reshape(grad.shape))
-    assert torch.allclose(conv_backward(grad, w, g, F64), xr.grad)
-    assert torch.allclose(conv_weight_grad(grad, x, g, F64), wr.grad)
-    assert torch.allclose(conv_weight_grad(grad, x, g, F64, dw=torch.ones_like(w)),
+    assert torch.allclose(conv.conv_forward(x, w, g, F64), y.detach().reshape(grad.shape))
+    assert torch.allclose(conv.conv_backward(grad, w, g, F64), xr.grad)
+    assert torch.allclose(conv.conv_weight_grad(grad, x, g, F64), wr.grad)
+    assert torch.allclose(conv.conv_weight_grad(grad, x, g, F64, dw=torch.ones_like(w)),
                           wr.grad + 1)
 
 
@@ -81,10 +73,10 @@ def test_fp16_forward_is_the_unrolled_linear_layer_bit_for_bit(g, rate):
     w = weights(g, 1)
     s = spikes((3, 2, *g.input_shape), rate, 2)
     matrix = unrolled(w, g)
-    got = conv_forward(s, w, g, FP16())
+    got = conv.conv_forward(s, w, g, FP16())
     want = linear_forward(s.flatten(-3), matrix, FP16()).reshape(got.shape)
     assert bits(got) == bits(want)
-    exact = conv_forward(s.double(), w.double(), g, F64)
+    exact = conv.conv_forward(s.double(), w.double(), g, F64)
     if rate == 0:
         assert not got.any()
     else:
@@ -104,29 +96,29 @@ def test_fp16_backward_is_the_unrolled_linear_layer_bit_for_bit(g, density):
     delta = fp16.to_fp16(torch.randn(shape, generator=gen, dtype=torch.float64) * 0.1)
     delta = torch.where(torch.rand(shape, generator=gen) < density, delta, 0).half()
     matrix = unrolled(w, g)
-    got = conv_backward(delta, w, g, FP16())
+    got = conv.conv_backward(delta, w, g, FP16())
     want = linear_backward(delta.flatten(-3), matrix, FP16()).reshape(got.shape)
     assert got.shape == (2, 2, *g.input_shape)
     assert bits(got) == bits(want)
     if density:
         assert got.count_nonzero() > 0
-        exact = conv_backward(delta.double(), w.double(), g, F64)
+        exact = conv.conv_backward(delta.double(), w.double(), g, F64)
         assert torch.allclose(got.double(), exact, atol=0.01, rtol=0.02)
     else:
         assert not got.any()
 
 
 def test_a_zero_error_times_an_infinite_weight_adds_nothing():
-    g = ConvGeometry(in_channels=1, out_channels=2, height=3, width=3, kernel=3, padding=1)
+    g = conv.ConvGeometry(in_channels=1, out_channels=2, height=3, width=3, kernel=3, padding=1)
     w = torch.ones(g.weight_shape, dtype=torch.float16)
     w[0] = torch.inf
     delta = torch.zeros(1, *g.output_shape, dtype=torch.float16)
     delta[0, 1, 1, 1] = 0.5
-    got = conv_backward(delta, w, g, FP16())
+    got = conv.conv_backward(delta, w, g, FP16())
     assert not got.isnan().any() and got[0, 0, 1, 1] == 0.5
 
 
-def reference_weight_grad(delta, s, g: ConvGeometry) -> torch.Tensor:
+def reference_weight_grad(delta, s, g: conv.ConvGeometry) -> torch.Tensor:
     """ΔW by the WG engine's loops, one binary16 addition at a time."""
     dw = torch.zeros(g.weight_shape, dtype=torch.float16)
     k, p, st = g.kernel, g.padding, g.stride
@@ -151,13 +143,13 @@ def test_fp16_weight_gradient_takes_the_engine_s_order(g):
     shape = (3, 2, *g.output_shape)
     delta = fp16.to_fp16(torch.randn(shape, generator=gen, dtype=torch.float64))
     delta = torch.where(torch.rand(shape, generator=gen) < 0.6, delta, 0).half()
-    got = conv_weight_grad(delta, s, g, FP16())
+    got = conv.conv_weight_grad(delta, s, g, FP16())
     want = reference_weight_grad(delta, s, g)
     assert bits(got) == bits(want)
     assert got.count_nonzero() > got.numel() // 2
     forwards = reference_weight_grad(delta.flip(0), s.flip(0), g)
     assert bits(forwards) != bits(want), "stimulus too easy: its sums do not round"
-    again = conv_weight_grad(delta, s, g, FP16(), dw=got)
+    again = conv.conv_weight_grad(delta, s, g, FP16(), dw=got)
     assert bits(again) == bits(reference_weight_grad(torch.cat([delta, delta], 1),
                                                      torch.cat([s, s], 1), g))
 
@@ -169,9 +161,9 @@ def test_max_pooling_of_currents_is_pytorch_s_forward_and_backward():
     pooled, index = F.max_pool2d(xr.reshape(-1, 7, 9), 2, return_indices=True)
     grad = torch.randn(pooled.shape, generator=gen, dtype=torch.float64)
     pooled.backward(grad)
-    got, winner = max_pool_currents(x, F64)
+    got, winner = conv.max_pool_currents(x, F64)
     assert torch.equal(got, pooled.detach().reshape(got.shape))
-    back = max_pool_backward(grad.reshape(got.shape), winner, (7, 9))
+    back = conv.max_pool_backward(grad.reshape(got.shape), winner, (7, 9))
     assert torch.equal(back, xr.grad)
     assert back[..., 6, :].eq(0).all() and back[..., :, 8].eq(0).all()
 
@@ -180,11 +172,12 @@ def test_max_pooling_compares_in_fp16_and_gives_ties_to_the_first():
     rows = [[1.0, 2.0, 2.0, 1.0], [0.0, -0.0, 3.0, 3.0], [-0.0, 0.0, -1.0, -2.0],
             [0.0, 0.0, 0.0, 0.0], [-2.0, -1.0, -1.0, -3.0], [65504.0, 65504.0, 1.0, -1.0]]
     x = torch.tensor(rows, dtype=torch.float16).reshape(6, 1, 2, 2)
-    got, winner = max_pool_currents(x, FP16())
+    got, winner = conv.max_pool_currents(x, FP16())
     assert winner.flatten().tolist() == [1, 2, 0, 0, 1, 0]
     assert bits(got) == bits(torch.tensor([2.0, 3.0, -0.0, 0.0, -1.0, 65504.0]).half())
     assert fp16.bits(got[2]).item() == 0x8000, "-0 came first and +0 does not beat it"
-    back = max_pool_backward(torch.full((6, 1, 1, 1), 0.5, dtype=torch.float16), winner, (2, 2))
+    half = torch.full((6, 1, 1, 1), 0.5, dtype=torch.float16)
+    back = conv.max_pool_backward(half, winner, (2, 2))
     assert back.reshape(6, 4).argmax(1).tolist() == [1, 2, 0, 0, 1, 0]
     assert back.sum().item() == 3.0
 
@@ -192,8 +185,8 @@ def test_max_pooling_compares_in_fp16_and_gives_ties_to_the_first():
 def test_the_kernel_larger_than_the_image_says_what_to_change():
     with pytest.raises(ConfigError, match=r"5×5 kernel is larger than the image's height 3 "
                                           r"with padding 0: .* pad by at least 1"):
-        ConvGeometry(in_channels=1, out_channels=1, height=3, width=8, kernel=5)
-    ConvGeometry(in_channels=1, out_channels=1, height=3, width=8, kernel=5, padding=1)
+        conv.ConvGeometry(in_channels=1, out_channels=1, height=3, width=8, kernel=5)
+    conv.ConvGeometry(in_channels=1, out_channels=1, height=3, width=8, kernel=5, padding=1)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -205,22 +198,23 @@ def test_the_kernel_larger_than_the_image_says_what_to_change():
 ])
 def test_bad_geometries_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):
-        ConvGeometry(**{"in_channels": 2, "out_channels": 2, "height": 6, "width": 6, **change})
+        conv.ConvGeometry(**{"in_channels": 2, "out_channels": 2, "height": 6, "width": 6,
+                             **change})
 
 
 def test_wrong_shapes_and_values_are_refused():
-    g = ConvGeometry(in_channels=2, out_channels=3, height=5, width=5)
+    g = conv.ConvGeometry(in_channels=2, out_channels=3, height=5, width=5)
     w = torch.zeros(g.weight_shape)
     with pytest.raises(ShapeError, match=r"weights must be \[3, 2, 3, 3\]"):
-        conv_forward(torch.zeros(1, 1, 2, 5, 5), torch.zeros(3, 2, 5, 5), g)
+        conv.conv_forward(torch.zeros(1, 1, 2, 5, 5), torch.zeros(3, 2, 5, 5), g)
     with pytest.raises(ShapeError, match=r"input must be a tensor \[T >= 1, ..., C, H, W\] = "
                                          r"\[T, ..., 2, 5, 5\], not \[1, 2, 5, 4\]"):
-        conv_forward(torch.zeros(1, 2, 5, 4), w, g)
+        conv.conv_forward(torch.zeros(1, 2, 5, 4), w, g)
     with pytest.raises(ShapeError, match=r"spikes \(0 or 1\)"):
-        conv_forward(torch.full((1, 1, 2, 5, 5), 0.5), w, g, FP16())
+        conv.conv_forward(torch.full((1, 1, 2, 5, 5), 0.5), w, g, FP16())
     with pytest.raises(ShapeError, match=r"gradient must be a tensor .* \[T, ..., 3, 3, 3\]"):
-        conv_backward(torch.zeros(1, 1, 3, 5, 5), w, g)
+        conv.conv_backward(torch.zeros(1, 1, 3, 5, 5), w, g)
     with pytest.raises(ShapeError, match=r"same T and B"):
-        conv_weight_grad(torch.zeros(2, 1, 3, 3, 3), torch.zeros(1, 1, 2, 5, 5), g)
+        conv.conv_weight_grad(torch.zeros(2, 1, 3, 3, 3), torch.zeros(1, 1, 2, 5, 5), g)
     with pytest.raises(ShapeError, match=r"H, W >= 2"):
-        max_pool_currents(torch.zeros(1, 1, 5))
+        conv.max_pool_currents(torch.zeros(1, 1, 5))
