@@ -7,15 +7,16 @@ signal it drives. :func:`block_cells` groups the cells of the netlist by that pa
 :func:`resources_of` turns cell counts into what nextpnr will report:
 
 * LUTs (``TRELLIS_COMB``): a ``LUT4`` each, 2 per ``CCU2C`` carry cell, 6 per
-  ``TRELLIS_DPR16X4`` distributed RAM (4 RAM LUTs and 2 for its write port), and 0.405 per
-  ``PFUMX``: the feed-through LUTs nextpnr's packer adds around the wide-LUT muxes, measured on
-  three place and routes (ULX3S 85F 4-core and two OrangeCrab builds: within 0.1 % of their
-  ``TRELLIS_COMB``). ``PFUMX`` and ``L6MUX21`` themselves take no LUT.
+  ``TRELLIS_DPR16X4`` distributed RAM (4 RAM LUTs and 2 for its write port), and 0.41 per
+  ``PFUMX``: the LUTs nextpnr's packer adds beyond those (its count before packing is exactly
+  the first three), which follow the wide-LUT muxes; fitted to five place and routes (two
+  ULX3S 85F and three OrangeCrab builds: within 0.6 % of their ``TRELLIS_COMB``). ``PFUMX``
+  and ``L6MUX21`` themselves take no LUT.
 * FFs ``TRELLIS_FF``, DSPs ``MULT18X18D``, BRAMs ``DP16KD``: one each.
 
 >>> resources_of({"LUT4": 1000, "CCU2C": 100, "TRELLIS_DPR16X4": 10, "PFUMX": 200,
 ...               "L6MUX21": 50, "TRELLIS_FF": 700, "MULT18X18D": 2, "DP16KD": 3})
-{'luts': 1341, 'ffs': 700, 'dsps': 2, 'brams': 3}
+{'luts': 1342, 'ffs': 700, 'dsps': 2, 'brams': 3}
 >>> scopes = ["soc", "soc.core0", "soc.core0.lif", "soc.link$135", "soc.link$135.rx"]
 >>> netlist = {"modules": {"top": {"cells": {
 ...     **{name: {"type": "$scopeinfo"} for name in scopes},
@@ -45,7 +46,7 @@ __all__ = ["KEYS", "block_cells", "blocks", "over", "resources_of", "table", "to
 
 KEYS = ("luts", "ffs", "dsps", "brams")
 CELL_OF = {"luts": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "dsps": "MULT18X18D", "brams": "DP16KD"}
-LUT_WEIGHTS = {"LUT4": 1, "CCU2C": 2, "TRELLIS_DPR16X4": 6, "PFUMX": 0.405}
+LUT_WEIGHTS = {"LUT4": 1, "CCU2C": 2, "TRELLIS_DPR16X4": 6, "PFUMX": 0.41}
 TOP = "top"
 OWN = " (own logic)"
 _UNNAMED = re.compile(r"\$\d+$")
