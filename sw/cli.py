@@ -201,6 +201,24 @@ def _report(args) -> int:
     return 0
 
 
+def _estimate(args, write) -> int:
+    from spikeforge.boards.build import does_not_fit, estimate
+    from spikeforge.boards.netlist import table
+
+    report = estimate(args.board, cores=args.cores, lanes=args.lanes, neurons=args.neurons,
+                      timesteps=args.timesteps, mhz=args.mhz, use_cache=not args.no_cache)
+    write(report)
+    print(table(report["blocks"], report["available"]))
+    print(f"{report['board']} ({report['device']}): {report['cores']} core(s), estimated from "
+          f"synthesis ({report['seconds']} s): {report['luts']} LUTs, {report['ffs']} FFs, "
+          f"{report['dsps']} DSPs, {report['brams']} BRAMs")
+    if not report["fits"]:
+        print(f"does not fit the {report['device']}: {does_not_fit(report)}")
+        return 1
+    print(f"fits the {report['device']}")
+    return 0
+
+
 def _build(args) -> int:
     from spikeforge.boards.build import (
         BuildError,
@@ -215,6 +233,11 @@ def _build(args) -> int:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
+    if args.estimate:
+        if args.out or args.check or args.record_baseline:
+            raise ConfigError("--estimate stops before place and route: it makes no bitstream "
+                              "and no baseline; leave out --out, --check and --record-baseline")
+        return _estimate(args, write)
     try:
         report = build(args.board, cores=args.cores, lanes=args.lanes, neurons=args.neurons,
                        timesteps=args.timesteps, mhz=args.mhz, seed=args.seed, out=args.out,
@@ -385,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compare with the stored baseline of this board and tool versions")
     build.add_argument("--record-baseline", action="store_true",
                        help="store this build as the baseline")
+    build.add_argument("--estimate", action="store_true",
+                       help="synthesis only: resources per block and whether they fit the "
+                            "device, in minutes instead of place and route's tens of minutes")
     build.add_argument("--no-cache", action="store_true", help="build even if cached")
     build.set_defaults(func=_build)
 

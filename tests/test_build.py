@@ -8,6 +8,7 @@ import zlib
 import pytest
 
 from spikeforge.boards import build as b
+from spikeforge.boards.netlist import total
 from spikeforge.boards.targets import TARGETS, target
 from spikeforge.boards.top import BoardTop, pll_verilog
 from spikeforge.errors import ConfigError
@@ -126,7 +127,8 @@ def test_cli_refuses_an_unknown_board(capsys):
 
 @pytest.mark.slow
 def test_small_board_bitstream(tmp_path, monkeypatch):
-    """A small core of the OrangeCrab through Yosys, nextpnr and ecppack, then from cache."""
+    """A small core of the OrangeCrab through Yosys, nextpnr and ecppack, then from cache; its
+    blocks (from synthesis) add up to about nextpnr's totals."""
     monkeypatch.setenv("SPIKEFORGE_CACHE", str(tmp_path / "cache"))
     lines = []
     small = {"lanes": 1, "neurons": 8, "timesteps": 4}
@@ -139,6 +141,11 @@ def test_small_board_bitstream(tmp_path, monkeypatch):
     assert report["device"] == "LFE5U-25F-MG285" and report["cores"] == 1
     assert 0 < report["luts"] <= 24288 and report["ffs"] > 0 and report["brams"] > 0
     assert report["fmax_mhz"] >= report["target_mhz"] and report["timing_met"]
+    blocks = total(report["blocks"])
+    assert any(path.startswith("soc.core0.") for path in report["blocks"])
+    assert abs(blocks["luts"] - report["luts"]) < 0.02 * report["luts"]
+    assert {key: blocks[key] for key in ("dsps", "brams")} == \
+        {key: report[key] for key in ("dsps", "brams")}
     baseline = b.find_baseline(report)
     if baseline is not None:
         assert b.check_baseline(report, baseline) == []
