@@ -5,8 +5,17 @@ import random
 import pytest
 from amaranth.hdl import Module
 
-from spikeforge.hw.uart import UARTRx, UARTTx
-from spikeforge.tb.amaranth import put, simulate
+from spikeforge.errors import ConfigError
+from spikeforge.hw.uart import (
+    MAX_RATE_ERROR,
+    MIN_DIVISOR,
+    UARTRx,
+    UARTTx,
+    baud_divisor,
+    rate_error,
+    rx_tolerance,
+)
+from spikeforge.tb.amaranth import put, simulate, simulator
 
 DIVISORS = [4, 7, 16]
 
@@ -228,3 +237,111 @@ def test_tx_to_rx(divisor, backpressure):
         await receive_all(ctx, rx, data, divisor, random.Random(divisor) if backpressure else None)
 
     simulate(m, source, sink)
+
+
+def model_receive(wave, bit_time):
+    """The bytes a receiver with bits of ``bit_time`` cycles reads from ``wave``, sampling each
+    bit in its middle after a start bit's falling edge; a frame whose stop bit is 0 is
+    dropped."""
+    got, c = [], 1
+    while c < len(wave):
+        if wave[c - 1] == 1 and wave[c] == 0:
+            bits = [wave[min(c + math.floor((k + 0.5) * bit_time), len(wave) - 1)]
+                    for k in range(10)]
+            if bits[9]:
+                got.append(sum(b << k for k, b in enumerate(bits[1:9])))
+            c += math.floor(9.5 * bit_time)
+        else:
+            c += 1
+    return got
+
+
+def rx_back_to_back(divisor, mismatch, count=64):
+    """What :class:`UARTRx` at ``divisor`` receives of ``count`` bytes sent back to back by a
+    sender whose bits are ``mismatch`` longer (negative: shorter)."""
+    dut = UARTRx(divisor)
+    rng = random.Random(divisor)
+    data = [0x00, 0xFF, 0x55, 0xAA, 0x80, 0x01] + [rng.randrange(256) for _ in range(count - 6)]
+    wave = levels(segments_of([frame(b) for b in data], divisor * (1 + mismatch),
+                              [0] * len(data)))
+    got = []
+
+    async def sender(ctx):
+        await drive(ctx, dut.rx, wave)
+
+    async def sink(ctx):
+        ctx.set(dut.o.ready, 1)
+        async for _, _, valid, payload in ctx.tick().sample(dut.o.valid, dut.o.payload):
+            if valid:
+                got.append(payload)
+
+    sim = simulator(dut, sender, background=[sink])
+    sim.run()
+    return data, got
+
+
+LINK_DIVISORS = [MIN_DIVISOR, 16, 17, 33]    # the smallest a build allows; 3 Mbaud at 48, 50, 100
+
+
+@pytest.mark.parametrize("mismatch", [-MAX_RATE_ERROR, MAX_RATE_ERROR])
+@pytest.mark.parametrize("divisor", LINK_DIVISORS)
+def test_rx_at_the_allowed_rate_error(divisor, mismatch):
+    data, got = rx_back_to_back(divisor, mismatch)
+    assert got == data
+
+
+@pytest.mark.parametrize("side", [0, 1], ids=["fast", "slow"])
+@pytest.mark.parametrize("divisor", [4, MIN_DIVISOR, 17])
+def test_rx_tolerance_is_the_receivers(divisor, side):
+    edge = rx_tolerance(divisor)[side] * (1 if side else -1)
+    for mismatch, fits in ((0.95 * edge, True), (edge + (0.01 if side else -0.01), False)):
+        data, got = rx_back_to_back(divisor, mismatch)
+        assert (got == data) == fits, (mismatch, got)
+
+
+@pytest.mark.parametrize("mismatch", [-MAX_RATE_ERROR, 0.0, MAX_RATE_ERROR, -0.06, 0.06])
+@pytest.mark.parametrize("divisor", LINK_DIVISORS)
+def test_tx_back_to_back_to_an_offset_receiver(divisor, mismatch):
+    dut = UARTTx(divisor)
+    rng = random.Random(divisor)
+    data = [rng.randrange(256) for _ in range(64)]
+    wave = []
+
+    async def record(ctx):
+        async for _, _, tx in ctx.tick().sample(dut.tx):
+            wave.append(tx)
+
+    async def testbench(ctx):
+        for byte in data:
+            await put(ctx, dut.i, byte)
+        await ctx.tick().repeat(11 * divisor)
+
+    simulate(dut, testbench, background=[record])
+    frames = decode(wave, divisor)
+    assert [b for _, b in frames] == data
+    starts = [c for c, _ in frames]
+    assert all(b - a == 10 * divisor for a, b in zip(starts, starts[1:], strict=False))
+    got = model_receive(wave, divisor * (1 + mismatch))
+    assert (got == data) == (abs(mismatch) <= MAX_RATE_ERROR)
+
+
+@pytest.mark.parametrize("mhz, baud, divisor", [
+    (50, 3_000_000, 17), (48, 3_000_000, 16), (100, 3_000_000, 33), (48, 1_000_000, 48),
+    (50, 115_200, 434), (48, 115_200, 417)])
+def test_baud_divisor(mhz, baud, divisor):
+    assert baud_divisor(mhz, baud) == divisor
+    assert abs(rate_error(mhz, baud)) <= MAX_RATE_ERROR
+
+
+@pytest.mark.parametrize("mhz, baud, message", [
+    (50, 3_500_000, r"^3,500,000 baud at 50 MHz: the nearest divisor, 14, makes 3,571,429 "
+                    r"baud, 2.04% off, more than 2%; build with --baud 3000000 or at --mhz 49$"),
+    (50, 8_000_000, r"^8,000,000 baud at 50 MHz: 6.2 clock cycles a bit, fewer than the 8 the "
+                    r"receiver needs; build with --baud 3000000 or at --mhz 64$"),
+    (25, 3_000_000, r"^3,000,000 baud at 25 MHz: the nearest divisor, 8, makes 3,125,000 baud, "
+                    r"4.17% off, more than 2%; build with --baud 1500000 or at --mhz 24$"),
+    (50, 0, r"^the baud rate must be a positive integer, not 0$"),
+])
+def test_baud_divisor_refuses(mhz, baud, message):
+    with pytest.raises(ConfigError, match=message):
+        baud_divisor(mhz, baud)
