@@ -4,8 +4,9 @@
 :func:`build` elaborates :class:`~spikeforge.boards.top.BoardTop` on the board's amaranth-boards
 platform, runs synthesis, place and route and packing one step at a time with a progress line
 each, and returns the report (``bitstream``, ``luts``, ``ffs``, ``dsps``, ``brams``,
-``fmax_mhz``, ``target_mhz``, ``cores``, ``device``, ...). Builds are cached by a hash of the
-board, the configuration, the frequency, the gateware sources and the tool versions.
+``fmax_mhz``, ``target_mhz``, ``cores``, ``device``, ``baud``, ``uart_divisor``, ...). Builds
+are cached by a hash of the board, the configuration, the frequency, the host link's baud rate,
+the gateware sources and the tool versions.
 
 Resources come from nextpnr's ``--report``: LUTs are ``TRELLIS_COMB`` cells (one LUT4 each),
 FFs ``TRELLIS_FF``, DSPs ``MULT18X18D`` multipliers, BRAMs ``DP16KD`` block RAMs; Fmax is
@@ -78,6 +79,13 @@ def _sources_digest() -> str:
         for path in sorted(folder.glob("*.py")):
             h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def cache_key(board: str, config: str, mhz: float, baud: int, seed: int, tools: dict) -> str:
+    """The name of a build's folder in the cache: what it was built from, hashed."""
+    return hashlib.sha256(json.dumps({
+        "board": board, "config": config, "mhz": mhz, "baud": baud, "seed": seed,
+        "tools": tools, "sources": _sources_digest()}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def overfull(report: dict) -> list:
@@ -209,14 +217,20 @@ def _fail(root: Path, label: str, output: str):
 
 def build(board: str | Target, *, cores: int | None = None, lanes: int | None = None,
           neurons: int | None = None, timesteps: int | None = None, mhz: float | None = None,
-          seed: int = 1, out: str | Path | None = None, progress=None,
+          baud: int | None = None, seed: int = 1, out: str | Path | None = None, progress=None,
           use_cache: bool = True) -> dict:
     """Build the bitstream of ``board``; return the report.
+
+    ``baud`` is the host link's rate (the board's :attr:`~spikeforge.boards.targets.Target.baud`
+    by default); a rate the clock cannot make within 2 % is refused before anything is built
+    (:func:`~spikeforge.hw.uart.baud_divisor`).
 
     Raises :class:`BuildError` when the design does not fit (naming the resource and what to
     change) or misses the target frequency (saying what it reached); the report of a timing
     miss is in ``error.report``.
     """
+    from spikeforge.hw.uart import baud_divisor, rate_error
+
     from .top import BoardTop, pll_verilog
 
     progress = progress or (lambda line: print(line, flush=True))
@@ -225,11 +239,12 @@ def build(board: str | Target, *, cores: int | None = None, lanes: int | None = 
     config = t.config(cores=cores, lanes=lanes, timesteps=timesteps, **sizes)
     platform = t.make_platform()
     osc_mhz = platform.default_clk_frequency / 1e6
+    baud = t.baud if baud is None else baud
+    baud_divisor(mhz or t.target_mhz, baud)
     pll, achieved = pll_verilog(osc_mhz, mhz or t.target_mhz)
+    divisor = baud_divisor(achieved, baud)
     tools = tool_versions()
-    key = hashlib.sha256(json.dumps({
-        "board": t.name, "config": config.to_json(), "mhz": achieved, "seed": seed,
-        "tools": tools, "sources": _sources_digest()}, sort_keys=True).encode()).hexdigest()[:16]
+    key = cache_key(t.name, config.to_json(), achieved, baud, seed, tools)
     root = _cache_root() / f"{t.name}-{key}"
     cached = root / "report.json"
     if use_cache and cached.exists():
@@ -239,13 +254,14 @@ def build(board: str | Target, *, cores: int | None = None, lanes: int | None = 
         env = _tool_env()
         progress(f"{t.name}: {config.cores} core(s), {config.lanes} lane(s), "
                  f"{config.neurons}×{config.fan_in}, T ≤ {config.timesteps}, "
-                 f"{achieved:g} MHz -> {root}")
+                 f"{achieved:g} MHz, {baud:,} baud -> {root}")
         if root.exists():
             shutil.rmtree(root)
         platform.add_file("spikeforge_pll.v", pll)
         nextpnr = ["--report", "top.report.json", "--timing-allow-fail", "--seed", str(seed),
                    "--router", "router2"]
-        plan = platform.build(BoardTop(t, config, achieved), name="top", build_dir=str(root),
+        plan = platform.build(BoardTop(t, config, achieved, baud=baud), name="top",
+                              build_dir=str(root),
                               do_build=False, nextpnr_opts=nextpnr)
         plan.extract(str(root))
         _run_steps(root, env, progress)
@@ -254,6 +270,8 @@ def build(board: str | Target, *, cores: int | None = None, lanes: int | None = 
         report = {
             "board": t.name, "device": t.device, "cores": config.cores,
             "config": json.loads(config.to_json()), "target_mhz": achieved,
+            "baud": baud, "uart_divisor": divisor,
+            "baud_error": round(rate_error(achieved, baud), 5),
             "bitstream": str(bitstream), **resources(pnr),
             "utilization": pnr.get("utilization", {}), "tools": tools, "seed": seed,
         }

@@ -217,8 +217,8 @@ def _build(args) -> int:
 
     try:
         report = build(args.board, cores=args.cores, lanes=args.lanes, neurons=args.neurons,
-                       timesteps=args.timesteps, mhz=args.mhz, seed=args.seed, out=args.out,
-                       use_cache=not args.no_cache)
+                       timesteps=args.timesteps, mhz=args.mhz, baud=args.baud, seed=args.seed,
+                       out=args.out, use_cache=not args.no_cache)
     except BuildError as error:
         if getattr(error, "report", None):
             write(error.report)
@@ -227,6 +227,8 @@ def _build(args) -> int:
           f"{report['luts']} LUTs, {report['ffs']} FFs, {report['dsps']} DSPs, "
           f"{report['brams']} BRAMs, Fmax {report['fmax_mhz']} MHz "
           f"(target {report['target_mhz']:g} MHz)")
+    print(f"host link: {report['baud']:,} baud ({report['uart_divisor']} cycles a bit, "
+          f"{report['baud_error']:+.2%})")
     print(f"bitstream: {report['bitstream']}")
     if args.record_baseline:
         print(f"baseline recorded in {record_baseline(report)}")
@@ -378,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--timesteps", "-T", type=int, help="override the largest T")
     build.add_argument("--mhz", type=float, help="core clock (the PLL's nearest); the board's "
                                                  "default otherwise")
+    build.add_argument("--baud", type=int,
+                       help="the host link UART's rate; the board's default otherwise "
+                            "(ulx3s-85f: 3000000, its FT231X's most; orangecrab-25f: 1000000, "
+                            "for a USB-serial adapter on its header)")
     build.add_argument("--seed", type=int, default=1, help="placement seed of nextpnr")
     build.add_argument("--out", metavar="DIR", help="copy the bitstream here")
     build.add_argument("--json", metavar="FILE", help="write the report as JSON")
