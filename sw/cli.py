@@ -256,6 +256,17 @@ def _bench(args) -> int:
         results = run_soak(epochs=args.epochs, small=args.small, json_path=args.json,
                            folder=Path(args.json).parent / "soak" if args.json else None)
         return 0 if all(r["matched"] for r in results.values()) else 1
+    if args.uart_link:
+        from rich.console import Console
+
+        from .bench import bench_uart_link, print_uart_link
+
+        result = bench_uart_link(mhz=args.mhz, bauds=args.baud or (115_200, 3_000_000))
+        print_uart_link(result, Console())
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
     from .bench import run_bench
 
     run_bench(args.json)
@@ -400,6 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead: train several configurations (lanes 1 and 8, both "
                             "resets, compact-support surrogates, a split layer, the qk model) "
                             "on virtual boards in lockstep with the FP16 golden model")
+    bench.add_argument("--uart-link", action="store_true",
+                       help="instead: only the host link over the UART, frames a second "
+                            "modelled from the byte time against round trips simulated in "
+                            "Amaranth (slow at 115200 baud: some 1.3 million cycles)")
+    bench.add_argument("--baud", type=int, action="append",
+                       help="a rate of --uart-link (again for more); 115200 and 3000000 "
+                            "otherwise")
+    bench.add_argument("--mhz", type=float, default=50.0, help="the clock of --uart-link")
     bench.add_argument("--epochs", type=int, default=1, help="epochs of each --soak run")
     bench.add_argument("--small", action="store_true",
                        help="--soak with small networks (T = 4, 32 hidden neurons)")

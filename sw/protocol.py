@@ -68,7 +68,8 @@ __all__ = [
     "BROADCAST", "COMMAND_SYNC", "EVENT_INDEX", "EVENT_LAST", "EVENT_SPIKE", "EVENT_WORD",
     "IDENTITY", "LINK_BITS", "MAX_PAYLOAD", "QK_REGS", "MAX_WORDS", "REPLY_SYNC", "SOC", "VERSION",
     "Command", "FrameError", "Link", "Opcode", "QkReg", "Reply", "ReplyDecoder", "SocReg",
-    "Status", "command_header", "crc16", "decode_command", "encode_command", "encode_reply",
+    "Status", "command_header", "command_size", "crc16", "decode_command", "encode_command",
+    "encode_reply", "reply_size",
     "event_word", "link_bits", "qk_address_layout", "qk_unit_layout", "reply_header",
 ]
 
@@ -235,6 +236,24 @@ def crc16(data: bytes) -> int:
     '0x29b1'
     """
     return binascii.crc_hqx(data, 0xFFFF)
+
+
+def command_size(words: int) -> int:
+    """The bytes of a command frame with ``words`` payload words.
+
+    >>> command_size(64), command_size(1)
+    (140, 14)
+    """
+    return COMMAND_HEADER.size + 2 * words + 2
+
+
+def reply_size(words: int) -> int:
+    """The bytes of a reply frame with ``words`` payload words.
+
+    >>> reply_size(0), reply_size(64)
+    (7, 135)
+    """
+    return REPLY_HEADER.size + 2 * words + 2
 
 
 def _words(payload) -> bytes:
