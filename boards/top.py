@@ -82,7 +82,7 @@ class BoardTop(Elaboratable):
         platform.add_clock_constraint(sync.clk, self.mhz * 1e6)
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
-        m.submodules.soc = soc = SoC(self.config)
+        m.submodules.soc = soc = SoC(self.config, baud=self.baud)
         m.submodules.uart_rx = rx = UARTRx(self.divisor)
         m.submodules.uart_tx = tx = UARTTx(self.divisor)
         uart = platform.request("uart", 0, dir="-")

@@ -24,7 +24,10 @@ fastest first, and then 115,200 (the rate of builds before the option): at each 
 quiet line (:data:`SETTLE`; the device drops a frame it got half of), sends ``IDENTIFY`` and
 waits :data:`PROBE_TIMEOUT` for the reply; the first rate that gets one is kept. A wrong rate
 only sends the device bytes it skips. ``?baud=N`` always wins, then ``?target=B`` (or
-``open_transport(url, baudrate=N)``, ``target=B``).
+``open_transport(url, baudrate=N)``, ``target=B``). A board reports the rate it was built for
+(``IDENTIFY``'s ``baud_100``, :attr:`Board.baud`); :meth:`Board.connect` warns if the serial
+port's rate differs from it by more than 2 % (a link that answers at all is within a few
+per cent, so this flags a link running at the edge of its tolerance).
 
 Every command gets a fresh sequence number and waits for its reply. A reply that does not
 come within ``timeout``, that fails its CRC (the link then quiet for :data:`SETTLE` seconds), or
@@ -48,6 +51,7 @@ import json
 import random
 import time
 import urllib.parse
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,12 +150,14 @@ class TCPTransport(Transport):
 
 
 class SerialTransport(Transport):
-    """A serial port or a pyserial URL (``/dev/ttyUSB0``, a pty path, ``loop://``, ...)."""
+    """A serial port or a pyserial URL (``/dev/ttyUSB0``, a pty path, ``loop://``, ...) at
+    ``baudrate``."""
 
     def __init__(self, port: str, *, baudrate: int = DEFAULT_BAUD):
         import serial
 
         self.url = port
+        self.baudrate = baudrate
         try:
             self._serial = serial.serial_for_url(port, baudrate=baudrate, timeout=0,
                                                  write_timeout=10)
@@ -299,6 +305,24 @@ def probe_baud(port: str, rates: Sequence[int] = PROBE_RATES, *, opener=None,
                     f"programmed? Name its rate with serial://{port}?baud=N")
 
 
+def rate_mismatch(board: int | None, link: int | None) -> str | None:
+    """What is wrong if a board built for ``board`` baud is spoken to at ``link`` baud (None:
+    nothing, or one of them unknown).
+
+    >>> rate_mismatch(3_000_000, 3_000_000) is None
+    True
+    >>> print(rate_mismatch(1_000_000, 921_600))  # doctest: +NORMALIZE_WHITESPACE
+    the board was built for 1,000,000 baud and the link runs at 921,600 (7.8% off):
+    open it with ?baud=1000000
+    """
+    from spikeforge.hw.uart import MAX_RATE_ERROR
+
+    if not board or not link or abs(link - board) <= MAX_RATE_ERROR * board:
+        return None
+    return (f"the board was built for {board:,} baud and the link runs at {link:,} "
+            f"({abs(link - board) / board:.1%} off): open it with ?baud={board}")
+
+
 def _url_error(url: str, why: str) -> ConfigError:
     return ConfigError(f"board URL {url!r} {why}; use tcp://HOST:PORT, "
                        f"serial:///dev/ttyUSB0[?baud=N|?target=BOARD] or a serial device path")
@@ -401,7 +425,16 @@ class Board(Commands):
         except BaseException:
             transport.close()
             raise
+        mismatch = rate_mismatch(board.baud, getattr(transport, "baudrate", None))
+        if mismatch:
+            warnings.warn(f"{transport.url}: {mismatch}", RuntimeWarning, stacklevel=2)
         return board
+
+    @property
+    def baud(self) -> int | None:
+        """The rate the board's UART was built for (after :meth:`sync`); None for a board
+        without one (the virtual board) or not yet identified."""
+        return (self.identity or {}).get("baud_100", 0) * 100 or None
 
     def close(self) -> None:
         self.transport.close()

@@ -79,11 +79,14 @@ MAX_PAYLOAD = 1024
 MAX_WORDS = MAX_PAYLOAD // 2
 BROADCAST = 0xFF
 SOC = 0xFE
-VERSION = 5          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN_STRIDE;
+VERSION = 6          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN_STRIDE;
 #                      4: Reg.SHORTCUT, Q-K units (SocReg.QK, identity qk_units);
-#                      5: identity qk_tokens, SocReg.QK_CYCLES
+#                      5: identity qk_tokens, SocReg.QK_CYCLES; 6: identity baud_100
+# baud_100: the rate the board's UART was built for, in hundreds of baud (at most 0xFFFF);
+# 0 where the link is no UART (the virtual board).
 IDENTITY = ("version", "cores", "lanes", "neurons", "fan_in", "timesteps", "reset",
-            "detach_reset", "surrogate", "out_fifo", "max_words", "qk_units", "qk_tokens")
+            "detach_reset", "surrogate", "out_fifo", "max_words", "qk_units", "qk_tokens",
+            "baud_100")
 EVENT_WORD = data.StructLayout({"index": 14, "spike": 1, "last": 1})   # a spike event word
 EVENT_SPIKE = 1 << EVENT_WORD["spike"].offset
 EVENT_LAST = 1 << EVENT_WORD["last"].offset

@@ -26,7 +26,7 @@ from spikeforge.protocol import Opcode, Status
 from spikeforge.regmap import Region, address
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vboard_session.json"
-IDENTITY = (p.VERSION, 2, 4, 16, 16, 4, 0, 1, 0, 68, p.MAX_WORDS, 0, 0)
+IDENTITY = (p.VERSION, 2, 4, 16, 16, 4, 0, 1, 0, 68, p.MAX_WORDS, 0, 0, 30000)
 
 
 class PtyDevice:
@@ -119,7 +119,7 @@ def device():
 
 
 def test_serial_board_reads_and_writes(device):
-    with Board.connect(f"serial://{device.path}?baud=115200", timeout=0.5) as board:
+    with Board.connect(f"serial://{device.path}?baud=3000000", timeout=0.5) as board:
         assert board.identity["cores"] == 2 and board.identity["lanes"] == 4
         board.write(1, address(Region.WEIGHT, 3), [0x1234, 0x5678])
         assert board.read(1, address(Region.WEIGHT, 2), 4) == [0, 0x1234, 0x5678, 0]
@@ -360,3 +360,13 @@ def test_the_rate_a_serial_url_opens_at(monkeypatch, url, target, rate):
 def test_an_unknown_target_is_named():
     with pytest.raises(ConfigError, match="unknown board 'de10'"):
         open_transport("serial:///dev/ttyUSB0?target=de10")
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_board_built_for_another_rate_is_reported(device):
+    with Board.connect(f"serial://{device.path}?baud=3000000", timeout=0.5) as board:
+        assert board.baud == 3_000_000
+    with pytest.warns(RuntimeWarning, match=r"built for 3,000,000 baud and the link runs at "
+                                            r"115,200 \(96.2% off\): open it with "
+                                            r"\?baud=3000000$"):
+        Board.connect(f"serial://{device.path}?baud=115200", timeout=0.5).close()
