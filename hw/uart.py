@@ -25,10 +25,11 @@ from amaranth.lib.wiring import In, Out
 
 from spikeforge.errors import ConfigError
 
-__all__ = ["MAX_RATE_ERROR", "MIN_DIVISOR", "UARTRx", "UARTTx", "baud_divisor", "rate_error",
-           "rx_tolerance"]
+__all__ = ["MAX_RATE_ERROR", "MIN_DIVISOR", "TX_LATENCY", "UARTRx", "UARTTx", "baud_divisor",
+           "rate_error", "rx_latency", "rx_tolerance"]
 
 COUNTER_WIDTH = 16
+TX_LATENCY = 1       # UARTTx: from a transfer on ``i`` to the start bit
 # A build's rate may differ from the nominal by this much: the link's two ends together may
 # differ by some 4 % (rx_tolerance), and the far end's adapter takes its own share.
 MAX_RATE_ERROR = 0.02
@@ -52,6 +53,13 @@ def rx_tolerance(divisor: int) -> tuple[float, float]:
     """
     d = _check_divisor(divisor)
     return (d - d // 2 - 1) / (10 * d), (d // 2) / (9 * d)
+
+
+def rx_latency(divisor: int) -> int:
+    """:attr:`UARTRx.latency` of a receiver at ``divisor``: 2 cycles to synchronise,
+    ``divisor // 2 + 9 · divisor`` to the middle of the stop bit, 1 to register the byte."""
+    d = _check_divisor(divisor)
+    return 2 + d // 2 + 9 * d + 1
 
 
 def rate_error(mhz: float, baud: int) -> float:
@@ -127,7 +135,7 @@ class UARTTx(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a transfer on ``i`` to the start bit on ``tx``."""
-        return 1
+        return TX_LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -205,10 +213,9 @@ class UARTRx(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from the start bit's falling edge on ``rx`` to ``o.valid``: 2 to
-        synchronise, ``divisor // 2 + 9 · divisor`` to the middle of the stop bit, 1 to
-        register the byte."""
-        return 2 + self._divisor // 2 + 9 * self._divisor + 1
+        """Cycles from the start bit's falling edge on ``rx`` to ``o.valid``
+        (:func:`rx_latency`)."""
+        return rx_latency(self._divisor)
 
     def elaborate(self, platform):
         m = Module()

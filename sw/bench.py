@@ -35,7 +35,8 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["bench_core", "bench_link", "bench_multicore", "bench_qk", "bench_uart_link",
-           "link_frame_bytes", "link_frame_cycles", "link_frames_per_s", "run_bench"]
+           "link_cycles", "link_frame_bytes", "link_frame_cycles", "link_frames_per_s",
+           "print_uart_link", "run_bench"]
 
 
 def bench_core(*, neurons: int = 128, fan_in: int = 256, lanes: int = 8, timesteps: int = 4,
@@ -264,9 +265,11 @@ def link_frame_cycles(divisor: int, opcode, words: int, *, config=None) -> dict:
     a host's UART, the board's UART at ``divisor`` and the SoC, in Amaranth's simulator.
 
     Returns ``cycles``, from the falling edge of the command's first start bit to the end of
-    the reply's last stop bit, ``model_cycles`` (``10 · divisor · bytes``), and the
-    ``command_bytes`` and ``reply_bytes``. The host sends its bytes back to back from a ROM;
-    a ``READ`` reads the weights a ``WRITE`` of ``1 .. words`` left, which is not timed.
+    the reply's last stop bit, ``model_cycles`` (``10 · divisor · bytes``), the SoC's
+    ``turnaround`` (cycles from taking the command's last byte to handing over the reply's
+    first), and the ``command_bytes`` and ``reply_bytes``. The host sends its bytes back to back
+    from a ROM; a ``READ`` reads the weights a ``WRITE`` of ``1 .. words`` left, which is not
+    timed.
     """
     from amaranth.hdl import Module, Signal
     from amaranth.lib import memory
@@ -311,16 +314,20 @@ def link_frame_cycles(divisor: int, opcode, words: int, *, config=None) -> dict:
                  soc.tx.ready.eq(tx.i.ready)]
     with m.If(host_tx.i.valid & host_tx.i.ready):
         m.d.sync += index.eq(index + 1)
-    edges = {"host": [], "board": []}
+    taken, handed = Signal(), Signal()
+    m.d.sync += [taken.eq(rx.o.valid & rx.o.ready), handed.eq(tx.i.valid & tx.i.ready)]
+    edges = {"host": [], "taken": [], "handed": []}
     got = bytearray()
 
     async def wires(ctx):
-        last = (1, 1)
-        async for host, board in ctx.changed(host_tx.tx, tx.tx):
-            for name, now, before in (("host", host, last[0]), ("board", board, last[1])):
-                if before and not now:
+        """The cycles of the host's first start bit, the bytes the SoC took and the start bits
+        of its reply (``handed`` is a cycle late, as a start bit is after its transfer)."""
+        last = (1, 0, 0)
+        async for now in ctx.changed(host_tx.tx, taken, handed):
+            for name, level, before, falls in zip(edges, now, last, (1, 0, 0), strict=True):
+                if level != before and level != falls:
                     edges[name].append(ctx.get(cycle))
-            last = (host, board)
+            last = tuple(now)
 
     async def bench(ctx):
         end = 0
@@ -342,30 +349,71 @@ def link_frame_cycles(divisor: int, opcode, words: int, *, config=None) -> dict:
     (answer,) = ReplyDecoder().feed(bytes(got))
     if answer.status != Status.OK or (opcode == Opcode.READ and list(answer.payload) != data):
         raise AssertionError(f"the simulated SoC answered {answer}")
-    cycles = edges["board"][-1] + 10 * divisor - edges["host"][0]
+    cycles = edges["handed"][-1] + 10 * divisor - edges["host"][0]
+    assert len(edges["taken"]) == command and len(edges["handed"]) == reply
     return {"cycles": cycles, "model_cycles": 10 * divisor * (command + reply),
+            "turnaround": edges["handed"][0] - edges["taken"][-1],
+            "reply_gaps": edges["handed"][-1] - edges["handed"][0] - 10 * divisor * (reply - 1),
             "command_bytes": command, "reply_bytes": reply}
 
 
-def bench_uart_link(*, mhz: float = 50.0, bauds=(115_200, 3_000_000), words: int = 64) -> dict:
+def link_cycles(divisor: int, command: int, reply: int, turnaround: int) -> int:
+    """The cycles of a round trip through the UARTs at ``divisor`` whose SoC takes
+    ``turnaround`` cycles from the command's last byte to the reply's first: the command's
+    bytes but the last, the receiver's latency to its stop bit's middle, the turnaround, the
+    transmitter's latency and the reply's bytes. :func:`link_frame_cycles` simulates it."""
+    from spikeforge.hw.uart import TX_LATENCY, rx_latency
+
+    return (10 * divisor * (command - 1) + rx_latency(divisor) + turnaround + TX_LATENCY
+            + 10 * divisor * reply)
+
+
+def bench_uart_link(*, mhz: float = 50.0, bauds=(115_200, 3_000_000), words: int = 64,
+                    full: bool = False) -> dict:
     """For each of ``bauds`` at ``mhz``, and a ``WRITE`` and a ``READ`` of ``words``: the
-    modelled frames a second (:func:`link_frames_per_s`) and the ratio of the modelled cycles
-    to those of a simulated round trip (:func:`link_frame_cycles`), with the measured frames a
-    second those cycles make at ``mhz``."""
+    modelled frames a second (:func:`link_frames_per_s`), the cycles of a round trip, their
+    ratio ``link_ratio`` (modelled over real cycles) and the frames a second those cycles make
+    at ``mhz``.
+
+    Each frame is simulated (:func:`link_frame_cycles`) at the smallest of the rates' divisors;
+    the other rates' cycles are :func:`link_cycles` of the SoC's turnaround simulated there,
+    which does not depend on the divisor (checked here at the simulated divisor, and by the
+    tests at others). With ``full``, every rate is simulated at its own divisor (at 115,200
+    baud and 50 MHz some 640,000 cycles a frame: many minutes).
+    """
     from spikeforge.hw.uart import baud_divisor
 
     from .protocol import Opcode
 
-    result = {"mhz": mhz, "words": words, "rates": {}}
-    for baud in bauds:
-        divisor = baud_divisor(mhz, baud)
+    divisors = {baud: baud_divisor(mhz, baud) for baud in bauds}
+    smallest = min(divisors.values())
+    trips = {}
+    for opcode in (Opcode.WRITE, Opcode.READ):
+        trip = link_frame_cycles(smallest, opcode, words)
+        if trip["reply_gaps"] or trip["cycles"] != link_cycles(
+                smallest, trip["command_bytes"], trip["reply_bytes"], trip["turnaround"]):
+            raise AssertionError(f"a {opcode.name} round trip is not the UARTs' and the "
+                                 f"turnaround's cycles: {trip}")
+        trips[opcode] = trip
+    result = {"mhz": mhz, "words": words, "simulated_divisor": smallest, "rates": {}}
+    for baud, divisor in divisors.items():
         frames = {}
-        for opcode in (Opcode.WRITE, Opcode.READ):
-            trip = link_frame_cycles(divisor, opcode, words)
+        for opcode, trip in trips.items():
+            if full and divisor != smallest:
+                trip = link_frame_cycles(divisor, opcode, words)
+                simulated = True
+            else:
+                simulated = divisor == smallest
+            cycles = link_cycles(divisor, trip["command_bytes"], trip["reply_bytes"],
+                                 trip["turnaround"]) if not simulated else trip["cycles"]
+            model = 10 * divisor * (trip["command_bytes"] + trip["reply_bytes"])
             frames[opcode.name] = {
-                **trip, "link_frames_per_s": link_frames_per_s(baud, opcode, words),
-                "measured_frames_per_s": mhz * 1e6 / trip["cycles"],
-                "link_ratio": trip["model_cycles"] / trip["cycles"],
+                "command_bytes": trip["command_bytes"], "reply_bytes": trip["reply_bytes"],
+                "turnaround": trip["turnaround"], "cycles": cycles, "model_cycles": model,
+                "simulated": simulated,
+                "link_frames_per_s": link_frames_per_s(baud, opcode, words),
+                "measured_frames_per_s": mhz * 1e6 / cycles,
+                "link_ratio": model / cycles,
             }
         result["rates"][str(baud)] = {"baud": baud, "divisor": divisor, "frames": frames}
     return result
@@ -376,16 +424,21 @@ def print_uart_link(result: dict, console) -> None:
 
     table = Table(title=f"host link over the UART: {result['words']}-word frames at "
                         f"{result['mhz']:g} MHz, simulated")
-    for col in ("baud", "divisor", "frame", "bytes (command + reply)", "modelled frames/s",
-                "simulated frames/s", "ratio"):
+    for col in ("baud", "divisor", "frame", "bytes (command + reply)", "turnaround",
+                "cycles", "modelled frames/s", "frames/s", "ratio"):
         table.add_column(col, justify="right")
     for rate in result["rates"].values():
         for name, f in rate["frames"].items():
             table.add_row(f"{rate['baud']:,}", str(rate["divisor"]), name,
-                          f"{f['command_bytes']} + {f['reply_bytes']}",
+                          f"{f['command_bytes']} + {f['reply_bytes']}", str(f["turnaround"]),
+                          f"{f['cycles']:,}" + ("" if f["simulated"] else "*"),
                           f"{f['link_frames_per_s']:,.1f}", f"{f['measured_frames_per_s']:,.1f}",
                           f"{f['link_ratio']:.4f}")
     console.print(table)
+    if not all(f["simulated"] for r in result["rates"].values() for f in r["frames"].values()):
+        console.print(f"* the UARTs' cycles at that divisor and the turnaround simulated at "
+                      f"{result['simulated_divisor']} (spikeforge bench --uart-link --full "
+                      f"simulates every rate)")
 
 
 def run_bench(json_path=None, console=None) -> dict:

@@ -3,7 +3,12 @@
 
 import pytest
 
-from spikeforge.bench import link_frame_bytes, link_frame_cycles, link_frames_per_s
+from spikeforge.bench import (
+    link_cycles,
+    link_frame_bytes,
+    link_frame_cycles,
+    link_frames_per_s,
+)
 from spikeforge.hw.uart import MIN_DIVISOR
 from spikeforge.protocol import Opcode
 
@@ -22,3 +27,13 @@ def test_a_round_trip_at_the_smallest_divisor(opcode):
     trip = link_frame_cycles(MIN_DIVISOR, opcode, 8)
     assert trip["model_cycles"] == 10 * MIN_DIVISOR * sum(link_frame_bytes(opcode, 8))
     assert trip["model_cycles"] < trip["cycles"] < trip["model_cycles"] + 20 * MIN_DIVISOR
+
+
+@pytest.mark.parametrize("opcode", [Opcode.WRITE, Opcode.READ])
+def test_a_round_trip_is_the_uarts_and_the_turnaround(opcode):
+    trips = [link_frame_cycles(d, opcode, 8) for d in (MIN_DIVISOR, MIN_DIVISOR + 1)]
+    assert trips[0]["turnaround"] == trips[1]["turnaround"]
+    for d, trip in zip((MIN_DIVISOR, MIN_DIVISOR + 1), trips, strict=True):
+        assert trip["reply_gaps"] == 0
+        assert trip["cycles"] == link_cycles(d, trip["command_bytes"], trip["reply_bytes"],
+                                             trip["turnaround"])
