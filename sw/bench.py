@@ -420,17 +420,20 @@ def bench_uart_link(*, mhz: float = 50.0, bauds=(115_200, 3_000_000), words: int
 
 
 def print_uart_link(result: dict, console) -> None:
+    from rich import box
     from rich.table import Table
 
     table = Table(title=f"host link over the UART: {result['words']}-word frames at "
-                        f"{result['mhz']:g} MHz, simulated")
-    for col in ("baud", "divisor", "frame", "bytes (command + reply)", "turnaround",
-                "cycles", "modelled frames/s", "frames/s", "ratio"):
+                        f"{result['mhz']:g} MHz (bytes: command + reply; model/s: the byte "
+                        f"time's frames a second; ratio: its cycles over the real ones)",
+                  box=box.SIMPLE_HEAD)
+    for col in ("baud", "divisor", "frame", "bytes", "turnaround", "cycles", "model/s",
+                "frames/s", "ratio"):
         table.add_column(col, justify="right")
     for rate in result["rates"].values():
         for name, f in rate["frames"].items():
             table.add_row(f"{rate['baud']:,}", str(rate["divisor"]), name,
-                          f"{f['command_bytes']} + {f['reply_bytes']}", str(f["turnaround"]),
+                          f"{f['command_bytes']}+{f['reply_bytes']}", str(f["turnaround"]),
                           f"{f['cycles']:,}" + ("" if f["simulated"] else "*"),
                           f"{f['link_frames_per_s']:,.1f}", f"{f['measured_frames_per_s']:,.1f}",
                           f"{f['link_ratio']:.4f}")
