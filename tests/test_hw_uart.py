@@ -1,5 +1,4 @@
 # SPDX-License-Identifier: Apache-2.0
-import math
 import random
 
 import pytest
@@ -16,47 +15,9 @@ from spikeforge.hw.uart import (
     rx_tolerance,
 )
 from spikeforge.tb.amaranth import put, simulate, simulator
+from spikeforge.tb.serial import drive_line, frame_bits, line_levels, line_segments, read_line
 
 DIVISORS = [4, 7, 16]
-
-
-def frame(byte, stop=1):
-    return [0, *((byte >> k) & 1 for k in range(8)), stop]
-
-
-def segments_of(frames, bit_time, gaps):
-    """(level, duration in cycles) of ``frames`` (bit lists) each followed by its gap (bits)."""
-    segments = [(1, 2 * bit_time)]
-    for bits, gap in zip(frames, gaps, strict=True):
-        segments += [(bit, bit_time) for bit in bits]
-        segments.append((1, gap * bit_time))
-    return [*segments, (1, 3 * bit_time)]
-
-
-def levels(segments):
-    """Per clock cycle, the level of a line whose ``segments`` start at fractional times."""
-    edges, t = [], 0.0
-    for level, duration in segments:
-        edges.append((t, level))
-        t += duration
-    out, j, level = [], 0, 1
-    for c in range(math.ceil(t)):
-        while j < len(edges) and edges[j][0] <= c:
-            level = edges[j][1]
-            j += 1
-        out.append(level)
-    return out
-
-
-async def drive(ctx, line, wave):
-    c = 0
-    while c < len(wave):
-        run = 1
-        while c + run < len(wave) and wave[c + run] == wave[c]:
-            run += 1
-        ctx.set(line, wave[c])
-        await ctx.tick().repeat(run)
-        c += run
 
 
 async def send(ctx, stream, data, rng, divisor):
@@ -146,10 +107,10 @@ def test_rx_from_model(divisor, mismatch):
     rng = random.Random(divisor * 100 + round(mismatch * 100))
     data = [0x00, 0xFF, 0x55, 0xAA] + [rng.randrange(256) for _ in range(26)]
     gaps = [rng.choice([0, 0, 0.3, 1, 2.5]) for _ in data]
-    wave = levels(segments_of([frame(b) for b in data], divisor * (1 + mismatch), gaps))
+    wave = line_levels(line_segments([frame_bits(b) for b in data], divisor * (1 + mismatch), gaps))
 
     async def sender(ctx):
-        await drive(ctx, dut.rx, wave)
+        await drive_line(ctx, dut.rx, wave)
 
     async def sink(ctx):
         await receive_all(ctx, dut, data, divisor)
@@ -163,7 +124,7 @@ def test_rx_latency(divisor):
 
     async def sender(ctx):
         await ctx.tick().repeat(5)
-        for bit in frame(0x5A):
+        for bit in frame_bits(0x5A):
             ctx.set(dut.rx, bit)
             await ctx.tick().repeat(divisor)
 
@@ -183,15 +144,15 @@ def test_rx_latency(divisor):
 @pytest.mark.parametrize("divisor", DIVISORS)
 def test_rx_framing_error(divisor):
     dut = UARTRx(divisor)
-    segments = [(1, 2 * divisor), *((b, divisor) for b in frame(0x3C)),
-                *((b, divisor) for b in frame(0xA5, stop=0)), (1, divisor),
+    segments = [(1, 2 * divisor), *((b, divisor) for b in frame_bits(0x3C)),
+                *((b, divisor) for b in frame_bits(0xA5, stop=0)), (1, divisor),
                 (0, 1), (1, 2 * divisor),
                 (0, 25 * divisor), (1, divisor),
-                *((b, divisor) for b in frame(0xC3)), (1, 3 * divisor)]
-    wave = levels(segments)
+                *((b, divisor) for b in frame_bits(0xC3)), (1, 3 * divisor)]
+    wave = line_levels(segments)
 
     async def sender(ctx):
-        await drive(ctx, dut.rx, wave)
+        await drive_line(ctx, dut.rx, wave)
 
     async def sink(ctx):
         await receive_all(ctx, dut, [0x3C, 0xC3], divisor, framing_errors=2)
@@ -202,17 +163,18 @@ def test_rx_framing_error(divisor):
 @pytest.mark.parametrize("divisor", DIVISORS)
 def test_rx_overrun(divisor):
     dut = UARTRx(divisor)
-    wave = levels(segments_of([frame(b) for b in (0x11, 0x22, 0x33)], divisor, [0, 0, 0]))
-    last = levels(segments_of([frame(0x44)], divisor, [0]))
+    wave = line_levels(line_segments([frame_bits(b) for b in (0x11, 0x22, 0x33)], divisor,
+                                     [0, 0, 0]))
+    last = line_levels(line_segments([frame_bits(0x44)], divisor, [0]))
 
     async def testbench(ctx):
-        await drive(ctx, dut.rx, wave)
+        await drive_line(ctx, dut.rx, wave)
         assert ctx.get(dut.o.valid) and ctx.get(dut.o.payload) == 0x11
         assert ctx.get(dut.o_overruns) == 2
         assert await receive(ctx, dut.o, 1) == [0x11]
         await ctx.tick()
         assert not ctx.get(dut.o.valid)
-        await drive(ctx, dut.rx, last)
+        await drive_line(ctx, dut.rx, last)
         assert await receive(ctx, dut.o, 1) == [0x44]
         assert ctx.get(dut.o_overruns) == 2
         assert ctx.get(dut.o_framing_errors) == 0
@@ -239,35 +201,18 @@ def test_tx_to_rx(divisor, backpressure):
     simulate(m, source, sink)
 
 
-def model_receive(wave, bit_time):
-    """The bytes a receiver with bits of ``bit_time`` cycles reads from ``wave``, sampling each
-    bit in its middle after a start bit's falling edge; a frame whose stop bit is 0 is
-    dropped."""
-    got, c = [], 1
-    while c < len(wave):
-        if wave[c - 1] == 1 and wave[c] == 0:
-            bits = [wave[min(c + math.floor((k + 0.5) * bit_time), len(wave) - 1)]
-                    for k in range(10)]
-            if bits[9]:
-                got.append(sum(b << k for k, b in enumerate(bits[1:9])))
-            c += math.floor(9.5 * bit_time)
-        else:
-            c += 1
-    return got
-
-
 def rx_back_to_back(divisor, mismatch, count=64):
     """What :class:`UARTRx` at ``divisor`` receives of ``count`` bytes sent back to back by a
     sender whose bits are ``mismatch`` longer (negative: shorter)."""
     dut = UARTRx(divisor)
     rng = random.Random(divisor)
     data = [0x00, 0xFF, 0x55, 0xAA, 0x80, 0x01] + [rng.randrange(256) for _ in range(count - 6)]
-    wave = levels(segments_of([frame(b) for b in data], divisor * (1 + mismatch),
-                              [0] * len(data)))
+    wave = line_levels(line_segments([frame_bits(b) for b in data], divisor * (1 + mismatch),
+                                     [0] * len(data)))
     got = []
 
     async def sender(ctx):
-        await drive(ctx, dut.rx, wave)
+        await drive_line(ctx, dut.rx, wave)
 
     async def sink(ctx):
         ctx.set(dut.o.ready, 1)
@@ -321,7 +266,7 @@ def test_tx_back_to_back_to_an_offset_receiver(divisor, mismatch):
     assert [b for _, b in frames] == data
     starts = [c for c, _ in frames]
     assert all(b - a == 10 * divisor for a, b in zip(starts, starts[1:], strict=False))
-    got = model_receive(wave, divisor * (1 + mismatch))
+    got = read_line(wave, divisor * (1 + mismatch))
     assert (got == data) == (abs(mismatch) <= MAX_RATE_ERROR)
 
 
