@@ -275,12 +275,12 @@ def link_frame_cycles(divisor: int, opcode, words: int, *, config=None) -> dict:
     from amaranth.lib import memory
 
     from spikeforge.gen.config import AcceleratorConfig
-    from spikeforge.hw.soc import SoC
     from spikeforge.hw.uart import UARTRx, UARTTx
 
     from .protocol import Opcode, ReplyDecoder, Status, encode_command, reply_size
     from .regmap import Region, address
     from .tb.amaranth import simulate
+    from .tb.serial import UARTSoC
 
     config = config or AcceleratorConfig(cores=1, neurons=8, fan_in=8, lanes=1, timesteps=4)
     if words > config.neurons * config.fan_in:
@@ -296,9 +296,8 @@ def link_frame_cycles(divisor: int, opcode, words: int, *, config=None) -> dict:
     rom = b"".join(frames)
 
     m = Module()
-    m.submodules.soc = soc = SoC(config)
-    m.submodules.rx = rx = UARTRx(divisor)
-    m.submodules.tx = tx = UARTTx(divisor)
+    m.submodules.board = board = UARTSoC(config, divisor)
+    rx, tx = board.uart_rx, board.uart_tx
     m.submodules.host_tx = host_tx = UARTTx(divisor)
     m.submodules.host_rx = host_rx = UARTRx(divisor)
     m.submodules.rom = mem = memory.Memory(shape=8, depth=len(rom), init=list(rom))
@@ -307,11 +306,7 @@ def link_frame_cycles(divisor: int, opcode, words: int, *, config=None) -> dict:
     m.d.sync += cycle.eq(cycle + 1)
     m.d.comb += [read.addr.eq(index), host_tx.i.payload.eq(read.data),
                  host_tx.i.valid.eq(index < limit), host_rx.o.ready.eq(1),
-                 rx.rx.eq(host_tx.tx), host_rx.rx.eq(tx.tx),
-                 soc.rx.payload.eq(rx.o.payload), soc.rx.valid.eq(rx.o.valid),
-                 rx.o.ready.eq(soc.rx.ready),
-                 tx.i.payload.eq(soc.tx.payload), tx.i.valid.eq(soc.tx.valid),
-                 soc.tx.ready.eq(tx.i.ready)]
+                 board.rx.eq(host_tx.tx), host_rx.rx.eq(board.tx)]
     with m.If(host_tx.i.valid & host_tx.i.ready):
         m.d.sync += index.eq(index + 1)
     taken, handed = Signal(), Signal()

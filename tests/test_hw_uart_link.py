@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The SoC behind the UART in Amaranth's simulator: round trips against the byte-time model."""
+"""The SoC behind the UART in Amaranth's simulator: round trips against the byte-time model, and
+a host whose clock is off."""
 
 import pytest
 
@@ -9,8 +10,19 @@ from spikeforge.bench import (
     link_frame_cycles,
     link_frames_per_s,
 )
-from spikeforge.hw.uart import MIN_DIVISOR
-from spikeforge.protocol import Opcode
+from spikeforge.gen.config import AcceleratorConfig
+from spikeforge.hw.uart import MAX_RATE_ERROR, MIN_DIVISOR, rx_tolerance
+from spikeforge.protocol import Opcode, ReplyDecoder, Status, encode_command, reply_size
+from spikeforge.regmap import Region, address
+from spikeforge.tb.amaranth import simulate
+from spikeforge.tb.serial import (
+    UARTSoC,
+    drive_line,
+    frame_bits,
+    line_levels,
+    line_segments,
+    read_line,
+)
 
 
 def test_the_byte_time_model():
@@ -37,3 +49,45 @@ def test_a_round_trip_is_the_uarts_and_the_turnaround(opcode):
         assert trip["reply_gaps"] == 0
         assert trip["cycles"] == link_cycles(d, trip["command_bytes"], trip["reply_bytes"],
                                              trip["turnaround"])
+
+
+def talk_to_the_soc(divisor, mismatch):
+    """The replies of the SoC behind UARTs at ``divisor`` to a ``WRITE`` and a ``READ`` of 8
+    words from a host whose bits are ``mismatch`` longer, each command's bytes back to back,
+    read by the host at its own bit time."""
+    config = AcceleratorConfig(cores=1, neurons=8, fan_in=8, lanes=1, timesteps=4)
+    dut = UARTSoC(config, divisor)
+    base = address(Region.WEIGHT, 0)
+    data = [0x3C00, 0xFFFF, 0x0001, 0x8000, 0x5555, 0xAAAA, 0x00FF, 0x7BFF]
+    commands = [encode_command(1, Opcode.WRITE, 0, base, data),
+                encode_command(2, Opcode.READ, 0, base, [len(data)])]
+    frames, gaps = [], []
+    for command, reply in zip(commands, (reply_size(0), reply_size(len(data))), strict=True):
+        frames += [frame_bits(b) for b in command]
+        gaps += [0] * (len(command) - 1) + [10 * reply + 40]
+    wave = line_levels(line_segments(frames, divisor * (1 + mismatch), gaps))
+    line = []
+
+    async def host(ctx):
+        await drive_line(ctx, dut.rx, wave)
+
+    async def record(ctx):
+        async for _, _, tx in ctx.tick().sample(dut.tx):
+            line.append(tx)
+
+    simulate(dut, host, background=[record])
+    replies = ReplyDecoder().feed(bytes(read_line(line, divisor * (1 + mismatch))))
+    return replies, data
+
+
+@pytest.mark.parametrize("mismatch", [-MAX_RATE_ERROR, MAX_RATE_ERROR])
+def test_the_soc_behind_the_uart_with_the_host_off_by_the_allowed_error(mismatch):
+    replies, data = talk_to_the_soc(MIN_DIVISOR, mismatch)
+    assert [(r.seq, r.status) for r in replies] == [(1, Status.OK), (2, Status.OK)]
+    assert list(replies[1].payload) == data
+
+
+def test_the_soc_behind_the_uart_with_the_host_too_fast():
+    replies, data = talk_to_the_soc(MIN_DIVISOR, -rx_tolerance(MIN_DIVISOR)[0] - 0.01)
+    assert [(r.seq, r.status, r.payload) for r in replies] != [(1, Status.OK, ()),
+                                                               (2, Status.OK, tuple(data))]

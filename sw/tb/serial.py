@@ -1,11 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """A serial line in Amaranth's simulator: 8N1 frames as levels per clock cycle, at a bit time
 that need not be a whole number of cycles (a far end whose clock is off), driven onto a
-signal, and read back as a receiver with its own bit time would."""
+signal, and read back as a receiver with its own bit time would; and the SoC behind a board's
+UART (:class:`UARTSoC`)."""
 
 import math
 
-__all__ = ["drive_line", "frame_bits", "line_levels", "line_segments", "read_line"]
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["UARTSoC", "drive_line", "frame_bits", "line_levels", "line_segments", "read_line"]
 
 
 def frame_bits(byte: int, stop: int = 1) -> list[int]:
@@ -65,3 +70,34 @@ def read_line(wave, bit_time: float) -> list[int]:
         else:
             c += 1
     return got
+
+
+class UARTSoC(wiring.Component):
+    """The SoC of ``config`` behind a :class:`~spikeforge.hw.uart.UARTRx` and
+    :class:`~spikeforge.hw.uart.UARTTx` at ``divisor``, as a board has it.
+
+    Members
+    -------
+    rx : In(1)
+        The line from the host.
+    tx : Out(1)
+        The line to the host.
+
+    ``soc``, ``uart_rx`` and ``uart_tx`` are the parts, for probes.
+    """
+
+    def __init__(self, config, divisor: int):
+        from spikeforge.hw.soc import SoC
+        from spikeforge.hw.uart import UARTRx, UARTTx
+
+        self.soc = SoC(config)
+        self.uart_rx, self.uart_tx = UARTRx(divisor), UARTTx(divisor)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.soc, m.submodules.rx, m.submodules.tx = self.soc, self.uart_rx, self.uart_tx
+        wiring.connect(m, self.uart_rx.o, self.soc.rx)
+        wiring.connect(m, self.soc.tx, self.uart_tx.i)
+        m.d.comb += [self.uart_rx.rx.eq(self.rx), self.tx.eq(self.uart_tx.tx)]
+        return m
