@@ -82,7 +82,7 @@ def baud_divisor(mhz: float, baud: int) -> int:
     workable = [r for r in STANDARD_RATES
                 if round(clock / r) >= MIN_DIVISOR and abs(rate_error(mhz, r)) <= MAX_RATE_ERROR]
     below = [r for r in workable if r < baud]
-    rate = (below or workable)[0] if workable else "of a slower rate"
+    rate = (below or workable)[0] if workable else f"{int(clock // MIN_DIVISOR)} or less"
     exact = max(round(clock / baud), MIN_DIVISOR) * baud / 1e6
     why = (f"{clock / baud:.1f} clock cycles a bit, fewer than the {MIN_DIVISOR} the receiver "
            f"needs" if divisor < MIN_DIVISOR else
@@ -93,7 +93,6 @@ def baud_divisor(mhz: float, baud: int) -> int:
 
 
 def _check_divisor(divisor) -> int:
-    # 4: the receiver's count to a bit's middle, divisor // 2 - 1, must be at least 1.
     if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 4:
         raise ValueError(f"UART divisor must be an integer of at least 4 clock cycles per bit "
                          f"(the receiver samples in the middle of a bit), not {divisor!r}")
