@@ -4,8 +4,9 @@
 :func:`build` elaborates :class:`~spikeforge.boards.top.BoardTop` on the board's amaranth-boards
 platform, runs synthesis, place and route and packing one step at a time with a progress line
 each, and returns the report (``bitstream``, ``luts``, ``ffs``, ``dsps``, ``brams``,
-``fmax_mhz``, ``target_mhz``, ``cores``, ``device``, ...). Builds are cached by a hash of the
-board, the configuration, the frequency, the gateware sources and the tool versions.
+``fmax_mhz``, ``target_mhz``, ``cores``, ``device``, ``baud``, ``uart_divisor``, ...). Builds
+are cached by a hash of the board, the configuration, the frequency, the host link's baud rate,
+the gateware sources and the tool versions.
 
 Resources come from nextpnr's ``--report``: LUTs are ``TRELLIS_COMB`` cells (one LUT4 each),
 FFs ``TRELLIS_FF``, DSPs ``MULT18X18D`` multipliers, BRAMs ``DP16KD`` block RAMs; Fmax is
@@ -94,6 +95,13 @@ def _sources_digest() -> str:
         for path in sorted(folder.glob("*.py")):
             h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def cache_key(board: str, config: str, mhz: float, baud: int, seed: int, tools: dict) -> str:
+    """The name of a build's folder in the cache: what it was built from, hashed."""
+    return hashlib.sha256(json.dumps({
+        "board": board, "config": config, "mhz": mhz, "baud": baud, "seed": seed,
+        "tools": tools, "sources": _sources_digest()}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def overfull(report: dict) -> list:
@@ -223,36 +231,37 @@ def _fail(root: Path, label: str, output: str):
                      ("; ".join(errors[-3:]) or log.strip()[-500:]))
 
 
-def _design(board: str | Target, *, cores, lanes, neurons, timesteps, mhz):
-    """The board, its accelerator, its platform (with the PLL's Verilog) and the clock."""
+def _design(board: str | Target, *, cores, lanes, neurons, timesteps, mhz, baud):
+    """The board, its accelerator, its platform (with the PLL's Verilog), the clock and the
+    UART's rate; a rate the clock cannot make is refused before anything is built."""
+    from spikeforge.hw.uart import baud_divisor
+
     from .top import pll_verilog
 
     t = board if isinstance(board, Target) else target(board)
     sizes = {"neurons": neurons, "fan_in": neurons}
     config = t.config(cores=cores, lanes=lanes, timesteps=timesteps, **sizes)
     platform = t.make_platform()
+    baud = t.baud if baud is None else baud
+    baud_divisor(mhz or t.target_mhz, baud)
     pll, achieved = pll_verilog(platform.default_clk_frequency / 1e6, mhz or t.target_mhz)
+    baud_divisor(achieved, baud)
     platform.add_file("spikeforge_pll.v", pll)
-    return t, config, platform, achieved
+    return t, config, platform, achieved, baud
 
 
-def _key(t: Target, config, achieved: float, tools: dict, **more) -> str:
-    return hashlib.sha256(json.dumps({
-        "board": t.name, "config": config.to_json(), "mhz": achieved, **more,
-        "tools": tools, "sources": _sources_digest()}, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _plan(root: Path, t: Target, config, platform, achieved: float, progress, **options):
+def _plan(root: Path, t: Target, config, platform, achieved: float, baud: int, progress,
+          **options):
     """Write the Amaranth build plan of the board's top into ``root``."""
     from .top import BoardTop
 
     progress(f"{t.name}: {config.cores} core(s), {config.lanes} lane(s), "
              f"{config.neurons}×{config.fan_in}, T ≤ {config.timesteps}, "
-             f"{achieved:g} MHz -> {root}")
+             f"{achieved:g} MHz, {baud:,} baud -> {root}")
     if root.exists():
         shutil.rmtree(root)
-    plan = platform.build(BoardTop(t, config, achieved), name="top", build_dir=str(root),
-                          do_build=False, **options)
+    plan = platform.build(BoardTop(t, config, achieved, baud=baud), name="top",
+                          build_dir=str(root), do_build=False, **options)
     plan.extract(str(root))
 
 
@@ -270,7 +279,7 @@ def available(t: Target) -> dict:
 
 def estimate(board: str | Target, *, cores: int | None = None, lanes: int | None = None,
              neurons: int | None = None, timesteps: int | None = None, mhz: float | None = None,
-             progress=None, use_cache: bool = True) -> dict:
+             baud: int | None = None, progress=None, use_cache: bool = True) -> dict:
     """Synthesize the design of ``board`` and estimate its resources without place and route.
 
     Returns the report: ``luts``, ``ffs``, ``dsps``, ``brams`` (the sums of ``blocks``, what
@@ -282,15 +291,17 @@ def estimate(board: str | Target, *, cores: int | None = None, lanes: int | None
     beside ``builds``.
     """
     progress = progress or (lambda line: print(line, flush=True))
-    t, config, platform, achieved = _design(board, cores=cores, lanes=lanes, neurons=neurons,
-                                            timesteps=timesteps, mhz=mhz)
+    t, config, platform, achieved, baud = _design(board, cores=cores, lanes=lanes,
+                                                  neurons=neurons, timesteps=timesteps, mhz=mhz,
+                                                  baud=baud)
     tools = tool_versions()
-    root = _cache_root("estimates") / f"{t.name}-{_key(t, config, achieved, tools)}"
+    key = cache_key(t.name, config.to_json(), achieved, baud, None, tools)
+    root = _cache_root("estimates") / f"{t.name}-{key}"
     cached = root / "estimate.json"
     if use_cache and cached.exists():
         progress(f"{t.name}: cached estimate {root}")
         return json.loads(cached.read_text())
-    _plan(root, t, config, platform, achieved, progress)
+    _plan(root, t, config, platform, achieved, baud, progress)
     start = time.monotonic()
     _run_steps(root, _tool_env(), progress, synthesis_only=True)
     seconds = round(time.monotonic() - start)
@@ -299,7 +310,7 @@ def estimate(board: str | Target, *, cores: int | None = None, lanes: int | None
     over = netlist.over(used, available(t))
     report = {
         "board": t.name, "device": t.device, "cores": config.cores,
-        "config": json.loads(config.to_json()), "target_mhz": achieved, **used,
+        "config": json.loads(config.to_json()), "target_mhz": achieved, "baud": baud, **used,
         "blocks": blocks, "cells": cells, "available": available(t),
         "over": [list(o) for o in over], "fits": not over, "seconds": seconds, "tools": tools,
     }
@@ -316,7 +327,7 @@ def does_not_fit(report: dict) -> str:
 
 def build(board: str | Target, *, cores: int | None = None, lanes: int | None = None,
           neurons: int | None = None, timesteps: int | None = None, mhz: float | None = None,
-          seed: int = 1, out: str | Path | None = None, progress=None,
+          baud: int | None = None, seed: int = 1, out: str | Path | None = None, progress=None,
           use_cache: bool = True) -> dict:
     """Build the bitstream of ``board``; return the report.
 
@@ -324,15 +335,24 @@ def build(board: str | Target, *, cores: int | None = None, lanes: int | None = 
     synthesis (Yosys's netlist, as in :func:`estimate`); its ``luts``, ``ffs``, ``dsps`` and
     ``brams`` are nextpnr's, so the blocks add up to about, not exactly, the totals.
 
+    ``baud`` is the host link's rate (the board's :attr:`~spikeforge.boards.targets.Target.baud`
+    by default); a rate the clock cannot make within 2 % is refused before anything is built
+    (:func:`~spikeforge.hw.uart.baud_divisor`).
+
     Raises :class:`BuildError` when the design does not fit (naming the resource and what to
     change) or misses the target frequency (saying what it reached); the report of a timing
     miss is in ``error.report``.
     """
+    from spikeforge.hw.uart import baud_divisor, rate_error
+
     progress = progress or (lambda line: print(line, flush=True))
-    t, config, platform, achieved = _design(board, cores=cores, lanes=lanes, neurons=neurons,
-                                            timesteps=timesteps, mhz=mhz)
+    t, config, platform, achieved, baud = _design(board, cores=cores, lanes=lanes,
+                                                  neurons=neurons, timesteps=timesteps, mhz=mhz,
+                                                  baud=baud)
+    divisor = baud_divisor(achieved, baud)
     tools = tool_versions()
-    root = _cache_root() / f"{t.name}-{_key(t, config, achieved, tools, seed=seed)}"
+    key = cache_key(t.name, config.to_json(), achieved, baud, seed, tools)
+    root = _cache_root() / f"{t.name}-{key}"
     cached = root / "report.json"
     if use_cache and cached.exists():
         progress(f"{t.name}: cached build {root}")
@@ -340,13 +360,15 @@ def build(board: str | Target, *, cores: int | None = None, lanes: int | None = 
     else:
         nextpnr = ["--report", "top.report.json", "--timing-allow-fail", "--seed", str(seed),
                    "--router", "router2"]
-        _plan(root, t, config, platform, achieved, progress, nextpnr_opts=nextpnr)
+        _plan(root, t, config, platform, achieved, baud, progress, nextpnr_opts=nextpnr)
         _run_steps(root, _tool_env(), progress)
         pnr = json.loads((root / "top.report.json").read_text())
         bitstream = root / "top.bit"
         report = {
             "board": t.name, "device": t.device, "cores": config.cores,
             "config": json.loads(config.to_json()), "target_mhz": achieved,
+            "baud": baud, "uart_divisor": divisor,
+            "baud_error": round(rate_error(achieved, baud), 5),
             "bitstream": str(bitstream), **resources(pnr),
             "utilization": pnr.get("utilization", {}), "tools": tools, "seed": seed,
         }

@@ -21,14 +21,13 @@ from amaranth.lib.cdc import ResetSynchronizer
 from spikeforge.errors import ConfigError
 from spikeforge.gen.config import AcceleratorConfig
 from spikeforge.hw.soc import SoC
-from spikeforge.hw.uart import UARTRx, UARTTx
+from spikeforge.hw.uart import UARTRx, UARTTx, baud_divisor
 
 from .targets import Target
 
 __all__ = ["BoardTop", "pll_verilog", "yowasp_tool"]
 
 PLL = "spikeforge_pll"
-BAUD = 115200
 
 
 def yowasp_tool(name: str) -> str:
@@ -63,12 +62,15 @@ def pll_verilog(in_mhz: float, out_mhz: float) -> tuple[str, float]:
 
 
 class BoardTop(Elaboratable):
-    """The SoC of ``config`` on the board ``target`` at ``mhz`` (the PLL's achieved output)."""
+    """The SoC of ``config`` on the board ``target`` at ``mhz`` (the PLL's achieved output),
+    its UART at ``baud`` (the target's rate by default; checked by
+    :func:`~spikeforge.hw.uart.baud_divisor`)."""
 
     def __init__(self, target: Target, config: AcceleratorConfig, mhz: float, *,
-                 baud: int = BAUD):
-        self.target, self.config, self.mhz, self.baud = target, config, mhz, baud
-        self.divisor = round(mhz * 1e6 / baud)
+                 baud: int | None = None):
+        self.target, self.config, self.mhz = target, config, mhz
+        self.baud = target.baud if baud is None else baud
+        self.divisor = baud_divisor(mhz, self.baud)
 
     def elaborate(self, platform):
         m = Module()
@@ -80,7 +82,7 @@ class BoardTop(Elaboratable):
         platform.add_clock_constraint(sync.clk, self.mhz * 1e6)
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
-        m.submodules.soc = soc = SoC(self.config)
+        m.submodules.soc = soc = SoC(self.config, baud=self.baud)
         m.submodules.uart_rx = rx = UARTRx(self.divisor)
         m.submodules.uart_tx = tx = UARTTx(self.divisor)
         uart = platform.request("uart", 0, dir="-")

@@ -117,7 +117,8 @@ class AcceleratorConfig:
 
     def identity(self) -> dict:
         """The fields of a board's ``IDENTIFY`` reply (:data:`~spikeforge.protocol.IDENTITY`),
-        by name; :meth:`from_identity` is its inverse.
+        by name; :meth:`from_identity` is its inverse. ``baud_100`` is the SoC's, 0 here
+        (:class:`~spikeforge.hw.soc.SoC`).
 
         >>> cfg = AcceleratorConfig(cores=4, surrogate="rect", qk_units=1, neurons=64)
         >>> AcceleratorConfig.from_identity(cfg.identity()) == cfg
@@ -131,7 +132,7 @@ class AcceleratorConfig:
             "reset": RESETS.index(self.reset), "detach_reset": int(self.detach_reset),
             "surrogate": list(SURROGATES).index(self.surrogate),
             "out_fifo": min(self.spike_fifo_depth, 0xFFFF), "max_words": MAX_WORDS,
-            "qk_units": self.qk_units, "qk_tokens": self.qk_tokens,
+            "qk_units": self.qk_units, "qk_tokens": self.qk_tokens, "baud_100": 0,
         }
         assert tuple(fields) == IDENTITY
         return fields

@@ -167,13 +167,21 @@ class SoC(wiring.Component):
     busy : Out(1)
         A frame is in progress or a core is running (not counting a core that waits for the
         host's next spikes or errors): while it is low, the SoC only changes on host input.
+
+    ``baud`` is the rate of the UART in front of ``rx`` and ``tx``, reported in the identity
+    (``baud_100``) so the host can compare it with its own; 0 where there is none.
     """
 
-    def __init__(self, config: AcceleratorConfig, *, link_timeout: int = 1 << 20):
+    def __init__(self, config: AcceleratorConfig, *, link_timeout: int = 1 << 20,
+                 baud: int = 0):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"SoC needs an AcceleratorConfig, not {config!r}")
+        if isinstance(baud, bool) or not isinstance(baud, int) or baud < 0:
+            raise ValueError(f"The UART's baud rate must be a non-negative integer, not "
+                             f"{baud!r}")
         self._config = config
         self._link_timeout = link_timeout
+        self._baud = baud
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
@@ -192,7 +200,9 @@ class SoC(wiring.Component):
 
     def identity(self) -> tuple:
         """The words of the ``IDENTIFY`` reply, in the order of ``protocol.IDENTITY``."""
-        return tuple(self._config.identity().values())
+        fields = self._config.identity()
+        fields["baud_100"] = min(round(self._baud / 100), 0xFFFF)
+        return tuple(fields.values())
 
     def elaborate(self, platform):
         m = Module()

@@ -4,6 +4,18 @@
 A frame is a start bit (0), eight data bits least significant first and a stop bit (1), each
 ``divisor`` clock cycles long; the idle line is high. :class:`UARTTx` sends the bytes of its
 ``i`` stream on ``tx``; :class:`UARTRx` receives from ``rx`` into its ``o`` stream.
+
+There is no oversampling: the receiver counts clock cycles from a start bit's falling edge and
+samples each bit once, in its middle (:func:`rx_tolerance`). :func:`baud_divisor` picks the
+divisor of a rate at a clock and refuses one whose rate error, or whose divisor, is too large a
+share of what the two ends of a link may differ by.
+
+>>> baud_divisor(50, 3_000_000)
+17
+>>> round(rate_error(50, 3_000_000), 4)
+-0.0196
+>>> baud_divisor(48, 1_000_000)
+48
 """
 
 from amaranth.hdl import Cat, Module, Signal
@@ -11,9 +23,73 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["UARTRx", "UARTTx"]
+from spikeforge.errors import ConfigError
+
+__all__ = ["MAX_RATE_ERROR", "MIN_DIVISOR", "TX_LATENCY", "UARTRx", "UARTTx", "baud_divisor",
+           "rate_error", "rx_latency", "rx_tolerance"]
 
 COUNTER_WIDTH = 16
+TX_LATENCY = 1       # UARTTx: from a transfer on ``i`` to the start bit
+# A build's rate may differ from the nominal by this much: the link's two ends together may
+# differ by some 4 % (rx_tolerance), and the far end's adapter takes its own share.
+MAX_RATE_ERROR = 0.02
+# From 8 cycles a bit on, the receiver takes a sender 3.75 % fast (and 5.5 % slow); at 4 only
+# 2.5 % fast, which a 2 % rate error would all but use up.
+MIN_DIVISOR = 8
+STANDARD_RATES = (3_000_000, 2_000_000, 1_500_000, 1_000_000, 921_600, 500_000, 460_800,
+                  230_400, 115_200, 57_600, 38_400, 19_200, 9600)
+
+
+def rx_tolerance(divisor: int) -> tuple[float, float]:
+    """How much shorter and how much longer than ``divisor`` cycles a sender's bit may be, as
+    fractions, for :class:`UARTRx` to sample all ten bits of a frame inside their bits.
+
+    The receiver sees a start bit's edge up to one cycle late and samples bit ``k`` at
+    ``divisor // 2 + k · divisor`` cycles after it; the stop bit (``k = 9``) is the first to
+    slip out of its bit.
+
+    >>> [round(t, 4) for t in rx_tolerance(16)]
+    [0.0437, 0.0556]
+    """
+    d = _check_divisor(divisor)
+    return (d - d // 2 - 1) / (10 * d), (d // 2) / (9 * d)
+
+
+def rx_latency(divisor: int) -> int:
+    """:attr:`UARTRx.latency` of a receiver at ``divisor``: 2 cycles to synchronise,
+    ``divisor // 2 + 9 · divisor`` to the middle of the stop bit, 1 to register the byte."""
+    d = _check_divisor(divisor)
+    return 2 + d // 2 + 9 * d + 1
+
+
+def rate_error(mhz: float, baud: int) -> float:
+    """The relative error of the rate the UART makes at ``mhz`` for ``baud`` (negative: slow)."""
+    divisor = max(round(mhz * 1e6 / baud), 1)
+    return (mhz * 1e6 / divisor - baud) / baud
+
+
+def baud_divisor(mhz: float, baud: int) -> int:
+    """The clock cycles a bit of ``baud`` at ``mhz``; :class:`ConfigError` (naming a rate that
+    works at this clock, and a clock that makes this rate exactly) if the divisor is below
+    :data:`MIN_DIVISOR` or the rate misses ``baud`` by more than :data:`MAX_RATE_ERROR`."""
+    if isinstance(baud, bool) or not isinstance(baud, int) or baud <= 0:
+        raise ConfigError(f"the baud rate must be a positive integer, not {baud!r}")
+    clock = mhz * 1e6
+    divisor = round(clock / baud)
+    error = rate_error(mhz, baud)
+    if divisor >= MIN_DIVISOR and abs(error) <= MAX_RATE_ERROR:
+        return divisor
+    workable = [r for r in STANDARD_RATES
+                if round(clock / r) >= MIN_DIVISOR and abs(rate_error(mhz, r)) <= MAX_RATE_ERROR]
+    below = [r for r in workable if r < baud]
+    rate = (below or workable)[0] if workable else f"{int(clock // MIN_DIVISOR)} or less"
+    exact = max(round(clock / baud), MIN_DIVISOR) * baud / 1e6
+    why = (f"{clock / baud:.1f} clock cycles a bit, fewer than the {MIN_DIVISOR} the receiver "
+           f"needs" if divisor < MIN_DIVISOR else
+           f"the nearest divisor, {divisor}, makes {clock / divisor:,.0f} baud, "
+           f"{abs(error):.2%} off, more than {MAX_RATE_ERROR:.0%}")
+    raise ConfigError(f"{baud:,} baud at {mhz:g} MHz: {why}; build with --baud {rate} "
+                      f"or at --mhz {exact:g}")
 
 
 def _check_divisor(divisor) -> int:
@@ -58,7 +134,7 @@ class UARTTx(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a transfer on ``i`` to the start bit on ``tx``."""
-        return 1
+        return TX_LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -136,10 +212,9 @@ class UARTRx(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from the start bit's falling edge on ``rx`` to ``o.valid``: 2 to
-        synchronise, ``divisor // 2 + 9 · divisor`` to the middle of the stop bit, 1 to
-        register the byte."""
-        return 2 + self._divisor // 2 + 9 * self._divisor + 1
+        """Cycles from the start bit's falling edge on ``rx`` to ``o.valid``
+        (:func:`rx_latency`)."""
+        return rx_latency(self._divisor)
 
     def elaborate(self, platform):
         m = Module()

@@ -18,6 +18,13 @@ LIF (or BPTT) pass over all neurons divided by ``P``:
   a training step (FP, BP, WG, update) on one core over those on ``k``
   (:func:`bench_multicore`). The runs must agree bit for bit, so the speedup is for the same
   work.
+* ``uart_link``: the host link over the board's UART (:func:`bench_uart_link`): for a
+  ``WRITE`` and a ``READ`` of 64 words, ``link_frames_per_s``, the frames a second the byte
+  time allows (:func:`link_frames_per_s`: 10 bits a byte, the reply's bytes included), and
+  ``link_ratio``, those ``10 · divisor · bytes`` cycles over the cycles a round trip takes
+  in Amaranth's simulator of the SoC behind the UART (:func:`link_frame_cycles`), at the
+  ULX3S's rate and clock (3,000,000 baud, 50 MHz; ``spikeforge bench --uart-link`` measures
+  115,200 and 3,000,000 baud alone).
 * ``qk_utilization``: the Q-K attention unit (:func:`bench_qk`), ideal cycles of a forward and
   a backward pass (``T · tokens · channels / P`` each) over the cycles from a pass's first input
   beat to its last output beat, both passes and both attention kinds together.
@@ -27,7 +34,9 @@ import json
 import tempfile
 from pathlib import Path
 
-__all__ = ["bench_core", "bench_link", "bench_multicore", "bench_qk", "run_bench"]
+__all__ = ["bench_core", "bench_link", "bench_multicore", "bench_qk", "bench_uart_link",
+           "link_cycles", "link_frame_bytes", "link_frame_cycles", "link_frames_per_s",
+           "print_uart_link", "run_bench"]
 
 
 def bench_core(*, neurons: int = 128, fan_in: int = 256, lanes: int = 8, timesteps: int = 4,
@@ -224,6 +233,212 @@ def bench_link(config=None, seconds: float = 2.0) -> dict:
     return result
 
 
+def link_frame_bytes(opcode, words: int) -> tuple[int, int]:
+    """The bytes of the command and of the reply of a ``READ`` or ``WRITE`` of ``words``.
+
+    >>> from spikeforge.protocol import Opcode
+    >>> link_frame_bytes(Opcode.WRITE, 64), link_frame_bytes(Opcode.READ, 64)
+    ((140, 7), (14, 135))
+    """
+    from .protocol import Opcode, command_size, reply_size
+
+    if opcode == Opcode.WRITE:
+        return command_size(words), reply_size(0)
+    if opcode == Opcode.READ:
+        return command_size(1), reply_size(words)
+    raise ValueError(f"link frames are READ or WRITE, not {opcode!r}")
+
+
+def link_frames_per_s(baud: int, opcode, words: int) -> float:
+    """Round trips a second of ``opcode`` with ``words`` at ``baud`` if the line never idles:
+    10 bits a byte (start, 8 data, stop), the command's and the reply's bytes.
+
+    >>> from spikeforge.protocol import Opcode
+    >>> round(link_frames_per_s(3_000_000, Opcode.WRITE, 64), 1)
+    2040.8
+    """
+    return baud / (10 * sum(link_frame_bytes(opcode, words)))
+
+
+def link_frame_cycles(divisor: int, opcode, words: int, *, config=None) -> dict:
+    """Simulate a round trip of ``opcode`` (``READ`` or ``WRITE`` of ``words`` weights) through
+    a host's UART, the board's UART at ``divisor`` and the SoC, in Amaranth's simulator.
+
+    Returns ``cycles``, from the falling edge of the command's first start bit to the end of
+    the reply's last stop bit, ``model_cycles`` (``10 · divisor · bytes``), the SoC's
+    ``turnaround`` (cycles from taking the command's last byte to handing over the reply's
+    first), and the ``command_bytes`` and ``reply_bytes``. The host sends its bytes back to back
+    from a ROM; a ``READ`` reads the weights a ``WRITE`` of ``1 .. words`` left, which is not
+    timed.
+    """
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib import memory
+
+    from spikeforge.gen.config import AcceleratorConfig
+    from spikeforge.hw.uart import UARTRx, UARTTx
+
+    from .protocol import Opcode, ReplyDecoder, Status, encode_command, reply_size
+    from .regmap import Region, address
+    from .tb.amaranth import simulate
+    from .tb.serial import UARTSoC
+
+    config = config or AcceleratorConfig(cores=1, neurons=8, fan_in=8, lanes=1, timesteps=4)
+    if words > config.neurons * config.fan_in:
+        raise ValueError(f"{words} words do not fit the {config.neurons} x {config.fan_in} "
+                         f"weights of a core")
+    base = address(Region.WEIGHT, 0)
+    data = list(range(1, words + 1))
+    frames = [encode_command(1, opcode, 0, base, data if opcode == Opcode.WRITE else [words])]
+    if opcode == Opcode.READ:
+        frames.insert(0, encode_command(0, Opcode.WRITE, 0, base, data))
+    command, reply = link_frame_bytes(opcode, words)
+    assert len(frames[-1]) == command
+    rom = b"".join(frames)
+
+    m = Module()
+    m.submodules.board = board = UARTSoC(config, divisor)
+    rx, tx = board.uart_rx, board.uart_tx
+    m.submodules.host_tx = host_tx = UARTTx(divisor)
+    m.submodules.host_rx = host_rx = UARTRx(divisor)
+    m.submodules.rom = mem = memory.Memory(shape=8, depth=len(rom), init=list(rom))
+    read = mem.read_port(domain="comb")
+    index, limit, cycle = Signal(range(len(rom) + 1)), Signal(range(len(rom) + 1)), Signal(32)
+    m.d.sync += cycle.eq(cycle + 1)
+    m.d.comb += [read.addr.eq(index), host_tx.i.payload.eq(read.data),
+                 host_tx.i.valid.eq(index < limit), host_rx.o.ready.eq(1),
+                 board.rx.eq(host_tx.tx), host_rx.rx.eq(board.tx)]
+    with m.If(host_tx.i.valid & host_tx.i.ready):
+        m.d.sync += index.eq(index + 1)
+    taken, handed = Signal(), Signal()
+    m.d.sync += [taken.eq(rx.o.valid & rx.o.ready), handed.eq(tx.i.valid & tx.i.ready)]
+    edges = {"host": [], "taken": [], "handed": []}
+    got = bytearray()
+
+    async def wires(ctx):
+        """The cycles of the host's first start bit, the bytes the SoC took and the start bits
+        of its reply (``handed`` is a cycle late, as a start bit is after its transfer)."""
+        last = (1, 0, 0)
+        async for now in ctx.changed(host_tx.tx, taken, handed):
+            for name, level, before, falls in zip(edges, now, last, (1, 0, 0), strict=True):
+                if level != before and level != falls:
+                    edges[name].append(ctx.get(cycle))
+            last = tuple(now)
+
+    async def bench(ctx):
+        end = 0
+        for k, f in enumerate(frames):
+            for edge in edges.values():
+                edge.clear()
+            got.clear()
+            end += len(f)
+            ctx.set(limit, end)
+            expected = reply if k == len(frames) - 1 else reply_size(0)
+            async for valid, byte in ctx.changed(host_rx.o.valid, host_rx.o.payload):
+                if valid:
+                    got.append(byte)
+                    if len(got) == expected:
+                        break
+            await ctx.tick().repeat(10 * divisor)
+
+    simulate(m, bench, background=[wires])
+    (answer,) = ReplyDecoder().feed(bytes(got))
+    if answer.status != Status.OK or (opcode == Opcode.READ and list(answer.payload) != data):
+        raise AssertionError(f"the simulated SoC answered {answer}")
+    cycles = edges["handed"][-1] + 10 * divisor - edges["host"][0]
+    assert len(edges["taken"]) == command and len(edges["handed"]) == reply
+    return {"cycles": cycles, "model_cycles": 10 * divisor * (command + reply),
+            "turnaround": edges["handed"][0] - edges["taken"][-1],
+            "reply_gaps": edges["handed"][-1] - edges["handed"][0] - 10 * divisor * (reply - 1),
+            "command_bytes": command, "reply_bytes": reply}
+
+
+def link_cycles(divisor: int, command: int, reply: int, turnaround: int) -> int:
+    """The cycles of a round trip through the UARTs at ``divisor`` whose SoC takes
+    ``turnaround`` cycles from the command's last byte to the reply's first: the command's
+    bytes but the last, the receiver's latency to its stop bit's middle, the turnaround, the
+    transmitter's latency and the reply's bytes. :func:`link_frame_cycles` simulates it."""
+    from spikeforge.hw.uart import TX_LATENCY, rx_latency
+
+    return (10 * divisor * (command - 1) + rx_latency(divisor) + turnaround + TX_LATENCY
+            + 10 * divisor * reply)
+
+
+def bench_uart_link(*, mhz: float = 50.0, bauds=(115_200, 3_000_000), words: int = 64,
+                    full: bool = False) -> dict:
+    """For each of ``bauds`` at ``mhz``, and a ``WRITE`` and a ``READ`` of ``words``: the
+    modelled frames a second (:func:`link_frames_per_s`), the cycles of a round trip, their
+    ratio ``link_ratio`` (modelled over real cycles) and the frames a second those cycles make
+    at ``mhz``.
+
+    Each frame is simulated (:func:`link_frame_cycles`) at the smallest of the rates' divisors;
+    the other rates' cycles are :func:`link_cycles` of the SoC's turnaround simulated there,
+    which does not depend on the divisor (checked here at the simulated divisor, and by the
+    tests at others). With ``full``, every rate is simulated at its own divisor (at 115,200
+    baud and 50 MHz some 640,000 cycles a frame: many minutes).
+    """
+    from spikeforge.hw.uart import baud_divisor
+
+    from .protocol import Opcode
+
+    divisors = {baud: baud_divisor(mhz, baud) for baud in bauds}
+    smallest = min(divisors.values())
+    trips = {}
+    for opcode in (Opcode.WRITE, Opcode.READ):
+        trip = link_frame_cycles(smallest, opcode, words)
+        if trip["reply_gaps"] or trip["cycles"] != link_cycles(
+                smallest, trip["command_bytes"], trip["reply_bytes"], trip["turnaround"]):
+            raise AssertionError(f"a {opcode.name} round trip is not the UARTs' and the "
+                                 f"turnaround's cycles: {trip}")
+        trips[opcode] = trip
+    result = {"mhz": mhz, "words": words, "simulated_divisor": smallest, "rates": {}}
+    for baud, divisor in divisors.items():
+        frames = {}
+        for opcode, trip in trips.items():
+            if full and divisor != smallest:
+                trip = link_frame_cycles(divisor, opcode, words)
+                simulated = True
+            else:
+                simulated = divisor == smallest
+            cycles = link_cycles(divisor, trip["command_bytes"], trip["reply_bytes"],
+                                 trip["turnaround"]) if not simulated else trip["cycles"]
+            model = 10 * divisor * (trip["command_bytes"] + trip["reply_bytes"])
+            frames[opcode.name] = {
+                "command_bytes": trip["command_bytes"], "reply_bytes": trip["reply_bytes"],
+                "turnaround": trip["turnaround"], "cycles": cycles, "model_cycles": model,
+                "simulated": simulated,
+                "link_frames_per_s": link_frames_per_s(baud, opcode, words),
+                "measured_frames_per_s": mhz * 1e6 / cycles,
+                "link_ratio": model / cycles,
+            }
+        result["rates"][str(baud)] = {"baud": baud, "divisor": divisor, "frames": frames}
+    return result
+
+
+def print_uart_link(result: dict, console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"host link over the UART: {result['words']}-word frames at "
+                        f"{result['mhz']:g} MHz (bytes: command + reply; model/s: the byte "
+                        f"time's frames a second; ratio: its cycles over the real ones)",
+                  box=box.SIMPLE_HEAD)
+    for col in ("baud", "divisor", "frame", "bytes", "turnaround", "cycles", "model/s",
+                "frames/s", "ratio"):
+        table.add_column(col, justify="right")
+    for rate in result["rates"].values():
+        for name, f in rate["frames"].items():
+            table.add_row(f"{rate['baud']:,}", str(rate["divisor"]), name,
+                          f"{f['command_bytes']}+{f['reply_bytes']}", str(f["turnaround"]),
+                          f"{f['cycles']:,}" + ("" if f["simulated"] else "*"),
+                          f"{f['link_frames_per_s']:,.1f}", f"{f['measured_frames_per_s']:,.1f}",
+                          f"{f['link_ratio']:.4f}")
+    console.print(table)
+    if not all(f["simulated"] for r in result["rates"].values() for f in r["frames"].values()):
+        console.print(f"* the UARTs' cycles at that divisor and the turnaround simulated at "
+                      f"{result['simulated_divisor']} (spikeforge bench --uart-link --full "
+                      f"simulates every rate)")
+
+
 def run_bench(json_path=None, console=None) -> dict:
     """Run every measurement, print a table and write the JSON."""
     from rich.console import Console
@@ -280,6 +495,13 @@ def run_bench(json_path=None, console=None) -> dict:
                   f"{link['spike_events_per_second']:,.0f} input spike events/s, "
                   f"{link['round_trips_per_second']:,.0f} round trips/s; Verilated SoC "
                   f"{link['vboard_cycles_per_second']:,.0f} cycles/s")
+    from spikeforge.boards.targets import target
+
+    board = target("ulx3s-85f")
+    with console.status(f"simulating round trips over the UART at {board.baud:,} baud"):
+        uart = bench_uart_link(mhz=board.target_mhz, bauds=(board.baud,))
+    result["uart_link"] = uart
+    print_uart_link(uart, console)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2))

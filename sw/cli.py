@@ -206,7 +206,8 @@ def _estimate(args, write) -> int:
     from spikeforge.boards.netlist import table
 
     report = estimate(args.board, cores=args.cores, lanes=args.lanes, neurons=args.neurons,
-                      timesteps=args.timesteps, mhz=args.mhz, use_cache=not args.no_cache)
+                      timesteps=args.timesteps, mhz=args.mhz, baud=args.baud,
+                      use_cache=not args.no_cache)
     write(report)
     print(table(report["blocks"], report["available"]))
     print(f"{report['board']} ({report['device']}): {report['cores']} core(s), estimated from "
@@ -240,8 +241,8 @@ def _build(args) -> int:
         return _estimate(args, write)
     try:
         report = build(args.board, cores=args.cores, lanes=args.lanes, neurons=args.neurons,
-                       timesteps=args.timesteps, mhz=args.mhz, seed=args.seed, out=args.out,
-                       use_cache=not args.no_cache)
+                       timesteps=args.timesteps, mhz=args.mhz, baud=args.baud, seed=args.seed,
+                       out=args.out, use_cache=not args.no_cache)
     except BuildError as error:
         if getattr(error, "report", None):
             write(error.report)
@@ -250,6 +251,8 @@ def _build(args) -> int:
           f"{report['luts']} LUTs, {report['ffs']} FFs, {report['dsps']} DSPs, "
           f"{report['brams']} BRAMs, Fmax {report['fmax_mhz']} MHz "
           f"(target {report['target_mhz']:g} MHz)")
+    print(f"host link: {report['baud']:,} baud ({report['uart_divisor']} cycles a bit, "
+          f"{report['baud_error']:+.2%})")
     print(f"bitstream: {report['bitstream']}")
     if args.record_baseline:
         print(f"baseline recorded in {record_baseline(report)}")
@@ -277,6 +280,18 @@ def _bench(args) -> int:
         results = run_soak(epochs=args.epochs, small=args.small, json_path=args.json,
                            folder=Path(args.json).parent / "soak" if args.json else None)
         return 0 if all(r["matched"] for r in results.values()) else 1
+    if args.uart_link:
+        from rich.console import Console
+
+        from .bench import bench_uart_link, print_uart_link
+
+        result = bench_uart_link(mhz=args.mhz, bauds=args.baud or (115_200, 3_000_000),
+                                 full=args.full)
+        print_uart_link(result, Console())
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
     from .bench import run_bench
 
     run_bench(args.json)
@@ -401,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--timesteps", "-T", type=int, help="override the largest T")
     build.add_argument("--mhz", type=float, help="core clock (the PLL's nearest); the board's "
                                                  "default otherwise")
+    build.add_argument("--baud", type=int,
+                       help="the host link UART's rate; the board's default otherwise "
+                            "(ulx3s-85f: 3000000, its FT231X's most; orangecrab-25f: 1000000, "
+                            "for a USB-serial adapter on its header)")
     build.add_argument("--seed", type=int, default=1, help="placement seed of nextpnr")
     build.add_argument("--out", metavar="DIR", help="copy the bitstream here")
     build.add_argument("--json", metavar="FILE", help="write the report as JSON")
@@ -420,6 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead: train several configurations (lanes 1 and 8, both "
                             "resets, compact-support surrogates, a split layer, the qk model) "
                             "on virtual boards in lockstep with the FP16 golden model")
+    bench.add_argument("--uart-link", action="store_true",
+                       help="instead: only the host link over the UART, frames a second "
+                            "modelled from the byte time against round trips simulated in "
+                            "Amaranth")
+    bench.add_argument("--baud", type=int, action="append",
+                       help="a rate of --uart-link (again for more); 115200 and 3000000 "
+                            "otherwise")
+    bench.add_argument("--mhz", type=float, default=50.0, help="the clock of --uart-link")
+    bench.add_argument("--full", action="store_true",
+                       help="--uart-link simulates every rate at its own divisor, not only "
+                            "the fastest")
     bench.add_argument("--epochs", type=int, default=1, help="epochs of each --soak run")
     bench.add_argument("--small", action="store_true",
                        help="--soak with small networks (T = 4, 32 hidden neurons)")

@@ -9,10 +9,25 @@ the URL given to :func:`open_transport` differs:
 URL                                 transport
 ==================================  ===========================================================
 ``tcp://HOST:PORT``                 :class:`TCPTransport` (the virtual board)
-``serial:///dev/ttyUSB0?baud=N``    :class:`SerialTransport` on a device path
-``/dev/ttyUSB0``, ``COM3``          the same, at the default baud rate
-``loop://``, ``socket://``, ...     :class:`SerialTransport` on a pyserial URL
+``serial:///dev/ttyUSB0?baud=N``    :class:`SerialTransport` on a device path, at ``N`` baud
+``serial:///dev/ttyUSB0?target=B``  the same, at the rate board ``B`` is built for by default
+                                    (``ulx3s-85f``: 3,000,000; ``orangecrab-25f``: 1,000,000)
+``serial:///dev/ttyUSB0``,          the same, at the first rate of :data:`PROBE_RATES` at which
+``/dev/ttyUSB0``, ``COM3``          the board answers ``IDENTIFY`` (:func:`probe_baud`)
+``loop://``, ``socket://``, ...     :class:`SerialTransport` on a pyserial URL, at
+                                    :data:`DEFAULT_BAUD`
 ==================================  ===========================================================
+
+The rate of a board's UART is a build option (``spikeforge build --baud``), so a serial URL
+that names neither the rate nor the board tries the rates boards are built for by default,
+fastest first, and then 115,200 (the rate of builds before the option): at each it waits for a
+quiet line (:data:`SETTLE`; the device drops a frame it got half of), sends ``IDENTIFY`` and
+waits :data:`PROBE_TIMEOUT` for the reply; the first rate that gets one is kept. A wrong rate
+only sends the device bytes it skips. ``?baud=N`` always wins, then ``?target=B`` (or
+``open_transport(url, baudrate=N)``, ``target=B``). A board reports the rate it was built for
+(``IDENTIFY``'s ``baud_100``, :attr:`Board.baud`); :meth:`Board.connect` warns if the serial
+port's rate differs from it by more than 2 % (a link that answers at all is within a few
+per cent, so this flags a link running at the edge of its tolerance).
 
 Every command gets a fresh sequence number and waits for its reply. A reply that does not
 come within ``timeout``, that fails its CRC (the link then quiet for :data:`SETTLE` seconds), or
@@ -36,10 +51,12 @@ import json
 import random
 import time
 import urllib.parse
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import ConfigError
+from .protocol import Opcode, ReplyDecoder, encode_command
 from .regmap import Region, address
 from .session import (
     LINK_COUNTERS,
@@ -59,13 +76,15 @@ from .session import (
 )
 
 __all__ = [
-    "DEFAULT_BAUD", "LINK_COUNTERS", "STATUS_MEANING", "Board", "BoardError", "BoardTimeout",
-    "LinkError", "RecordingTransport", "ReplayTransport", "SerialTransport", "TCPTransport",
-    "Transport", "link_throughput", "open_transport",
+    "DEFAULT_BAUD", "LINK_COUNTERS", "PROBE_RATES", "STATUS_MEANING", "Board", "BoardError",
+    "BoardTimeout", "LinkError", "RecordingTransport", "ReplayTransport", "SerialTransport",
+    "TCPTransport", "Transport", "link_throughput", "open_transport", "probe_baud",
+    "target_baud",
 ]
 
 DEFAULT_BAUD = 115200
 SETTLE = 0.1
+PROBE_TIMEOUT = 0.25
 
 
 class Transport(abc.ABC):
@@ -131,12 +150,14 @@ class TCPTransport(Transport):
 
 
 class SerialTransport(Transport):
-    """A serial port or a pyserial URL (``/dev/ttyUSB0``, a pty path, ``loop://``, ...)."""
+    """A serial port or a pyserial URL (``/dev/ttyUSB0``, a pty path, ``loop://``, ...) at
+    ``baudrate``."""
 
     def __init__(self, port: str, *, baudrate: int = DEFAULT_BAUD):
         import serial
 
         self.url = port
+        self.baudrate = baudrate
         try:
             self._serial = serial.serial_for_url(port, baudrate=baudrate, timeout=0,
                                                  write_timeout=10)
@@ -235,17 +256,95 @@ class ReplayTransport(Transport):
         pass
 
 
+def _target_rates() -> tuple[int, ...]:
+    from spikeforge.boards.targets import TARGETS
+
+    return tuple(sorted({t.baud for t in TARGETS.values()} | {DEFAULT_BAUD}, reverse=True))
+
+
+PROBE_RATES = _target_rates()
+
+
+def target_baud(name: str) -> int:
+    """The rate the board target ``name`` is built for by default."""
+    from spikeforge.boards.targets import target
+
+    return target(name).baud
+
+
+def probe_baud(port: str, rates: Sequence[int] = PROBE_RATES, *, opener=None,
+               timeout: float = PROBE_TIMEOUT, settle: float = SETTLE) -> Transport:
+    """The transport to ``port`` at the first of ``rates`` at which the device answers
+    ``IDENTIFY`` within ``timeout`` seconds, after ``settle`` seconds of quiet line.
+
+    ``opener(port, baudrate=...)`` makes the transports (:class:`SerialTransport`). Raises
+    :class:`LinkError` naming the rates tried if none gets an answer.
+    """
+    opener = opener or SerialTransport
+    seq = random.randrange(256)
+    for rate in rates:
+        transport = opener(port, baudrate=rate)
+        try:
+            deadline = time.monotonic() + settle
+            while time.monotonic() < deadline:
+                transport.read(max(deadline - time.monotonic(), 0.0))
+            transport.write(encode_command(seq, Opcode.IDENTIFY, 0, 0))
+            decoder = ReplyDecoder()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                replies = decoder.feed(transport.read(max(deadline - time.monotonic(), 0.0)))
+                if any(r.seq == seq for r in replies):
+                    transport.url = f"{port}?baud={rate}"
+                    return transport
+        except BaseException:
+            transport.close()
+            raise
+        transport.close()
+    raise LinkError(f"no spikeforge board answers on {port} at "
+                    f"{', '.join(f'{r:,}' for r in rates)} baud; is it plugged in and "
+                    f"programmed? Name its rate with serial://{port}?baud=N")
+
+
+def rate_mismatch(board: int | None, link: int | None) -> str | None:
+    """What is wrong if a board built for ``board`` baud is spoken to at ``link`` baud (None:
+    nothing, or one of them unknown).
+
+    >>> rate_mismatch(3_000_000, 3_000_000) is None
+    True
+    >>> print(rate_mismatch(1_000_000, 921_600))  # doctest: +NORMALIZE_WHITESPACE
+    the board was built for 1,000,000 baud and the link runs at 921,600 (7.8% off):
+    open it with ?baud=1000000
+    """
+    from spikeforge.hw.uart import MAX_RATE_ERROR
+
+    if not board or not link or abs(link - board) <= MAX_RATE_ERROR * board:
+        return None
+    return (f"the board was built for {board:,} baud and the link runs at {link:,} "
+            f"({abs(link - board) / board:.1%} off): open it with ?baud={board}")
+
+
 def _url_error(url: str, why: str) -> ConfigError:
     return ConfigError(f"board URL {url!r} {why}; use tcp://HOST:PORT, "
-                       f"serial:///dev/ttyUSB0[?baud=N] or a serial device path")
+                       f"serial:///dev/ttyUSB0[?baud=N|?target=BOARD] or a serial device path")
 
 
-def open_transport(url: str, *, baudrate: int | None = None) -> Transport:
-    """The transport a board URL names (see the module's table)."""
+def _serial(port: str, baudrate: int | None, target: str | None) -> Transport:
+    if baudrate:
+        return SerialTransport(port, baudrate=baudrate)
+    if target:
+        return SerialTransport(port, baudrate=target_baud(target))
+    return probe_baud(port)
+
+
+def open_transport(url: str, *, baudrate: int | None = None,
+                   target: str | None = None) -> Transport:
+    """The transport a board URL names (see the module's table); a serial port at
+    ``baudrate``, else at the default rate of the board ``target``, else at the rate
+    :func:`probe_baud` finds (a URL's ``?baud=`` and ``?target=`` come first)."""
     if not isinstance(url, str) or not url:
         raise _url_error(str(url), "is empty")
     if "://" not in url:
-        return SerialTransport(url, baudrate=baudrate or DEFAULT_BAUD)
+        return _serial(url, baudrate, target)
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "tcp":
         if parts.path not in ("", "/") or parts.query or not parts.hostname:
@@ -262,16 +361,19 @@ def open_transport(url: str, *, baudrate: int | None = None) -> Transport:
             raise _url_error(url, "must name a device path after serial://, as in "
                                   "serial:///dev/ttyUSB0")
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(query) - {"baud"})
+        unknown = sorted(set(query) - {"baud", "target"})
         if unknown:
-            raise _url_error(url, f"has unknown options {', '.join(unknown)} (only baud)")
+            raise _url_error(url, f"has unknown options {', '.join(unknown)} (only baud and "
+                                  f"target)")
         if "baud" in query:
             text = query["baud"][-1]
             if not text.isdigit() or int(text) == 0:
                 raise _url_error(url, f"has a baud rate that is not a positive integer: "
                                       f"{text!r}")
             baudrate = int(text)
-        return SerialTransport(parts.path, baudrate=baudrate or DEFAULT_BAUD)
+        if "target" in query:
+            target = query["target"][-1]
+        return _serial(parts.path, baudrate, target)
     if parts.scheme in ("loop", "socket", "rfc2217", "spy", "alt", "hwgrep", "cp2110"):
         return SerialTransport(url, baudrate=baudrate or DEFAULT_BAUD)
     raise _url_error(url, f"has an unknown scheme {parts.scheme!r}")
@@ -311,16 +413,28 @@ class Board(Commands):
         self.transport = transport
 
     @classmethod
-    def connect(cls, url: str | Transport, **kwargs) -> "Board":
-        """Open ``url`` (or take a transport), :meth:`sync` and return the board."""
-        transport = open_transport(url) if isinstance(url, str) else url
+    def connect(cls, url: str | Transport, *, target: str | None = None,
+                **kwargs) -> "Board":
+        """Open ``url`` (or take a transport), :meth:`sync` and return the board; a serial
+        port without a rate runs at the default rate of the board ``target`` if given
+        (:func:`open_transport`)."""
+        transport = open_transport(url, target=target) if isinstance(url, str) else url
         board = cls(transport, **kwargs)
         try:
             board.sync()
         except BaseException:
             transport.close()
             raise
+        mismatch = rate_mismatch(board.baud, getattr(transport, "baudrate", None))
+        if mismatch:
+            warnings.warn(f"{transport.url}: {mismatch}", RuntimeWarning, stacklevel=2)
         return board
+
+    @property
+    def baud(self) -> int | None:
+        """The rate the board's UART was built for (after :meth:`sync`); None for a board
+        without one (the virtual board) or not yet identified."""
+        return (self.identity or {}).get("baud_100", 0) * 100 or None
 
     def close(self) -> None:
         self.transport.close()

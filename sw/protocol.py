@@ -68,7 +68,8 @@ __all__ = [
     "BROADCAST", "COMMAND_SYNC", "EVENT_INDEX", "EVENT_LAST", "EVENT_SPIKE", "EVENT_WORD",
     "IDENTITY", "LINK_BITS", "MAX_PAYLOAD", "QK_REGS", "MAX_WORDS", "REPLY_SYNC", "SOC", "VERSION",
     "Command", "FrameError", "Link", "Opcode", "QkReg", "Reply", "ReplyDecoder", "SocReg",
-    "Status", "command_header", "crc16", "decode_command", "encode_command", "encode_reply",
+    "Status", "command_header", "command_size", "crc16", "decode_command", "encode_command",
+    "encode_reply", "reply_size",
     "event_word", "link_bits", "qk_address_layout", "qk_unit_layout", "reply_header",
 ]
 
@@ -78,11 +79,14 @@ MAX_PAYLOAD = 1024
 MAX_WORDS = MAX_PAYLOAD // 2
 BROADCAST = 0xFF
 SOC = 0xFE
-VERSION = 5          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN_STRIDE;
+VERSION = 6          # 2: Link.SPLIT, SocReg.ACTIVE_CYCLES; 3: Reg.IN_TOKENS, IN_STRIDE;
 #                      4: Reg.SHORTCUT, Q-K units (SocReg.QK, identity qk_units);
-#                      5: identity qk_tokens, SocReg.QK_CYCLES
+#                      5: identity qk_tokens, SocReg.QK_CYCLES; 6: identity baud_100
+# baud_100: the rate the board's UART was built for, in hundreds of baud (at most 0xFFFF);
+# 0 where the link is no UART (the virtual board).
 IDENTITY = ("version", "cores", "lanes", "neurons", "fan_in", "timesteps", "reset",
-            "detach_reset", "surrogate", "out_fifo", "max_words", "qk_units", "qk_tokens")
+            "detach_reset", "surrogate", "out_fifo", "max_words", "qk_units", "qk_tokens",
+            "baud_100")
 EVENT_WORD = data.StructLayout({"index": 14, "spike": 1, "last": 1})   # a spike event word
 EVENT_SPIKE = 1 << EVENT_WORD["spike"].offset
 EVENT_LAST = 1 << EVENT_WORD["last"].offset
@@ -235,6 +239,24 @@ def crc16(data: bytes) -> int:
     '0x29b1'
     """
     return binascii.crc_hqx(data, 0xFFFF)
+
+
+def command_size(words: int) -> int:
+    """The bytes of a command frame with ``words`` payload words.
+
+    >>> command_size(64), command_size(1)
+    (140, 14)
+    """
+    return COMMAND_HEADER.size + 2 * words + 2
+
+
+def reply_size(words: int) -> int:
+    """The bytes of a reply frame with ``words`` payload words.
+
+    >>> reply_size(0), reply_size(64)
+    (7, 135)
+    """
+    return REPLY_HEADER.size + 2 * words + 2
 
 
 def _words(payload) -> bytes:

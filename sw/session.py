@@ -372,8 +372,11 @@ class Commands(abc.ABC):
         """The device's :data:`~spikeforge.protocol.IDENTITY` fields, by name."""
         payload = yield from self.command.steps(Opcode.IDENTIFY, 0)
         if len(payload) < len(IDENTITY):
+            why = ("is it a spikeforge device?" if not payload or payload[0] == VERSION else
+                   f"it speaks protocol version {payload[0]}, this driver version {VERSION}: "
+                   f"update the bitstream or spikeforge")
             raise LinkError(f"the board at {self.url} answered IDENTIFY with {len(payload)} "
-                            f"words, not {len(IDENTITY)}: is it a spikeforge device?")
+                            f"words, not {len(IDENTITY)}: {why}")
         return dict(zip(IDENTITY, payload, strict=False))
 
     @operation

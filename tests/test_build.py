@@ -61,6 +61,48 @@ def test_top_elaborates_with_uart_and_leds(tmp_path):
     assert "top.lpf" in commands[1]
 
 
+@pytest.mark.parametrize("board, mhz, baud, divisor", [
+    ("ulx3s-85f", 50, None, 17), ("orangecrab-25f", 48, None, 48),
+    ("ulx3s-85f", 50, 115_200, 434), ("ulx3s-85f", 100, None, 33)])
+def test_the_uart_runs_at_the_targets_rate_or_the_given_one(board, mhz, baud, divisor):
+    t = target(board)
+    top = BoardTop(t, t.config(), mhz, baud=baud)
+    assert top.baud == (baud or t.baud) and top.divisor == divisor
+
+
+def test_default_rates():
+    assert target("ulx3s-85f").baud == 3_000_000
+    assert target("orangecrab-25f").baud == 1_000_000
+
+
+def test_a_rate_the_clock_cannot_make_is_refused_before_building(monkeypatch):
+    def no_tools(*args, **kwargs):
+        raise AssertionError("a tool ran")
+
+    monkeypatch.setattr("spikeforge.boards.top.pll_verilog", no_tools)
+    with pytest.raises(ConfigError, match=r"^3,500,000 baud at 50 MHz: .* build with --baud "
+                                          r"3000000 or at --mhz 49$"):
+        b.build("ulx3s-85f", baud=3_500_000)
+    with pytest.raises(ConfigError, match=r"fewer than the 8 the receiver needs"):
+        BoardTop(target("orangecrab-25f"), target("orangecrab-25f").config(), 48,
+                 baud=12_000_000)
+
+
+def test_the_rate_is_part_of_the_cache_key():
+    args = ("ulx3s-85f", "{}", 50.0)
+    assert b.cache_key(*args, 3_000_000, 1, {}) != b.cache_key(*args, 115_200, 1, {})
+    assert b.cache_key(*args, 3_000_000, 1, {}) == b.cache_key(*args, 3_000_000, 1, {})
+
+
+def test_cli_refuses_a_rate_with_a_workable_one(capsys):
+    from spikeforge.cli import main
+
+    assert main(["build", "--board", "ulx3s-85f", "--baud", "8000000"]) == 2
+    assert capsys.readouterr().err == (
+        "spikeforge: error: 8,000,000 baud at 50 MHz: 6.2 clock cycles a bit, fewer than the 8 "
+        "the receiver needs; build with --baud 3000000 or at --mhz 64\n")
+
+
 def test_orangecrab_uart_on_the_feather_header(tmp_path):
     t = target("orangecrab-25f")
     platform = t.make_platform()
@@ -146,6 +188,7 @@ def test_small_board_bitstream(tmp_path, monkeypatch):
     assert abs(blocks["luts"] - report["luts"]) < 0.02 * report["luts"]
     assert {key: blocks[key] for key in ("dsps", "brams")} == \
         {key: report[key] for key in ("dsps", "brams")}
+    assert report["baud"] == 1_000_000 and report["uart_divisor"] == 48
     baseline = b.find_baseline(report)
     if baseline is not None:
         assert b.check_baseline(report, baseline) == []

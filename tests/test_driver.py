@@ -15,6 +15,7 @@ from spikeforge.driver import (
     Board,
     BoardError,
     BoardTimeout,
+    LinkError,
     RecordingTransport,
     ReplayTransport,
     SerialTransport,
@@ -25,7 +26,7 @@ from spikeforge.protocol import Opcode, Status
 from spikeforge.regmap import Region, address
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vboard_session.json"
-IDENTITY = (p.VERSION, 2, 4, 16, 16, 4, 0, 1, 0, 68, p.MAX_WORDS, 0, 0)
+IDENTITY = (p.VERSION, 2, 4, 16, 16, 4, 0, 1, 0, 68, p.MAX_WORDS, 0, 0, 30000)
 
 
 class PtyDevice:
@@ -118,7 +119,7 @@ def device():
 
 
 def test_serial_board_reads_and_writes(device):
-    with Board.connect(f"serial://{device.path}?baud=115200", timeout=0.5) as board:
+    with Board.connect(f"serial://{device.path}?baud=3000000", timeout=0.5) as board:
         assert board.identity["cores"] == 2 and board.identity["lanes"] == 4
         board.write(1, address(Region.WEIGHT, 3), [0x1234, 0x5678])
         assert board.read(1, address(Region.WEIGHT, 2), 4) == [0, 0x1234, 0x5678, 0]
@@ -175,6 +176,8 @@ def test_error_statuses_and_silence_are_errors(device):
     quiet = PtyDevice(silent=True)
     try:
         with pytest.raises(BoardTimeout, match=f"the board at {quiet.path} did not answer"):
+            Board.connect(f"serial://{quiet.path}?baud=115200", timeout=0.1, retries=1)
+        with pytest.raises(LinkError, match=f"no spikeforge board answers on {quiet.path}"):
             Board.connect(quiet.path, timeout=0.1, retries=1)
     finally:
         quiet.close()
@@ -185,7 +188,7 @@ def test_error_statuses_and_silence_are_errors(device):
     ("tcp://:80", "must be tcp://HOST:PORT"),
     ("serial://", "must name a device path"),
     ("serial:///dev/ttyUSB0?baud=fast", "baud rate that is not a positive integer"),
-    ("serial:///dev/ttyUSB0?parity=E", "unknown options parity"),
+    ("serial:///dev/ttyUSB0?parity=E", "unknown options parity \\(only baud and target\\)"),
     ("ftp://board", "unknown scheme 'ftp'"),
     ("", "is empty"),
 ])
@@ -275,3 +278,95 @@ def test_a_late_duplicate_reply_is_not_taken_for_the_next_command():
         board.close()
     finally:
         dev.close()
+
+
+class FakeSerialBoard:
+    """A board whose UART runs at ``rate``: transports opened at that rate get its replies to
+    whole frames; at another rate it hears noise and the host hears noise back."""
+
+    def __init__(self, rate: int | None):
+        self.rate = rate
+        self.opened = []
+
+    def open(self, port, *, baudrate):
+        self.opened.append(baudrate)
+        return FakeSerial(self, port, baudrate)
+
+
+class FakeSerial:
+    def __init__(self, board, port, baudrate):
+        self.board, self.url, self.baudrate = board, port, baudrate
+        self.pending = bytearray()
+        self.closed = False
+
+    def write(self, data):
+        if self.baudrate != self.board.rate:
+            self.pending += bytes([0x5A, 0x00, 0xFF, 0x5A])
+            return
+        cmd = p.decode_command(bytes(data))
+        assert cmd.opcode == Opcode.IDENTIFY
+        self.pending += p.encode_reply(cmd.seq, Status.OK, IDENTITY)
+
+    def read(self, timeout):
+        data, self.pending = bytes(self.pending), bytearray()
+        return data
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("rate", [3_000_000, 1_000_000, 115_200])
+def test_the_rate_is_found_by_identify(rate):
+    from spikeforge.driver import PROBE_RATES, probe_baud
+
+    fake = FakeSerialBoard(rate)
+    transport = probe_baud("/dev/ttyUSB0", opener=fake.open, timeout=0.01, settle=0.0)
+    assert transport.baudrate == rate and not transport.closed
+    assert transport.url == f"/dev/ttyUSB0?baud={rate}"
+    assert fake.opened == list(PROBE_RATES[:PROBE_RATES.index(rate) + 1])
+    assert PROBE_RATES == (3_000_000, 1_000_000, 115_200)
+
+
+def test_no_answer_at_any_rate_is_a_link_error():
+    from spikeforge.driver import LinkError, probe_baud
+
+    fake = FakeSerialBoard(None)
+    with pytest.raises(LinkError, match=r"no spikeforge board answers on /dev/ttyUSB0 at "
+                                        r"3,000,000, 1,000,000, 115,200 baud; .*\?baud=N$"):
+        probe_baud("/dev/ttyUSB0", opener=fake.open, timeout=0.01, settle=0.0)
+    assert fake.opened == [3_000_000, 1_000_000, 115_200]
+
+
+@pytest.mark.parametrize("url, target, rate", [
+    ("serial:///dev/ttyUSB0?baud=921600", None, 921_600),
+    ("serial:///dev/ttyUSB0?baud=921600&target=ulx3s-85f", None, 921_600),
+    ("serial:///dev/ttyUSB0?target=ulx3s-85f", None, 3_000_000),
+    ("serial:///dev/ttyUSB0?target=orangecrab-25f", None, 1_000_000),
+    ("serial:///dev/ttyUSB0", "orangecrab-25f", 1_000_000),
+    ("/dev/ttyUSB0", "ulx3s-85f", 3_000_000),
+    ("serial:///dev/ttyUSB0", None, "probe"),
+    ("/dev/ttyUSB0", None, "probe"),
+])
+def test_the_rate_a_serial_url_opens_at(monkeypatch, url, target, rate):
+    import spikeforge.driver as d
+
+    opened = []
+    monkeypatch.setattr(d, "SerialTransport", lambda port, baudrate: opened.append(baudrate))
+    monkeypatch.setattr(d, "probe_baud", lambda port: opened.append("probe"))
+    open_transport(url, target=target)
+    assert opened == [rate]
+
+
+def test_an_unknown_target_is_named():
+    with pytest.raises(ConfigError, match="unknown board 'de10'"):
+        open_transport("serial:///dev/ttyUSB0?target=de10")
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_board_built_for_another_rate_is_reported(device):
+    with Board.connect(f"serial://{device.path}?baud=3000000", timeout=0.5) as board:
+        assert board.baud == 3_000_000
+    with pytest.warns(RuntimeWarning, match=r"built for 3,000,000 baud and the link runs at "
+                                            r"115,200 \(96.2% off\): open it with "
+                                            r"\?baud=3000000$"):
+        Board.connect(f"serial://{device.path}?baud=115200", timeout=0.5).close()

@@ -60,7 +60,7 @@ def test_identify_and_registers():
         assert dict(zip(p.IDENTITY, words, strict=True)) == {
             "version": p.VERSION, "cores": 2, "lanes": 4, "neurons": 8, "fan_in": 8,
             "timesteps": 3, "reset": 0, "detach_reset": 1, "surrogate": 0,
-            "out_fifo": 3 * 9, "max_words": 512, "qk_units": 0, "qk_tokens": 0}
+            "out_fifo": 3 * 9, "max_words": 512, "qk_units": 0, "qk_tokens": 0, "baud_100": 0}
         await board.write(1, w_addr(Region.WEIGHT, 1, 2), [0x3C00, 0x4000])
         assert await board.read(1, w_addr(Region.WEIGHT, 1, 1), 4) == [0, 0x3C00,
                                                                                0x4000, 0]
@@ -347,6 +347,17 @@ def test_parameters_are_checked():
         HostLink(cores=0, lanes=4, fan_in=8, identity=())
     with pytest.raises(TypeError, match=r"^SoC needs an AcceleratorConfig"):
         SoC({"cores": 2})
+    with pytest.raises(ValueError, match=r"^The UART's baud rate must be a non-negative "
+                                         r"integer, not -1$"):
+        SoC(CONFIG, baud=-1)
+
+
+@pytest.mark.parametrize("baud, word", [(0, 0), (115_200, 1152), (3_000_000, 30000),
+                                        (12_500_000, 0xFFFF)])
+def test_the_identity_carries_the_uarts_rate(baud, word):
+    identity = dict(zip(p.IDENTITY, SoC(CONFIG, baud=baud).identity(), strict=True))
+    assert identity["baud_100"] == word
+    assert identity == {**CONFIG.identity(), "baud_100": word}
 
 
 @pytest.mark.slow

@@ -1,53 +1,23 @@
 # SPDX-License-Identifier: Apache-2.0
-import math
 import random
 
 import pytest
 from amaranth.hdl import Module
 
-from spikeforge.hw.uart import UARTRx, UARTTx
-from spikeforge.tb.amaranth import put, simulate
+from spikeforge.errors import ConfigError
+from spikeforge.hw.uart import (
+    MAX_RATE_ERROR,
+    MIN_DIVISOR,
+    UARTRx,
+    UARTTx,
+    baud_divisor,
+    rate_error,
+    rx_tolerance,
+)
+from spikeforge.tb.amaranth import put, simulate, simulator
+from spikeforge.tb.serial import drive_line, frame_bits, line_levels, line_segments, read_line
 
 DIVISORS = [4, 7, 16]
-
-
-def frame(byte, stop=1):
-    return [0, *((byte >> k) & 1 for k in range(8)), stop]
-
-
-def segments_of(frames, bit_time, gaps):
-    """(level, duration in cycles) of ``frames`` (bit lists) each followed by its gap (bits)."""
-    segments = [(1, 2 * bit_time)]
-    for bits, gap in zip(frames, gaps, strict=True):
-        segments += [(bit, bit_time) for bit in bits]
-        segments.append((1, gap * bit_time))
-    return [*segments, (1, 3 * bit_time)]
-
-
-def levels(segments):
-    """Per clock cycle, the level of a line whose ``segments`` start at fractional times."""
-    edges, t = [], 0.0
-    for level, duration in segments:
-        edges.append((t, level))
-        t += duration
-    out, j, level = [], 0, 1
-    for c in range(math.ceil(t)):
-        while j < len(edges) and edges[j][0] <= c:
-            level = edges[j][1]
-            j += 1
-        out.append(level)
-    return out
-
-
-async def drive(ctx, line, wave):
-    c = 0
-    while c < len(wave):
-        run = 1
-        while c + run < len(wave) and wave[c + run] == wave[c]:
-            run += 1
-        ctx.set(line, wave[c])
-        await ctx.tick().repeat(run)
-        c += run
 
 
 async def send(ctx, stream, data, rng, divisor):
@@ -137,10 +107,10 @@ def test_rx_from_model(divisor, mismatch):
     rng = random.Random(divisor * 100 + round(mismatch * 100))
     data = [0x00, 0xFF, 0x55, 0xAA] + [rng.randrange(256) for _ in range(26)]
     gaps = [rng.choice([0, 0, 0.3, 1, 2.5]) for _ in data]
-    wave = levels(segments_of([frame(b) for b in data], divisor * (1 + mismatch), gaps))
+    wave = line_levels(line_segments([frame_bits(b) for b in data], divisor * (1 + mismatch), gaps))
 
     async def sender(ctx):
-        await drive(ctx, dut.rx, wave)
+        await drive_line(ctx, dut.rx, wave)
 
     async def sink(ctx):
         await receive_all(ctx, dut, data, divisor)
@@ -154,7 +124,7 @@ def test_rx_latency(divisor):
 
     async def sender(ctx):
         await ctx.tick().repeat(5)
-        for bit in frame(0x5A):
+        for bit in frame_bits(0x5A):
             ctx.set(dut.rx, bit)
             await ctx.tick().repeat(divisor)
 
@@ -174,15 +144,15 @@ def test_rx_latency(divisor):
 @pytest.mark.parametrize("divisor", DIVISORS)
 def test_rx_framing_error(divisor):
     dut = UARTRx(divisor)
-    segments = [(1, 2 * divisor), *((b, divisor) for b in frame(0x3C)),
-                *((b, divisor) for b in frame(0xA5, stop=0)), (1, divisor),
+    segments = [(1, 2 * divisor), *((b, divisor) for b in frame_bits(0x3C)),
+                *((b, divisor) for b in frame_bits(0xA5, stop=0)), (1, divisor),
                 (0, 1), (1, 2 * divisor),
                 (0, 25 * divisor), (1, divisor),
-                *((b, divisor) for b in frame(0xC3)), (1, 3 * divisor)]
-    wave = levels(segments)
+                *((b, divisor) for b in frame_bits(0xC3)), (1, 3 * divisor)]
+    wave = line_levels(segments)
 
     async def sender(ctx):
-        await drive(ctx, dut.rx, wave)
+        await drive_line(ctx, dut.rx, wave)
 
     async def sink(ctx):
         await receive_all(ctx, dut, [0x3C, 0xC3], divisor, framing_errors=2)
@@ -193,17 +163,18 @@ def test_rx_framing_error(divisor):
 @pytest.mark.parametrize("divisor", DIVISORS)
 def test_rx_overrun(divisor):
     dut = UARTRx(divisor)
-    wave = levels(segments_of([frame(b) for b in (0x11, 0x22, 0x33)], divisor, [0, 0, 0]))
-    last = levels(segments_of([frame(0x44)], divisor, [0]))
+    wave = line_levels(line_segments([frame_bits(b) for b in (0x11, 0x22, 0x33)], divisor,
+                                     [0, 0, 0]))
+    last = line_levels(line_segments([frame_bits(0x44)], divisor, [0]))
 
     async def testbench(ctx):
-        await drive(ctx, dut.rx, wave)
+        await drive_line(ctx, dut.rx, wave)
         assert ctx.get(dut.o.valid) and ctx.get(dut.o.payload) == 0x11
         assert ctx.get(dut.o_overruns) == 2
         assert await receive(ctx, dut.o, 1) == [0x11]
         await ctx.tick()
         assert not ctx.get(dut.o.valid)
-        await drive(ctx, dut.rx, last)
+        await drive_line(ctx, dut.rx, last)
         assert await receive(ctx, dut.o, 1) == [0x44]
         assert ctx.get(dut.o_overruns) == 2
         assert ctx.get(dut.o_framing_errors) == 0
@@ -228,3 +199,94 @@ def test_tx_to_rx(divisor, backpressure):
         await receive_all(ctx, rx, data, divisor, random.Random(divisor) if backpressure else None)
 
     simulate(m, source, sink)
+
+
+def rx_back_to_back(divisor, mismatch, count=64):
+    """What :class:`UARTRx` at ``divisor`` receives of ``count`` bytes sent back to back by a
+    sender whose bits are ``mismatch`` longer (negative: shorter)."""
+    dut = UARTRx(divisor)
+    rng = random.Random(divisor)
+    data = [0x00, 0xFF, 0x55, 0xAA, 0x80, 0x01] + [rng.randrange(256) for _ in range(count - 6)]
+    wave = line_levels(line_segments([frame_bits(b) for b in data], divisor * (1 + mismatch),
+                                     [0] * len(data)))
+    got = []
+
+    async def sender(ctx):
+        await drive_line(ctx, dut.rx, wave)
+
+    async def sink(ctx):
+        ctx.set(dut.o.ready, 1)
+        async for _, _, valid, payload in ctx.tick().sample(dut.o.valid, dut.o.payload):
+            if valid:
+                got.append(payload)
+
+    sim = simulator(dut, sender, background=[sink])
+    sim.run()
+    return data, got
+
+
+LINK_DIVISORS = [MIN_DIVISOR, 16, 17, 33]    # the smallest a build allows; 3 Mbaud at 48, 50, 100
+
+
+@pytest.mark.parametrize("mismatch", [-MAX_RATE_ERROR, MAX_RATE_ERROR])
+@pytest.mark.parametrize("divisor", LINK_DIVISORS)
+def test_rx_at_the_allowed_rate_error(divisor, mismatch):
+    data, got = rx_back_to_back(divisor, mismatch)
+    assert got == data
+
+
+@pytest.mark.parametrize("side", [0, 1], ids=["fast", "slow"])
+@pytest.mark.parametrize("divisor", [4, MIN_DIVISOR, 17])
+def test_rx_tolerance_is_the_receivers(divisor, side):
+    edge = rx_tolerance(divisor)[side] * (1 if side else -1)
+    for mismatch, fits in ((0.95 * edge, True), (edge + (0.01 if side else -0.01), False)):
+        data, got = rx_back_to_back(divisor, mismatch)
+        assert (got == data) == fits, (mismatch, got)
+
+
+@pytest.mark.parametrize("mismatch", [-MAX_RATE_ERROR, 0.0, MAX_RATE_ERROR, -0.06, 0.06])
+@pytest.mark.parametrize("divisor", LINK_DIVISORS)
+def test_tx_back_to_back_to_an_offset_receiver(divisor, mismatch):
+    dut = UARTTx(divisor)
+    rng = random.Random(divisor)
+    data = [rng.randrange(256) for _ in range(64)]
+    wave = []
+
+    async def record(ctx):
+        async for _, _, tx in ctx.tick().sample(dut.tx):
+            wave.append(tx)
+
+    async def testbench(ctx):
+        for byte in data:
+            await put(ctx, dut.i, byte)
+        await ctx.tick().repeat(11 * divisor)
+
+    simulate(dut, testbench, background=[record])
+    frames = decode(wave, divisor)
+    assert [b for _, b in frames] == data
+    starts = [c for c, _ in frames]
+    assert all(b - a == 10 * divisor for a, b in zip(starts, starts[1:], strict=False))
+    got = read_line(wave, divisor * (1 + mismatch))
+    assert (got == data) == (abs(mismatch) <= MAX_RATE_ERROR)
+
+
+@pytest.mark.parametrize("mhz, baud, divisor", [
+    (50, 3_000_000, 17), (48, 3_000_000, 16), (100, 3_000_000, 33), (48, 1_000_000, 48),
+    (50, 115_200, 434), (48, 115_200, 417)])
+def test_baud_divisor(mhz, baud, divisor):
+    assert baud_divisor(mhz, baud) == divisor
+    assert abs(rate_error(mhz, baud)) <= MAX_RATE_ERROR
+
+
+@pytest.mark.parametrize("mhz, baud, message", [
+    (50, 3_500_000, r"^3,500,000 baud at 50 MHz: the nearest divisor, 14, makes 3,571,429 "
+                    r"baud, 2.04% off, more than 2%; build with --baud 3000000 or at --mhz 49$"),
+    (50, 8_000_000, r"^8,000,000 baud at 50 MHz: 6.2 clock cycles a bit, fewer than the 8 the "
+                    r"receiver needs; build with --baud 3000000 or at --mhz 64$"),
+    (25, 3_000_000, r"^3,000,000 baud at 25 MHz: the nearest divisor, 8, makes 3,125,000 baud, "
+                    r"4.17% off, more than 2%; build with --baud 1500000 or at --mhz 24$"),
+    (50, 0, r"^the baud rate must be a positive integer, not 0$"),
+])
+def test_baud_divisor_refuses(mhz, baud, message):
+    with pytest.raises(ConfigError, match=message):
+        baud_divisor(mhz, baud)

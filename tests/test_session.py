@@ -161,7 +161,8 @@ class Scripted(sansio.Commands):
         return step.payload
 
 
-IDENTITY = dict(zip(p.IDENTITY, (p.VERSION, 2, 4, 16, 16, 4, 0, 1, 0, 68, MAX_WORDS, 1, 2),
+IDENTITY = dict(zip(p.IDENTITY, (p.VERSION, 2, 4, 16, 16, 4, 0, 1, 0, 68, MAX_WORDS, 1, 2,
+                                 30000),
                     strict=True))
 
 
