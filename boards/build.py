@@ -232,8 +232,9 @@ def _fail(root: Path, label: str, output: str):
 
 
 def _design(board: str | Target, *, cores, lanes, neurons, timesteps, mhz, baud):
-    """The board, its accelerator, its platform (with the PLL's Verilog), the clock and the
-    UART's rate; a rate the clock cannot make is refused before anything is built."""
+    """The board, its accelerator, its platform (with the PLL's Verilog), the clock, the
+    UART's rate and its divisor at that clock; a rate the clock cannot make is refused before
+    anything is built."""
     from spikeforge.hw.uart import baud_divisor
 
     from .top import pll_verilog
@@ -245,9 +246,9 @@ def _design(board: str | Target, *, cores, lanes, neurons, timesteps, mhz, baud)
     baud = t.baud if baud is None else baud
     baud_divisor(mhz or t.target_mhz, baud)
     pll, achieved = pll_verilog(platform.default_clk_frequency / 1e6, mhz or t.target_mhz)
-    baud_divisor(achieved, baud)
+    divisor = baud_divisor(achieved, baud)
     platform.add_file("spikeforge_pll.v", pll)
-    return t, config, platform, achieved, baud
+    return t, config, platform, achieved, baud, divisor
 
 
 def _plan(root: Path, t: Target, config, platform, achieved: float, baud: int, progress,
@@ -291,9 +292,9 @@ def estimate(board: str | Target, *, cores: int | None = None, lanes: int | None
     beside ``builds``.
     """
     progress = progress or (lambda line: print(line, flush=True))
-    t, config, platform, achieved, baud = _design(board, cores=cores, lanes=lanes,
-                                                  neurons=neurons, timesteps=timesteps, mhz=mhz,
-                                                  baud=baud)
+    t, config, platform, achieved, baud, _ = _design(board, cores=cores, lanes=lanes,
+                                                     neurons=neurons, timesteps=timesteps,
+                                                     mhz=mhz, baud=baud)
     tools = tool_versions()
     key = cache_key(t.name, config.to_json(), achieved, baud, None, tools)
     root = _cache_root("estimates") / f"{t.name}-{key}"
@@ -343,13 +344,12 @@ def build(board: str | Target, *, cores: int | None = None, lanes: int | None = 
     change) or misses the target frequency (saying what it reached); the report of a timing
     miss is in ``error.report``.
     """
-    from spikeforge.hw.uart import baud_divisor, rate_error
+    from spikeforge.hw.uart import rate_error
 
     progress = progress or (lambda line: print(line, flush=True))
-    t, config, platform, achieved, baud = _design(board, cores=cores, lanes=lanes,
-                                                  neurons=neurons, timesteps=timesteps, mhz=mhz,
-                                                  baud=baud)
-    divisor = baud_divisor(achieved, baud)
+    t, config, platform, achieved, baud, divisor = _design(board, cores=cores, lanes=lanes,
+                                                           neurons=neurons, timesteps=timesteps,
+                                                           mhz=mhz, baud=baud)
     tools = tool_versions()
     key = cache_key(t.name, config.to_json(), achieved, baud, seed, tools)
     root = _cache_root() / f"{t.name}-{key}"

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, ShapeError
 from .arith import FLOAT, Arith
+from .linear import _check_binary
 
 __all__ = ["KERNELS", "STRIDES", "ConvGeometry", "conv_backward", "conv_forward",
            "conv_weight_grad", "max_pool_backward", "max_pool_currents"]
@@ -135,12 +136,6 @@ def _check_maps(x, shape: tuple, what: str, axes: str) -> None:
         raise ShapeError(f"{what} must be a tensor [T >= 1, ..., {axes}] = "
                          f"[T, ..., {', '.join(map(str, shape))}], not "
                          f"{list(getattr(x, 'shape', ()))}")
-
-
-def _check_binary(s_in: torch.Tensor) -> None:
-    if not bool(((s_in == 0) | (s_in == 1)).all()):
-        raise ShapeError("convolution inputs must be spikes (0 or 1); real-valued inputs such "
-                         "as the direct encoding's currents run only in float precision")
 
 
 def _images(x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
